@@ -1,0 +1,85 @@
+"""cffi (API mode) build of graphc's C kernels into the extension module graphc._cgraphc.
+
+Every csrc/*.c file is compiled; every csrc/*.h file is both #included by the generated
+module and fed to cffi's cdef. Headers therefore hold only plain declarations (enums,
+structs, prototypes); lines starting with '#' (include guards, includes) are dropped for cdef.
+
+No -march flags: the baseline is plain x86-64 so the module never dies with SIGILL; the AVX2+FMA
+paths are compiled per function with __attribute__((target(...))) and chosen at run time.
+No -ffast-math either: it would switch on flush-to-zero for the whole Python process.
+
+Environment:
+  GRAPHC_SANITIZE=1   build with -fsanitize=address,undefined (see .ci/sanitize)
+  GRAPHC_CFLAGS       extra compiler flags, space separated
+"""
+import glob
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADERS = sorted(glob.glob(os.path.join(HERE, "*.h")))
+SOURCES = sorted(glob.glob(os.path.join(HERE, "*.c")))
+
+
+def _cdef_text(path):
+    with open(path) as f:
+        return "".join(line for line in f if not line.lstrip().startswith("#"))
+
+
+def _compile_args():
+    args = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    link = ["-fopenmp"]
+    if os.environ.get("GRAPHC_SANITIZE"):
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+        args = [a for a in args if a != "-O3"] + ["-O1", "-g"] + san
+        link += san
+    args += os.environ.get("GRAPHC_CFLAGS", "").split()
+    if sys.platform == "darwin":  # Apple clang has no -fopenmp without libomp
+        args = [a for a in args if a != "-fopenmp"]
+        link = [a for a in link if a != "-fopenmp"]
+    return args, link
+
+
+def make_builder(absolute_sources=False, module="graphc._cgraphc", only=None):
+    """setuptools wants source paths relative to the project root; ffi.compile() runs elsewhere.
+
+    `only` (basenames without extension, e.g. ["gemm"]) builds a subset of csrc/ into a
+    differently named module, so kernels can be developed and tested in isolation."""
+    headers = [h for h in HEADERS if only is None or os.path.basename(h)[:-2] in only]
+    sources = [s for s in SOURCES if only is None or os.path.basename(s)[:-2] in only]
+    builder = FFI()
+    for h in headers:
+        builder.cdef(_cdef_text(h))
+    cargs, largs = _compile_args()
+    builder.set_source(
+        module,
+        "".join(f'#include "{os.path.basename(h)}"\n' for h in headers),
+        sources=sources if absolute_sources else [os.path.relpath(s, os.path.dirname(HERE)) for s in sources],
+        include_dirs=[HERE],
+        extra_compile_args=cargs,
+        extra_link_args=largs,
+        libraries=["m"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    # Development shortcuts:
+    #   python csrc/build_cffi.py                     build graphc/_cgraphc*.so in place
+    #   python csrc/build_cffi.py OUTDIR NAME a,b     build csrc/a.c+b.c (and .h) as module NAME in OUTDIR
+    import shutil
+    os.chdir(os.path.dirname(HERE))
+    if len(sys.argv) == 4:
+        outdir, name, only = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+        path = make_builder(True, module=name, only=only).compile(tmpdir=os.path.join(outdir, "tmp"))
+        shutil.copy(path, outdir)
+        print("built", os.path.join(outdir, os.path.basename(path)))
+    else:
+        make_builder(absolute_sources=True).compile(tmpdir="build/cffi", verbose=False)
+        for so in glob.glob("build/cffi/graphc/_cgraphc*.so"):
+            shutil.copy(so, "graphc/")
+            print("built", os.path.join("graphc", os.path.basename(so)))

@@ -1,0 +1,33 @@
+/* GEMM with fused epilogue: the one matrix-multiply entry point of graphc.
+ *
+ *   C[M,N] = act( op(A)[M,K] @ op(B)[K,N] + beta * C + bias[N] )
+ *
+ * Row-major storage. op(A) = A (stored M x K, row stride lda) when transA == 0,
+ * op(A) = A^T (A stored K x M, row stride lda) when transA != 0; likewise B (K x N or N x K).
+ * beta is 0 (overwrite C; C may hold garbage, even NaN) or 1 (accumulate into C).
+ * bias may be NULL; it is added per column (length N), before the activation.
+ * act is a gc_act value; act_param is the leaky-ReLU slope (ignored otherwise).
+ * Any of M, N, K may be 0 (K == 0 gives act(beta*C + bias)).
+ */
+#pragma once
+#include <stdint.h>
+
+enum gc_act { GC_ACT_IDENTITY = 0, GC_ACT_RELU = 1, GC_ACT_LEAKY_RELU = 2, GC_ACT_SIGMOID = 3, GC_ACT_TANH = 4 };
+
+void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
+              const float *A, int64_t lda, const float *B, int64_t ldb,
+              float beta, float *C, int64_t ldc,
+              const float *bias, int act, float act_param);
+void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
+              const double *A, int64_t lda, const double *B, int64_t ldb,
+              double beta, double *C, int64_t ldc,
+              const double *bias, int act, double act_param);
+
+/* Threads used by the GEMM (and other parallel kernels). <= 0 means "use the default"
+ * (GRAPHC_NUM_THREADS if set, otherwise the OpenMP default). */
+void gc_set_num_threads(int n);
+int gc_get_num_threads(void);
+/* 1 when the AVX2+FMA code paths are selected on this CPU, 0 when the portable scalar path is. */
+int gc_simd_level(void);
+/* Force the portable path (0) or re-enable auto-detection (1); used by tests. */
+void gc_set_simd_enabled(int enabled);
