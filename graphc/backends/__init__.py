@@ -1,0 +1,71 @@
+"""Backend selection: "c" (the cffi extension built from csrc/) or "numpy" (always present).
+
+GRAPHC_BACKEND=c|numpy|auto picks the default; "auto" means C when the extension is built.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+from ..errors import GraphError
+
+try:  # the extension is optional: installs without a compiler still work on NumPy
+    from .. import _cgraphc  # type: ignore[attr-defined]
+    C_AVAILABLE, C_IMPORT_ERROR = True, None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _cgraphc, C_AVAILABLE, C_IMPORT_ERROR = None, False, str(exc)
+
+BACKENDS = ("auto", "c", "numpy")
+_warned = False
+
+
+def _warn_once() -> None:
+    global _warned
+    if not _warned and os.environ.get("GRAPHC_BACKEND", "auto") != "numpy":
+        _warned = True
+        warnings.warn(f"graphc's C extension is not available ({C_IMPORT_ERROR}); using the NumPy backend. "
+                      "Set GRAPHC_BACKEND=numpy to silence this.", RuntimeWarning, stacklevel=3)
+
+
+def resolve(name: Optional[str] = None) -> str:
+    """The concrete backend ("c" or "numpy") for a requested name (None: GRAPHC_BACKEND or auto)."""
+    name = (name or os.environ.get("GRAPHC_BACKEND") or "auto").lower()
+    if name not in BACKENDS:
+        raise GraphError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "auto":
+        if not C_AVAILABLE:
+            _warn_once()
+        return "c" if C_AVAILABLE else "numpy"
+    if name == "c" and not C_AVAILABLE:
+        raise GraphError(f"the C backend was requested but the extension is not built ({C_IMPORT_ERROR})")
+    return name
+
+
+def runner(name: str):
+    """Factory turning a Plan into a callable(feeds, params) -> list of output arrays."""
+    if name == "c":
+        from .c import make_runner
+    else:
+        from .numpy_backend import make_runner
+    return make_runner
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the C kernels (<= 0: default from GRAPHC_NUM_THREADS or OpenMP)."""
+    if C_AVAILABLE:
+        _cgraphc.lib.gc_set_num_threads(int(n))
+
+
+def backend_info() -> dict:
+    """Which backend runs by default, whether the AVX2+FMA kernels were selected, thread count."""
+    info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "threads": 1,
+            "c_import_error": C_IMPORT_ERROR}
+    if C_AVAILABLE:
+        info["avx2"] = bool(_cgraphc.lib.gc_simd_level())
+        info["threads"] = int(_cgraphc.lib.gc_get_num_threads())
+    return info
+
+
+if not C_AVAILABLE:
+    _warn_once()

@@ -1,0 +1,68 @@
+"""The reference backend: each step calls its op's NumPy forward."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError, node_error
+from ..ops import REGISTRY
+from ..schedule import Plan
+
+
+def compile_steps(plan: Plan, overrides: dict | None = None) -> list:
+    """(forward, input slots, output slot, slots to free, attrs, node) per step.
+
+    `overrides` maps an op name to a replacement forward taking (node, *arrays) — the C backend
+    uses it for ops with a kernel."""
+    steps = []
+    for s in plan.steps:
+        fwd = REGISTRY[s.node.op].forward
+        if overrides and s.node.op in overrides:
+            fast = overrides[s.node.op](s.node)
+            fwd = fast or fwd
+        steps.append((fwd, s.inputs, s.out, s.free, s.node.attrs if fwd is REGISTRY[s.node.op].forward else {},
+                      s.node))
+    return steps
+
+
+def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
+    vals = [None] * len(plan.nodes)
+    leaf_ids = set()
+    for slot, v in plan.constants:
+        vals[slot] = v
+    for slot, k in plan.feeds:
+        vals[slot] = feeds[k]
+        leaf_ids.add(id(feeds[k]))
+    for slot, k in plan.params:
+        vals[slot] = params[k]
+        leaf_ids.add(id(params[k]))
+    with np.errstate(all="ignore"):  # NaN/inf propagate as in C; check_finite reports them
+        for fwd, ins, out, free, attrs, node in steps:
+            try:
+                r = fwd(*[vals[i] for i in ins], **attrs)
+            except GraphError as exc:
+                raise node_error(node, str(exc)) from None
+            except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
+                raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+            if type(r) is not np.ndarray or r.dtype != node.dtype:
+                r = np.asarray(r, dtype=node.dtype)
+            vals[out] = r
+            for f in free:
+                vals[f] = None
+    return fresh_outputs(vals, plan.outputs, leaf_ids | {id(v) for _, v in plan.constants})
+
+
+def fresh_outputs(vals: list, slots: list, leaf_ids: set) -> list:
+    """Outputs never alias feeds, parameters, constants, one another, or any view."""
+    outs, seen = [], set()
+    for s in slots:
+        v = vals[s]
+        if id(v) in leaf_ids or id(v) in seen or v.base is not None or not v.flags.c_contiguous:
+            v = np.array(v, order="C", copy=True)
+        seen.add(id(v))
+        outs.append(v)
+    return outs
+
+
+def make_runner(plan: Plan):
+    steps = compile_steps(plan)
+    return lambda feeds, params: execute(plan, steps, feeds, params)

@@ -1,0 +1,307 @@
+"""Elementwise ops: unary math, activations, broadcasting binary arithmetic, comparisons."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError
+from ..tensor import Tensor, as_tensor
+from . import Domain, OpDef, apply, promote, register
+from .core import broadcast_shapes, cast, unbroadcast
+
+__all__ = ["neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power",
+           "add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "clip",
+           "less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "activation_grad",
+           "ACTIVATIONS"]
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+POSITIVE = Domain("positive", low=0.2, high=4.0)
+
+
+def _float_same(inputs, **_):
+    x = inputs[0]
+    if x.dtype.kind != "f":
+        raise GraphError(f"needs a floating-point input, got {x.dtype}")
+    return x.shape, x.dtype
+
+
+def _floatify(x) -> Tensor:
+    x = as_tensor(x)
+    return x if x.dtype.kind == "f" else cast(x, np.float64)
+
+
+def np_sigmoid(x):
+    e = np.exp(-np.abs(x))  # never overflows; exact in both tails
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# name: (forward, vjp(g, out, x, **attrs), domain of x)
+_UNARY = {
+    "neg": (np.negative, lambda g, out, x: [-g], Domain()),
+    "exp": (np.exp, lambda g, out, x: [g * out], Domain(low=-3, high=3)),
+    "log": (np.log, lambda g, out, x: [g / x], POSITIVE),
+    "sqrt": (np.sqrt, lambda g, out, x: [g * 0.5 / out], POSITIVE),
+    "abs": (np.abs, lambda g, out, x: [g * sign(x)], Domain(kinks=(0.0,))),
+    "sigmoid": (np_sigmoid, lambda g, out, x: [activation_grad(out, g, "sigmoid")], Domain()),
+    "tanh": (np.tanh, lambda g, out, x: [activation_grad(out, g, "tanh")], Domain()),
+    "relu": (lambda x: np.maximum(x, 0), lambda g, out, x: [activation_grad(out, g, "relu")],
+             Domain(kinks=(0.0,))),
+    "leaky_relu": (lambda x, alpha: np.where(x > 0, x, x * np.asarray(alpha, x.dtype)),
+                   lambda g, out, x, alpha: [activation_grad(out, g, "leaky_relu", alpha)],
+                   Domain(kinks=(0.0,))),
+    "power": (lambda x, p: np.power(x, np.asarray(p, x.dtype)),
+              lambda g, out, x, p: [g * (p * power(x, p - 1))], POSITIVE),
+}
+for _name, (_fwd, _vjp, _dom) in _UNARY.items():
+    register(OpDef(_name, infer=_float_same, forward=_fwd, vjp=_vjp, domain=(_dom,), arity=1, elementwise=True))
+register(OpDef("sign", infer=_float_same, forward=np.sign, differentiable=False, arity=1, elementwise=True))
+
+
+def neg(x) -> Tensor:
+    return apply("neg", [_floatify(x)])
+
+
+def exp(x) -> Tensor:
+    return apply("exp", [_floatify(x)])
+
+
+def log(x) -> Tensor:
+    """Natural logarithm (domain x > 0)."""
+    return apply("log", [_floatify(x)])
+
+
+def sqrt(x) -> Tensor:
+    return apply("sqrt", [_floatify(x)])
+
+
+def abs(x) -> Tensor:  # noqa: A001 - mirrors numpy.abs
+    return apply("abs", [_floatify(x)])
+
+
+def sign(x) -> Tensor:
+    """-1, 0 or 1; not differentiable (its gradient is zero)."""
+    return apply("sign", [_floatify(x)])
+
+
+def sigmoid(x) -> Tensor:
+    """Logistic function 1 / (1 + exp(-x)), computed without overflow."""
+    return apply("sigmoid", [_floatify(x)])
+
+
+def tanh(x) -> Tensor:
+    return apply("tanh", [_floatify(x)])
+
+
+def relu(x) -> Tensor:
+    """max(x, 0). Its derivative at 0 is taken as 0."""
+    return apply("relu", [_floatify(x)])
+
+
+def leaky_relu(x, alpha: float = 0.1) -> Tensor:
+    """x for x > 0, alpha * x otherwise (slope 0.1 by default, as in the course material)."""
+    return apply("leaky_relu", [_floatify(x)], alpha=float(alpha))
+
+
+def power(x, p: float) -> Tensor:
+    """x ** p for a Python-number exponent p."""
+    x = _floatify(x)
+    if p == 1:
+        return x
+    return apply("power", [x], p=float(p))
+
+
+# -- activation gradients from the stored output y (ReLU' = y>0, σ' = y(1-y), tanh' = 1-y²) --
+def _act_grad_forward(y, g, act, alpha=0.0):
+    if act == "relu":
+        return g * (y > 0)
+    if act == "leaky_relu":
+        return g * np.where(y > 0, 1, np.asarray(alpha, y.dtype)).astype(y.dtype)
+    if act == "sigmoid":
+        return g * y * (1 - y)
+    if act == "tanh":
+        return g * (1 - y * y)
+    return g.copy()
+
+
+def _act_grad_vjp(gg, out, y, g, act, alpha=0.0):
+    grad_g = activation_grad(y, gg, act, alpha)
+    if act == "sigmoid":
+        return [gg * g * (1 - 2 * y), grad_g]
+    if act == "tanh":
+        return [gg * g * (-2 * y), grad_g]
+    return [None, grad_g]
+
+
+def _act_grad_infer(inputs, act, alpha=0.0):
+    y, g = inputs
+    if act not in ACTIVATIONS:
+        raise GraphError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    if y.shape != g.shape or y.dtype != g.dtype:
+        broadcast_shapes(y.shape, g.shape)
+    return broadcast_shapes(y.shape, g.shape), np.result_type(y.dtype, g.dtype)
+
+
+register(OpDef("activation_grad", infer=_act_grad_infer, forward=_act_grad_forward, vjp=_act_grad_vjp,
+               arity=2, elementwise=True))
+
+
+def activation_grad(y: Tensor, g: Tensor, act: str, alpha: float = 0.0) -> Tensor:
+    """g times act'(x), computed from the activation's output y = act(x)."""
+    return apply("activation_grad", [y, g], act=act, alpha=float(alpha))
+
+
+# -- binary arithmetic with NumPy broadcasting -------------------------------------------
+def _binary_infer(inputs):
+    a, b = inputs
+    return broadcast_shapes(a.shape, b.shape), np.result_type(a.dtype, b.dtype)
+
+
+def _max_vjp(g, out, a, b, greater):
+    first = cast(greater(a, b), g.dtype) + 0.5 * cast(equal(a, b), g.dtype)  # ties split evenly
+    return [unbroadcast(g * first, a), unbroadcast(g * (1 - first), b)]
+
+
+_BINARY = {
+    "add": (np.add, lambda g, out, a, b: [unbroadcast(g, a), unbroadcast(g, b)], ()),
+    "sub": (np.subtract, lambda g, out, a, b: [unbroadcast(g, a), unbroadcast(-g, b)], ()),
+    "mul": (np.multiply, lambda g, out, a, b: [unbroadcast(g * b, a), unbroadcast(g * a, b)], ()),
+    "div": (np.divide, lambda g, out, a, b: [unbroadcast(g / b, a), unbroadcast(-g * out / b, b)],
+            (Domain(), Domain("nonzero", low=0.5, high=3.0))),
+    "pow": (np.power, lambda g, out, a, b: [unbroadcast(g * b * pow(a, b - 1), a),
+                                            unbroadcast(g * out * log(a), b)],
+            (POSITIVE, Domain(low=-2, high=2))),
+    "maximum": (np.maximum, lambda g, out, a, b: _max_vjp(g, out, a, b, greater),
+                (Domain(distinct=True), Domain(distinct=True))),
+    "minimum": (np.minimum, lambda g, out, a, b: _max_vjp(g, out, a, b, less),
+                (Domain(distinct=True), Domain(distinct=True))),
+}
+for _name, (_fwd, _vjp, _dom) in _BINARY.items():
+    register(OpDef(_name, infer=_binary_infer, forward=_fwd, vjp=_vjp, domain=_dom, arity=2, elementwise=True))
+
+
+def add(a, b) -> Tensor:
+    return apply("add", promote(a, b))
+
+
+def sub(a, b) -> Tensor:
+    return apply("sub", promote(a, b))
+
+
+def mul(a, b) -> Tensor:
+    return apply("mul", promote(a, b))
+
+
+def div(a, b) -> Tensor:
+    a, b = promote(a, b)
+    if a.dtype.kind != "f" and b.dtype.kind != "f":
+        a = cast(a, np.float64)  # true division of integers gives floats, as in NumPy
+    return apply("div", [a, b])
+
+
+def pow(a, b) -> Tensor:  # noqa: A001 - mirrors operator.pow
+    """a ** b. A Python-number exponent gives the cheaper `power` op."""
+    if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return power(a, b)
+    return apply("pow", promote(a, b))
+
+
+def maximum(a, b) -> Tensor:
+    """Elementwise max; at ties the gradient is split evenly between a and b."""
+    return apply("maximum", promote(a, b))
+
+
+def minimum(a, b) -> Tensor:
+    """Elementwise min; at ties the gradient is split evenly between a and b."""
+    return apply("minimum", promote(a, b))
+
+
+# -- comparisons (bool results, no gradient) ---------------------------------------------
+def _compare_infer(inputs):
+    return broadcast_shapes(inputs[0].shape, inputs[1].shape), np.dtype(bool)
+
+
+_COMPARE = {"less": np.less, "less_equal": np.less_equal, "greater": np.greater,
+            "greater_equal": np.greater_equal, "equal": np.equal, "not_equal": np.not_equal}
+for _name, _fwd in _COMPARE.items():
+    register(OpDef(_name, infer=_compare_infer, forward=_fwd, differentiable=False, arity=2, elementwise=True))
+
+
+def less(a, b) -> Tensor:
+    return apply("less", promote(a, b))
+
+
+def less_equal(a, b) -> Tensor:
+    return apply("less_equal", promote(a, b))
+
+
+def greater(a, b) -> Tensor:
+    return apply("greater", promote(a, b))
+
+
+def greater_equal(a, b) -> Tensor:
+    return apply("greater_equal", promote(a, b))
+
+
+def equal(a, b) -> Tensor:
+    return apply("equal", promote(a, b))
+
+
+def not_equal(a, b) -> Tensor:
+    return apply("not_equal", promote(a, b))
+
+
+# -- where and clip ----------------------------------------------------------------------
+def _where_infer(inputs):
+    c, a, b = inputs
+    if c.dtype != np.dtype(bool):
+        raise GraphError(f"condition must be bool, got {c.dtype}")
+    return broadcast_shapes(c.shape, a.shape, b.shape), np.result_type(a.dtype, b.dtype)
+
+
+def _where_vjp(g, out, c, a, b):
+    zero = as_tensor(0, like=g)
+    return [None, unbroadcast(where(c, g, zero), a), unbroadcast(where(c, zero, g), b)]
+
+
+register(OpDef("where", infer=_where_infer, forward=np.where, vjp=_where_vjp, arity=3, elementwise=True))
+
+
+def where(cond, a, b) -> Tensor:
+    """a where cond is true, else b (broadcasting all three)."""
+    a, b = promote(a, b)
+    cond = as_tensor(cond)
+    if cond.dtype != np.dtype(bool):
+        cond = not_equal(cond, 0)
+    return apply("where", [cond, a, b])
+
+
+def _clip_forward(x, lo, hi):
+    out = x
+    if lo is not None:
+        out = np.maximum(out, np.asarray(lo, x.dtype))
+    if hi is not None:
+        out = np.minimum(out, np.asarray(hi, x.dtype))
+    return out if out is not x else x.copy()
+
+
+def _clip_vjp(g, out, x, lo, hi):
+    zero = as_tensor(0, like=g)
+    if lo is not None:
+        g = where(greater_equal(x, lo), g, zero)
+    if hi is not None:
+        g = where(less_equal(x, hi), g, zero)
+    return [g]
+
+
+def _clip_infer(inputs, lo, hi):
+    if lo is not None and hi is not None and lo > hi:
+        raise GraphError(f"clip bounds are reversed: lo={lo} > hi={hi}")
+    return _float_same(inputs)
+
+
+register(OpDef("clip", infer=_clip_infer, forward=_clip_forward, vjp=_clip_vjp, arity=1, elementwise=True,
+               domain=(Domain(kinks=(-1.0, 1.0)),)))
+
+
+def clip(x, lo=None, hi=None) -> Tensor:
+    """Limit values to [lo, hi] (either may be None). Gradient 1 inside, including the bounds."""
+    return apply("clip", [_floatify(x)], lo=None if lo is None else float(lo), hi=None if hi is None else float(hi))

@@ -1,0 +1,198 @@
+"""compile() and Function: check feeds, specialise a Plan per shape signature, run it."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from . import backends
+from .errors import GraphError, node_error, user_source
+from .graph import reachable
+from .ops import REGISTRY
+from .schedule import Plan, make_plan
+from .tensor import Tensor, constant
+
+# Shape-plumbing ops that are the identity once shapes are concrete and equal.
+_IDENTITY_WHEN_SAME_SHAPE = ("sum_to", "broadcast_like", "reshape_like")
+
+
+class Function:
+    """A compiled graph. Call it with the placeholders' values as keyword arguments.
+
+    It returns a list of fresh NumPy arrays in the order of `outputs` (a single array when
+    compile() was given one Tensor). One Plan is built and cached per signature of feed and
+    parameter shapes."""
+
+    def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None):
+        self._single = isinstance(outputs, Tensor)
+        self.outputs = [outputs] if self._single else list(outputs)
+        if not self.outputs:
+            raise GraphError("compile() needs at least one output Tensor")
+        for o in self.outputs:
+            if not isinstance(o, Tensor):
+                raise GraphError(f"compile() outputs must be graphc Tensors, got {type(o).__name__}")
+        nodes = reachable(self.outputs)
+        self.placeholders: list[Tensor] = []
+        by_name: dict[str, Tensor] = {}
+        for n in nodes:
+            if n.op == "placeholder":
+                if n.name in by_name:
+                    raise node_error(n, f"two different placeholders are named '{n.name}' "
+                                        f"(the other was created at {by_name[n.name].source})")
+                by_name[n.name] = n
+                self.placeholders.append(n)
+        self.parameters = [n for n in nodes if n.op == "parameter"]
+        self.backend = backends.resolve(backend)
+        self._runner = backends.runner(self.backend)
+        self._plans: dict[tuple, Any] = {}
+        self._last_plan: Optional[Plan] = None
+        self._lock = threading.Lock()
+
+    # -- calling -----------------------------------------------------------------------------
+    def __call__(self, *args, **feeds):
+        if args:
+            if len(args) == 1 and isinstance(args[0], dict):
+                feeds = {**{(k.name if isinstance(k, Tensor) else k): v for k, v in args[0].items()}, **feeds}
+            else:
+                raise GraphError("call a compiled Function with keyword arguments, e.g. f(x=X, y=Y), "
+                                 "or with one dict {placeholder: value}")
+        arrays = self._check_feeds(feeds)
+        params = [self._param_value(p) for p in self.parameters]
+        key = tuple(a.shape for a in arrays) + tuple(v.shape for v in params)
+        entry = self._plans.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._plans.get(key) or self._specialize(key, arrays, params)
+        self._last_plan = entry[0]
+        outs = entry[1](arrays, params)
+        return outs[0] if self._single else outs
+
+    def _check_feeds(self, feeds: dict) -> list:
+        names = {p.name for p in self.placeholders}
+        extra = sorted(set(feeds) - names)
+        if extra:
+            raise GraphError(f"unexpected feed(s) {extra}: this function's placeholders are {sorted(names)} "
+                             f"(called at {user_source()})")
+        arrays = []
+        for p in self.placeholders:
+            if p.name not in feeds:
+                raise node_error(p, f"missing feed '{p.name}' (called at {user_source()})")
+            arrays.append(_check_feed(p, feeds[p.name]))
+        return arrays
+
+    @staticmethod
+    def _param_value(p: Tensor) -> np.ndarray:
+        v = p.value
+        if not isinstance(v, np.ndarray) or v.dtype != p.dtype:
+            try:
+                v = np.asarray(v)
+            except Exception:  # noqa: BLE001
+                raise node_error(p, f"parameter value must be an array, got {type(p.value).__name__}") from None
+            if v.dtype.kind not in "fiub":
+                raise node_error(p, f"parameter value must be a numeric array, got {v.dtype}")
+            v = v.astype(p.dtype)
+            p.value = v
+        if not v.flags.c_contiguous:
+            v = np.ascontiguousarray(v)
+        return v
+
+    # -- specialisation --------------------------------------------------------------------------
+    def _specialize(self, key, arrays, params):
+        start = time.perf_counter()
+        concrete = specialize(self.outputs, self.placeholders, arrays, self.parameters, params)
+        index = {p.id: k for k, p in enumerate(self.placeholders)}
+        index.update({p.id: k for k, p in enumerate(self.parameters)})
+        plan = make_plan(concrete, index)
+        plan.compile_seconds = time.perf_counter() - start
+        entry = (plan, self._runner(plan))
+        self._plans[key] = entry
+        return entry
+
+    # -- reports -----------------------------------------------------------------------------
+    def explain(self) -> str:
+        """The scheduled steps of the most recently used plan, with shapes and source lines."""
+        plan = self._last_plan
+        if plan is None:
+            return "(not called yet: the plan is built for the shapes of the first call)"
+        lines = [f"Plan: {len(plan.steps)} steps, backend {self.backend}, "
+                 f"compiled in {plan.compile_seconds * 1e3:.1f} ms"]
+        for k, step in enumerate(plan.steps):
+            n = step.node
+            ins = ", ".join(f"%{s}" for s in step.inputs)
+            attrs = "".join(f" {a}={v}" for a, v in n.attrs.items())
+            lines.append(f"  {k:4d}  %{step.out} = {n.op}({ins}){attrs} -> {n.shape} {n.dtype}   # {n.source}")
+        lines.append("  outputs: " + ", ".join(f"%{s}" for s in plan.outputs))
+        return "\n".join(lines)
+
+
+def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor]:
+    """Clone the graph with every shape made concrete for these feeds and parameter values.
+
+    Shape rules run again on the real sizes, so a mismatch known only now (e.g. two batch sizes)
+    is reported against the node and source line that created it."""
+    leaf_shape = {p.id: a.shape for p, a in zip(placeholders, arrays)}
+    leaf_shape.update({p.id: v.shape for p, v in zip(parameters, params)})
+    clone: dict[int, Tensor] = {}
+    for node in reachable(outputs):
+        if node.op in ("placeholder", "parameter"):
+            new = Tensor(node.op, (), {"origin": node.id}, leaf_shape[node.id], node.dtype, node.name, node.source)
+        elif node.op == "constant":
+            new = node
+        else:
+            ins = [clone[i.id] for i in node.inputs]
+            if node.op in _IDENTITY_WHEN_SAME_SHAPE and ins[0].shape == ins[1].shape:
+                clone[node.id] = ins[0]
+                continue
+            try:
+                shape, dtype = REGISTRY[node.op].infer(ins, **node.attrs)
+            except GraphError as exc:
+                probe = Tensor(node.op, ins, node.attrs, (), np.float64, node.name, node.source)
+                raise node_error(probe, str(exc)) from None
+            if node.op == "size_of":  # sizes are known now: fold to a constant
+                axes = node.attrs["axes"] if node.attrs["axes"] is not None else range(len(ins[0].shape))
+                new = constant(np.prod([ins[0].shape[a] for a in axes]), dtype=dtype)
+            else:
+                new = Tensor(node.op, ins, node.attrs, shape, dtype, node.name, node.source)
+        clone[node.id] = new
+    return [clone[o.id] for o in outputs]
+
+
+def _check_feed(p: Tensor, value) -> np.ndarray:
+    """Validate one feed against its placeholder: dtype kind and precision, rank, fixed sizes."""
+    if isinstance(value, Tensor):
+        raise node_error(p, "feeds must be arrays, not symbolic Tensors")
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value, dtype=p.dtype if not isinstance(value, np.generic) else None)
+        except (TypeError, ValueError) as exc:
+            raise node_error(p, f"feed '{p.name}' cannot be converted to {p.dtype}: {exc}") from None
+    if value.dtype.kind not in "fiub":
+        raise node_error(p, f"feed '{p.name}' has non-numeric dtype {value.dtype}")
+    want = p.dtype
+    if value.dtype != want:
+        if want.kind == "f" and value.dtype.kind == "f":
+            raise node_error(p, f"feed '{p.name}' has dtype {value.dtype} but the placeholder is {want}; "
+                                f"convert it with .astype(np.{want})")
+        if want.kind in "iu" and value.dtype.kind not in "iub":
+            raise node_error(p, f"feed '{p.name}' must hold integers ({want}), got {value.dtype}")
+        if want.kind == "f" and value.dtype.kind not in "iub":
+            raise node_error(p, f"feed '{p.name}' must hold {want}, got {value.dtype}")
+        value = value.astype(want)
+    if value.ndim != len(p.shape):
+        raise node_error(p, f"feed '{p.name}' has shape {value.shape} but the placeholder has "
+                            f"{len(p.shape)} dimension(s), {p.shape}")
+    for got, exp in zip(value.shape, p.shape):
+        if exp is not None and got != exp:
+            raise node_error(p, f"feed '{p.name}' has shape {value.shape}, expected {p.shape}")
+    if not value.flags.c_contiguous or not value.flags.aligned or not value.dtype.isnative:
+        value = np.ascontiguousarray(value, dtype=want)
+    return value
+
+
+def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None) -> Function:  # noqa: A001
+    """Compile output Tensors into a callable Function; placeholders are found automatically.
+
+    backend: "auto" (C when built, else NumPy), "c" or "numpy"; default from GRAPHC_BACKEND."""
+    return Function(outputs, backend=backend)
