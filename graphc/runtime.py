@@ -25,15 +25,26 @@ class Function:
     compile() was given one Tensor). One Plan is built and cached per signature of feed and
     parameter shapes."""
 
-    def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None):
+    def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,
+                 updates: Optional[dict] = None):
         self._single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self._single else list(outputs)
-        if not self.outputs:
+        self.updates = list((updates or {}).items())
+        if not self.outputs and not self.updates:
             raise GraphError("compile() needs at least one output Tensor")
         for o in self.outputs:
             if not isinstance(o, Tensor):
                 raise GraphError(f"compile() outputs must be graphc Tensors, got {type(o).__name__}")
-        nodes = reachable(self.outputs)
+        for p, new in self.updates:
+            if not isinstance(p, Tensor) or p.op != "parameter":
+                raise GraphError(f"updates keys must be parameters, got {p!r}")
+            if not isinstance(new, Tensor):
+                raise GraphError(f"the update of {p!r} must be a Tensor, got {type(new).__name__}")
+            if new.dtype != p.dtype or (None not in new.shape and new.shape != p.shape):
+                raise node_error(new, f"the update of parameter '{p.name}' has shape {new.shape} {new.dtype}, "
+                                      f"but the parameter is {p.shape} {p.dtype}")
+        self._all_outputs = self.outputs + [new for _, new in self.updates]
+        nodes = reachable(self._all_outputs)
         self.placeholders: list[Tensor] = []
         by_name: dict[str, Tensor] = {}
         for n in nodes:
@@ -67,6 +78,11 @@ class Function:
                 entry = self._plans.get(key) or self._specialize(key, arrays, params)
         self._last_plan = entry[0]
         outs = entry[1](arrays, params)
+        if self.updates:  # every output was computed from the old values; now commit the new ones
+            n = len(self.outputs)
+            for (p, _), value in zip(self.updates, outs[n:]):
+                p.value = value
+            outs = outs[:n]
         return outs[0] if self._single else outs
 
     def _check_feeds(self, feeds: dict) -> list:
@@ -101,7 +117,7 @@ class Function:
     # -- specialisation --------------------------------------------------------------------------
     def _specialize(self, key, arrays, params):
         start = time.perf_counter()
-        concrete = specialize(self.outputs, self.placeholders, arrays, self.parameters, params)
+        concrete = specialize(self._all_outputs, self.placeholders, arrays, self.parameters, params)
         index = {p.id: k for k, p in enumerate(self.placeholders)}
         index.update({p.id: k for k, p in enumerate(self.parameters)})
         plan = make_plan(concrete, index)
@@ -191,8 +207,12 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
     return value
 
 
-def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None) -> Function:  # noqa: A001
+def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,  # noqa: A001
+            updates: Optional[dict] = None) -> Function:
     """Compile output Tensors into a callable Function; placeholders are found automatically.
 
-    backend: "auto" (C when built, else NumPy), "c" or "numpy"; default from GRAPHC_BACKEND."""
-    return Function(outputs, backend=backend)
+    backend: "auto" (C when built, else NumPy), "c" or "numpy"; default from GRAPHC_BACKEND.
+    updates: {parameter: new_value_tensor}; after each call every such parameter's `.value` is
+    replaced by the new value (all computed from the old values), so one call can do forward,
+    backward and an optimiser step."""
+    return Function(outputs, backend=backend, updates=updates)
