@@ -26,11 +26,11 @@ def user_source() -> str:
 
 def node_error(node, message: str) -> GraphError:
     """A GraphError about `node`: op, name, input shapes and the user's line that created it."""
-    shapes = ", ".join(str(_fmt_shape(i.shape)) for i in node.inputs)
+    shapes = ", ".join(str(fmt_shape(i.shape)) for i in node.inputs)
     what = f"{node.op}" + (f" '{node.name}'" if node.name else "")
     inputs = f" (input shapes: {shapes})" if node.inputs else ""
     return GraphError(f"{what}{inputs} created at {node.source}: {message}")
 
 
-def _fmt_shape(shape) -> str:
+def fmt_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from . import backends
-from .errors import GraphError, node_error, user_source
+from .errors import GraphError, fmt_shape, node_error, user_source
 from .graph import reachable
 from .ops import REGISTRY
 from .schedule import Plan, make_plan
@@ -198,10 +198,10 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
         value = value.astype(want)
     if value.ndim != len(p.shape):
         raise node_error(p, f"feed '{p.name}' has shape {value.shape} but the placeholder has "
-                            f"{len(p.shape)} dimension(s), {p.shape}")
+                            f"{len(p.shape)} dimension(s), {fmt_shape(p.shape)}")
     for got, exp in zip(value.shape, p.shape):
         if exp is not None and got != exp:
-            raise node_error(p, f"feed '{p.name}' has shape {value.shape}, expected {p.shape}")
+            raise node_error(p, f"feed '{p.name}' has shape {value.shape}, expected {fmt_shape(p.shape)}")
     if not value.flags.c_contiguous or not value.flags.aligned or not value.dtype.isnative:
         value = np.ascontiguousarray(value, dtype=want)
     return value
