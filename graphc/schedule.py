@@ -73,3 +73,99 @@ def make_plan(outputs: list[Tensor], feed_index: dict) -> Plan:
         else:
             plan.steps.append(Step(n, tuple(slot[i.id] for i in n.inputs), k, tuple(frees.get(k, ()))))
     return plan
+
+
+ALIGN = 64  # bytes: every arena buffer starts on a cache line (and an AVX2 load boundary)
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def nbytes(node: Tensor) -> int:
+    count = 1
+    for d in node.shape:
+        count *= d
+    return count * node.dtype.itemsize
+
+
+@dataclass
+class Arena:
+    """Where each intermediate lives in one per-call buffer of `nbytes` bytes.
+
+    offsets: slot -> byte offset for every value kept in the arena (aliases share their root's);
+    root: slot -> the slot whose buffer it views (reshape-like ops, when `aliasing` allows);
+    inplace: slots written over a dead input's buffer; naive_bytes: one buffer per intermediate."""
+    offsets: dict
+    root: dict
+    nbytes: int
+    naive_bytes: int
+    inplace: set = field(default_factory=set)
+
+
+def plan_arena(plan: Plan, reuse: bool = True, inplace_ops=frozenset(), aliasing=frozenset(),
+               external=frozenset()) -> Arena:
+    """Liveness-based arena planning.
+
+    Each intermediate is live from the step that writes it to its last reader (outputs: to the
+    end). With reuse, a value takes the best-fitting freed block (smallest that fits, split);
+    an op in `inplace_ops` writes over an input whose life ends at that very step when the sizes
+    match. Slots in `external` (leaves, and outputs written straight into the returned arrays)
+    are not placed; an op in `aliasing` (e.g. reshape) shares its input's buffer."""
+    steps = plan.steps
+    root: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, step in enumerate(steps):
+        for i in step.inputs:
+            last[root.get(i, i)] = k
+        if step.node.op in aliasing:
+            root[step.out] = root.get(step.inputs[0], step.inputs[0])
+    end = len(steps)
+    for s in plan.outputs:
+        last[root.get(s, s)] = end
+    dying: dict[int, list[int]] = {}
+    for r, k in last.items():
+        dying.setdefault(k, []).append(r)
+
+    offsets: dict[int, int] = {}
+    inplace: set[int] = set()
+    free: list[list[int]] = []  # [offset, size] blocks available for reuse
+    top = naive = 0
+    for k, step in enumerate(steps):
+        s = step.out
+        if s in root:
+            if root[s] in offsets:
+                offsets[s] = offsets[root[s]]
+        elif s not in external:
+            need = _aligned(nbytes(step.node))
+            naive += need
+            placed = None
+            if reuse and step.node.op in inplace_ops:
+                for i in step.inputs:
+                    r = root.get(i, i)
+                    if (r in offsets and r not in external and last.get(r) == k and i == r
+                            and _aligned(nbytes(plan.nodes[r])) == need and plan.nodes[r].dtype == step.node.dtype):
+                        placed = offsets[r]
+                        last[r] = -1  # its block now belongs to s: do not free it below
+                        inplace.add(s)
+                        break
+            if placed is None and reuse:
+                fits = [b for b in free if b[1] >= need]
+                if fits:
+                    best = min(fits, key=lambda b: b[1])
+                    placed = best[0]
+                    best[0] += need
+                    best[1] -= need
+                    if best[1] == 0:
+                        free.remove(best)
+            if placed is None:
+                placed, top = top, top + need
+            offsets[s] = placed
+            if s not in last:  # never read: free right away
+                last[s] = k
+                dying.setdefault(k, []).append(s)
+        if reuse:
+            for r in dying.get(k, ()):
+                if r in offsets and last.get(r) == k and r not in external:
+                    free.append([offsets[r], _aligned(nbytes(plan.nodes[r]))])
+    return Arena(offsets, root, top, naive, inplace)

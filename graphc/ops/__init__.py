@@ -85,3 +85,4 @@ from .shape import *  # noqa: E402,F401,F403
 from .linalg import *  # noqa: E402,F401,F403
 from .nn import *  # noqa: E402,F401,F403
 from .conv import *  # noqa: E402,F401,F403
+from .fused import *  # noqa: E402,F401,F403

@@ -1,0 +1,119 @@
+"""Fused ops produced by the fusion pass (graphc.passes), each one C kernel call.
+
+dense(x, W[, b]; trans_a, trans_b, act, alpha) = act(op(x) @ op(W) + b): the GEMM with its
+bias + activation epilogue. Its VJP reads the stored output (ReLU' = y > 0, σ' = y(1 − y)).
+
+fused_elementwise(*inputs; program) evaluates a straight-line elementwise program in one pass.
+program is a tuple of (op, args, param) instructions; value ids 0..len(inputs)-1 are the inputs,
+id len(inputs)+j is instruction j's result; the last instruction's result is the output. Every
+input has the output's shape or is a scalar (shape ()). Ops: the unary and binary names of
+FUSED_UNARY / FUSED_BINARY and ("const", (), value).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError
+from . import OpDef, apply, register
+from .core import unbroadcast
+from .elementwise import ACTIVATIONS, _act_grad_forward, activation_grad, np_sigmoid
+from .linalg import _matmul_forward, _matmul_infer, _matmul_vjp
+from .reduce import sum
+
+__all__ = ["dense", "FUSED_UNARY", "FUSED_BINARY", "run_program"]
+
+
+# -- dense ------------------------------------------------------------------------------------
+def _act_forward(z, act, alpha):
+    if act == "relu":
+        return np.maximum(z, 0)
+    if act == "leaky_relu":
+        return np.where(z > 0, z, z * np.asarray(alpha, z.dtype))
+    if act == "sigmoid":
+        return np_sigmoid(z)
+    if act == "tanh":
+        return np.tanh(z)
+    return z
+
+
+def _dense_infer(inputs, trans_a, trans_b, act, alpha):
+    if act not in ACTIVATIONS:
+        raise GraphError(f"unknown activation {act!r}")
+    shape, dtype = _matmul_infer(inputs[:2], trans_a, trans_b)
+    if len(shape) != 2:
+        raise GraphError("dense needs 2-d operands")
+    if len(inputs) == 3 and inputs[2].shape not in ((shape[1],), (None,)):
+        raise GraphError(f"bias of shape {inputs[2].shape} does not match {shape[1]} columns")
+    return shape, dtype
+
+
+def _dense_forward(x, w, *b, trans_a, trans_b, act, alpha):
+    z = _matmul_forward(x, w, trans_a, trans_b)
+    if b:
+        z = z + b[0]
+    return _act_forward(z, act, alpha)
+
+
+def _dense_vjp(g, out, x, w, *b, trans_a, trans_b, act, alpha):
+    gz = g if act == "identity" else activation_grad(out, g, act, alpha)
+    grads = _matmul_vjp(gz, None, x, w, trans_a, trans_b)
+    return grads + ([unbroadcast(sum(gz, 0), b[0])] if b else [])
+
+
+register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, c_kernel="gemm"))
+
+
+def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False, trans_b=False):
+    """act(x @ w + b) as one op (what the fusion pass makes of matmul + bias + activation)."""
+    inputs = [x, w] if b is None else [x, w, b]
+    return apply("dense", inputs, trans_a=bool(trans_a), trans_b=bool(trans_b), act=act, alpha=float(alpha))
+
+
+# -- fused elementwise ----------------------------------------------------------------------------
+FUSED_UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs, "sign": np.sign,
+    "sigmoid": np_sigmoid, "tanh": np.tanh, "relu": lambda x, p: np.maximum(x, 0),
+    "leaky_relu": lambda x, p: np.where(x > 0, x, x * np.asarray(p, x.dtype)),
+    "power": lambda x, p: np.power(x, np.asarray(p, x.dtype)),
+}
+FUSED_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "maximum": np.maximum,
+    "minimum": np.minimum,
+    # activation gradients: (y, g) -> g * act'(from y)
+    "relu_grad": lambda y, g, p: _act_grad_forward(y, g, "relu"),
+    "leaky_relu_grad": lambda y, g, p: _act_grad_forward(y, g, "leaky_relu", p),
+    "sigmoid_grad": lambda y, g, p: _act_grad_forward(y, g, "sigmoid"),
+    "tanh_grad": lambda y, g, p: _act_grad_forward(y, g, "tanh"),
+}
+_WITH_PARAM = {"relu", "leaky_relu", "power", "relu_grad", "leaky_relu_grad", "sigmoid_grad", "tanh_grad"}
+
+
+def run_program(program, inputs, dtype):
+    """NumPy interpreter of a fused_elementwise program (the reference for the C kernel)."""
+    vals = list(inputs)
+    for op, args, param in program:
+        if op == "const":
+            vals.append(np.asarray(param, dtype))
+        elif op in FUSED_UNARY:
+            f = FUSED_UNARY[op]
+            vals.append(f(vals[args[0]], param) if op in _WITH_PARAM else f(vals[args[0]]))
+        else:
+            f = FUSED_BINARY[op]
+            a, b = vals[args[0]], vals[args[1]]
+            vals.append(f(a, b, param) if op in _WITH_PARAM else f(a, b))
+    return np.asarray(vals[-1], dtype=dtype)
+
+
+def _fused_infer(inputs, program, shape, dtype):
+    for t in inputs:
+        if t.shape not in (tuple(shape), ()):
+            raise GraphError(f"fused_elementwise input of shape {t.shape} is neither {shape} nor a scalar")
+    return tuple(shape), np.dtype(dtype)
+
+
+def _fused_forward(*inputs, program, shape, dtype):
+    out = run_program(program, inputs, dtype)
+    return np.broadcast_to(out, shape) if out.shape != tuple(shape) else out
+
+
+register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True))
