@@ -11,9 +11,14 @@ from . import backends
 from .errors import GraphError, fmt_shape, node_error, user_source
 from .graph import reachable
 from .ops import REGISTRY
-from .schedule import Plan, make_plan
+from .passes import DEFAULT_PASSES, run_pipeline
+from .schedule import Plan, make_plan, plan_arena
 from .tensor import Tensor, constant
 
+# Arena layout: elementwise kernels may write over a dead input; reshape-like ops are views.
+INPLACE_OPS = frozenset({"add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "relu",
+                         "leaky_relu", "power", "maximum", "minimum", "activation_grad", "fused_elementwise"})
+ALIASING_OPS = frozenset({"reshape", "reshape_like", "expand_dims", "squeeze", "stop_gradient"})
 # Shape-plumbing ops that are the identity once shapes are concrete and equal.
 _IDENTITY_WHEN_SAME_SHAPE = ("sum_to", "broadcast_like", "reshape_like")
 
@@ -26,7 +31,7 @@ class Function:
     parameter shapes."""
 
     def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,
-                 updates: Optional[dict] = None):
+                 updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None, optimize: bool = True):
         self._single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self._single else list(outputs)
         self.updates = list((updates or {}).items())
@@ -44,6 +49,8 @@ class Function:
                 raise node_error(new, f"the update of parameter '{p.name}' has shape {new.shape} {new.dtype}, "
                                       f"but the parameter is {p.shape} {p.dtype}")
         self._all_outputs = self.outputs + [new for _, new in self.updates]
+        self.passes = tuple(DEFAULT_PASSES if passes is None else passes) if optimize else ()
+        run_pipeline([], self.passes)  # validates the names now, not at the first call
         nodes = reachable(self._all_outputs)
         self.placeholders: list[Tensor] = []
         by_name: dict[str, Tensor] = {}
@@ -118,6 +125,7 @@ class Function:
     def _specialize(self, key, arrays, params):
         start = time.perf_counter()
         concrete = specialize(self._all_outputs, self.placeholders, arrays, self.parameters, params)
+        concrete = run_pipeline(concrete, self.passes)
         index = {p.id: k for k, p in enumerate(self.placeholders)}
         index.update({p.id: k for k, p in enumerate(self.parameters)})
         plan = make_plan(concrete, index)
@@ -127,18 +135,34 @@ class Function:
         return entry
 
     # -- reports -----------------------------------------------------------------------------
+    def arena_options(self, plan: Optional[Plan] = None) -> dict:
+        """How this Function's plans are laid out in memory (see schedule.plan_arena)."""
+        plan = plan or self._last_plan
+        external = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
+        return dict(reuse=True, inplace_ops=INPLACE_OPS, aliasing=ALIASING_OPS,
+                    external=external | set(plan.outputs))
+
     def explain(self) -> str:
-        """The scheduled steps of the most recently used plan, with shapes and source lines."""
+        """The plan of the most recent call: steps in order with op, shapes, fused groups and the
+        source lines of the nodes they came from; arena bytes vs one buffer per intermediate;
+        compile time."""
         plan = self._last_plan
         if plan is None:
             return "(not called yet: the plan is built for the shapes of the first call)"
-        lines = [f"Plan: {len(plan.steps)} steps, backend {self.backend}, "
-                 f"compiled in {plan.compile_seconds * 1e3:.1f} ms"]
+        arena = plan_arena(plan, **self.arena_options(plan))
+        lines = [f"Plan: {len(plan.steps)} steps, backend {self.backend}, passes {', '.join(self.passes) or 'none'}; "
+                 f"compiled in {plan.compile_seconds * 1e3:.1f} ms",
+                 f"  arena: {arena.nbytes:,} bytes with liveness reuse vs {arena.naive_bytes:,} naive "
+                 f"({len(arena.inplace)} in-place steps)"]
         for k, step in enumerate(plan.steps):
             n = step.node
             ins = ", ".join(f"%{s}" for s in step.inputs)
-            attrs = "".join(f" {a}={v}" for a, v in n.attrs.items())
-            lines.append(f"  {k:4d}  %{step.out} = {n.op}({ins}){attrs} -> {n.shape} {n.dtype}   # {n.source}")
+            if n.op == "fused_elementwise":
+                attrs = " [" + "; ".join(i[0] for i in n.attrs["program"] if i[0] != "const") + "]"
+            else:
+                attrs = "".join(f" {a}={v}" for a, v in n.attrs.items() if a not in ("shape", "dtype"))
+            where = n.source.replace("; ", "\n" + " " * 10 + "# ") if "; " in n.source else n.source
+            lines.append(f"  {k:4d}  %{step.out} = {n.op}({ins}){attrs} -> {fmt_shape(n.shape)} {n.dtype}   # {where}")
         lines.append("  outputs: " + ", ".join(f"%{s}" for s in plan.outputs))
         return "\n".join(lines)
 
@@ -208,11 +232,14 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
 
 
 def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,  # noqa: A001
-            updates: Optional[dict] = None) -> Function:
+            updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None,
+            optimize: bool = True) -> Function:
     """Compile output Tensors into a callable Function; placeholders are found automatically.
 
     backend: "auto" (C when built, else NumPy), "c" or "numpy"; default from GRAPHC_BACKEND.
     updates: {parameter: new_value_tensor}; after each call every such parameter's `.value` is
     replaced by the new value (all computed from the old values), so one call can do forward,
-    backward and an optimiser step."""
-    return Function(outputs, backend=backend, updates=updates)
+    backward and an optimiser step.
+    passes: the compiler passes to run (default: graphc.passes.DEFAULT_PASSES, in pipeline
+    order); optimize=False runs none (for debugging)."""
+    return Function(outputs, backend=backend, updates=updates, passes=passes, optimize=optimize)

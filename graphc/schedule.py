@@ -13,14 +13,18 @@ LEAVES = ("placeholder", "parameter", "constant")
 
 
 def topological_order(outputs: list[Tensor]) -> list[Tensor]:
-    """Same graph, same order: Kahn's algorithm breaking ties by creation order."""
+    """Same graph, same order: Kahn's algorithm, choosing among ready nodes by (newest input,
+    own creation order). Ranking a node by its newest input runs it soon after that input is
+    made (e.g. a parameter update right after its gradient), so values die young and the
+    arena stays small."""
     nodes = reachable(outputs)
     g = nx.DiGraph()
     g.add_nodes_from(n.id for n in nodes)
     g.add_edges_from((i.id, n.id) for n in nodes for i in n.inputs)
     by_id = {n.id: n for n in nodes}
+    rank = {n.id: (max((i.id for i in n.inputs), default=n.id), n.id) for n in nodes}
     try:
-        return [by_id[i] for i in nx.lexicographical_topological_sort(g)]
+        return [by_id[i] for i in nx.lexicographical_topological_sort(g, key=rank.__getitem__)]
     except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(g)
         raise GraphError(f"the graph has a cycle through nodes {[by_id[a].op for a, _ in cycle]}") from None
@@ -158,6 +162,9 @@ def plan_arena(plan: Plan, reuse: bool = True, inplace_ops=frozenset(), aliasing
                     best[1] -= need
                     if best[1] == 0:
                         free.remove(best)
+                elif free and free[-1][0] + free[-1][1] == top:  # grow the free block at the top
+                    placed = free.pop()[0]
+                    top = placed + need
             if placed is None:
                 placed, top = top, top + need
             offsets[s] = placed
@@ -167,5 +174,17 @@ def plan_arena(plan: Plan, reuse: bool = True, inplace_ops=frozenset(), aliasing
         if reuse:
             for r in dying.get(k, ()):
                 if r in offsets and last.get(r) == k and r not in external:
-                    free.append([offsets[r], _aligned(nbytes(plan.nodes[r]))])
+                    _release(free, offsets[r], _aligned(nbytes(plan.nodes[r])))
     return Arena(offsets, root, top, naive, inplace)
+
+
+def _release(free: list, offset: int, size: int) -> None:
+    """Return a block to the sorted free list, merging it with free neighbours."""
+    k = 0
+    while k < len(free) and free[k][0] < offset:
+        k += 1
+    free.insert(k, [offset, size])
+    if k + 1 < len(free) and free[k][0] + free[k][1] == free[k + 1][0]:
+        free[k][1] += free.pop(k + 1)[1]
+    if k > 0 and free[k - 1][0] + free[k - 1][1] == free[k][0]:
+        free[k - 1][1] += free.pop(k)[1]

@@ -7,13 +7,13 @@ import numpy as np
 
 from ..errors import GraphError
 from ..tensor import Tensor, as_tensor
-from . import OpDef, apply, register
+from . import Domain, OpDef, apply, register
 from .core import cast, normalize_axes, size_of
 from .elementwise import _floatify, sigmoid
 from .reduce import sum
 
 __all__ = ["softmax", "log_softmax", "softmax_grad", "softmax_cross_entropy", "binary_cross_entropy",
-           "mse", "dropout", "one_hot"]
+           "mse", "dropout", "one_hot", "nll_loss", "binary_cross_entropy_probs"]
 
 
 # -- softmax / log_softmax ------------------------------------------------------------------
@@ -253,3 +253,69 @@ def dropout(x, p: float = 0.5, seed: Union[int, Tensor, None] = 0) -> Tensor:
     return apply("dropout", [x], p=float(p), seed=0 if seed is None else int(seed))
 
 
+
+
+# -- NLL on log-probabilities, and BCE on probabilities (the unfused forms users write) -----------
+def _nll_forward(logp, labels):
+    n, c = logp.shape
+    _check_labels(labels, c)
+    if n == 0:
+        return np.asarray(np.nan, logp.dtype)
+    return np.asarray(-np.mean(np.take_along_axis(logp, labels[:, None].astype(np.intp), 1)), logp.dtype)
+
+
+def _nll_grad_forward(logp, labels, g):
+    n, c = logp.shape
+    _check_labels(labels, c)
+    out = np.zeros_like(logp)
+    np.put_along_axis(out, labels[:, None].astype(np.intp), -g / max(n, 1), axis=1)
+    return out
+
+
+register(OpDef("nll_loss", infer=_sce_infer, forward=_nll_forward, arity=2,
+               vjp=lambda g, out, logp, labels: [apply("nll_loss_grad", [logp, labels, g]), None]))
+register(OpDef("nll_loss_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_nll_grad_forward, arity=3,
+               vjp=lambda gg, out, logp, labels, g: [None, None, -sum(gg * one_hot(labels, logp.shape[1], logp.dtype))
+                                                     / size_of(logp, 0)]))
+
+
+def nll_loss(log_probs, labels) -> Tensor:
+    """Mean over the batch of -log_probs[n, label_n] (PyTorch's NLLLoss).
+
+    nll_loss(log_softmax(z), y) is fused by the compiler into softmax_cross_entropy(z, y)."""
+    log_probs = _floatify(log_probs)
+    return apply("nll_loss", [log_probs, as_tensor(labels)])
+
+
+def _bce_probs_forward(p, t):
+    if p.shape != t.shape:
+        raise GraphError(f"probabilities {p.shape} and targets {t.shape} must have the same shape")
+    if p.size == 0:
+        return np.asarray(np.nan, p.dtype)
+    return np.asarray(-np.mean(t * np.log(p) + (1 - t) * np.log1p(-p)), p.dtype)
+
+
+def _bce_probs_vjp(g, out, p, t):
+    scale = g / size_of(p)
+    return [apply("bce_probs_grad", [p, t, scale]), (apply("log", [1 - p]) - apply("log", [p])) * scale]
+
+
+def _bce_probs_grad_forward(p, t, scale):
+    return (p - t) / (p * (1 - p)) * scale
+
+
+register(OpDef("binary_cross_entropy_probs", infer=_bce_infer, forward=_bce_probs_forward, vjp=_bce_probs_vjp,
+               arity=2, domain=(Domain("unit", low=0.05, high=0.95), Domain("unit", low=0.0, high=1.0))))
+register(OpDef("bce_probs_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_bce_probs_grad_forward, arity=3))
+
+
+def binary_cross_entropy_probs(probs, targets) -> Tensor:
+    """Mean of -[t log p + (1 - t) log(1 - p)] on probabilities p (PyTorch's BCELoss).
+
+    Prefer binary_cross_entropy on logits; the compiler rewrites
+    binary_cross_entropy_probs(sigmoid(z), t) into that stable form."""
+    p = _floatify(probs)
+    t = as_tensor(targets, like=p)
+    if t.dtype != p.dtype:
+        t = cast(t, p.dtype)
+    return apply("binary_cross_entropy_probs", [p, t])

@@ -1,0 +1,176 @@
+"""Fusion passes: rewrite op patterns into the fused ops the C kernels implement."""
+from __future__ import annotations
+
+from ..graph import reachable
+from ..ops.fused import FUSED_BINARY, FUSED_UNARY
+from ..tensor import Tensor
+from .rewrite import merged_source, rewrite, users_of, with_inputs
+
+_ACTS = ("relu", "leaky_relu", "sigmoid", "tanh")
+
+
+def _fused(op, inputs, attrs, like: Tensor, replaced) -> Tensor:
+    return Tensor(op, inputs, attrs, like.shape, like.dtype, like.name, merged_source(replaced))
+
+
+def fuse_losses(outputs: list) -> list:
+    """Loss patterns -> their fused, numerically stable forms (forward and backward).
+
+    nll_loss(log_softmax(z), y)                       -> softmax_cross_entropy(z, y)
+    softmax_grad(log_softmax(z), nll_loss_grad(.., y, g), log) -> softmax_cross_entropy_grad(z, y, g)
+    binary_cross_entropy_probs(sigmoid(z), t)        -> binary_cross_entropy(z, t)
+    activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> (sigmoid(z) - t) * s
+    """
+    def is_log_softmax_last(n):
+        return n.op == "softmax" and n.attrs["log"] and n.attrs["axis"] == n.ndim - 1
+
+    def rule(node: Tensor):
+        ins = node.inputs
+        if node.op == "nll_loss" and is_log_softmax_last(ins[0]):
+            return _fused("softmax_cross_entropy", [ins[0].inputs[0], ins[1]], {}, node, [ins[0], node])
+        if (node.op == "softmax_grad" and node.attrs["log"] and is_log_softmax_last(ins[0])
+                and ins[1].op == "nll_loss_grad" and ins[1].inputs[0] is ins[0]):
+            z, (_, labels, g) = ins[0].inputs[0], ins[1].inputs
+            return _fused("softmax_cross_entropy_grad", [z, labels, g], {}, node, [ins[1], node])
+        if node.op == "binary_cross_entropy_probs" and ins[0].op == "sigmoid":
+            return _fused("binary_cross_entropy", [ins[0].inputs[0], ins[1]], {}, node, [ins[0], node])
+        if (node.op == "activation_grad" and node.attrs["act"] == "sigmoid" and ins[0].op == "sigmoid"
+                and ins[1].op == "bce_probs_grad" and ins[1].inputs[0] is ins[0]):
+            y, (_, t, scale) = ins[0], ins[1].inputs
+            diff = _fused("sub", [y, t], {}, node, [ins[1]])
+            return _fused("mul", [diff, scale], {}, node, [node])
+        return None
+
+    return rewrite(outputs, rule)
+
+
+def fuse_dense(outputs: list) -> list:
+    """act(matmul(x, W) + b) -> dense(x, W, b, act), also without the bias or the activation.
+
+    Fires only when the matmul (and the bias sum) feed nothing else, so nothing is computed twice."""
+    users, out_ids = users_of(outputs)
+
+    def private(n: Tensor) -> bool:  # n (an original node) has one user and is not an output
+        return len(users.get(n.id, ())) == 1 and n.id not in out_ids
+
+    def matmul_plus_bias(add: Tensor, orig: Tensor):
+        """(index of the matmul operand, bias) if add = matmul + row-vector bias."""
+        for k in (0, 1):
+            mm, b = add.inputs[k], add.inputs[1 - k]
+            if (mm.op == "matmul" and mm.ndim == 2 and private(orig.inputs[k]) and mm.shape == add.shape
+                    and b.dtype == add.dtype and b.shape in ((add.shape[1],), (1, add.shape[1]))):
+                return mm, b
+        return None
+
+    def rule(node: Tensor, orig: Tensor):
+        act, alpha, inner, inner_orig, replaced = "identity", 0.0, node, orig, [node]
+        if node.op in _ACTS:
+            act, alpha = node.op, node.attrs.get("alpha", 0.0)
+            inner, inner_orig = node.inputs[0], orig.inputs[0]
+            if not private(inner_orig):
+                return None
+            replaced = [inner, node]
+        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and users[orig.id][0].op in _ACTS:
+            return None  # the activation above will take this add along
+        mm, bias = inner, None
+        if inner.op == "add":
+            found = matmul_plus_bias(inner, inner_orig)
+            if found is None:
+                return None
+            mm, bias = found
+            replaced = [mm] + replaced
+            if bias.ndim == 2:
+                bias = Tensor("reshape", [bias], {"shape": (bias.shape[1],)}, (bias.shape[1],), bias.dtype,
+                              bias.name, bias.source)
+        elif inner.op != "matmul" or inner.ndim != 2 or act == "identity":
+            return None  # a bare matmul stays a matmul
+        if mm.dtype != node.dtype:
+            return None
+        attrs = dict(trans_a=mm.attrs["trans_a"], trans_b=mm.attrs["trans_b"], act=act, alpha=float(alpha))
+        inputs = list(mm.inputs) + ([bias] if bias is not None else [])
+        return _fused("dense", inputs, attrs, node, replaced)
+
+    return rewrite(outputs, rule, with_original=True)
+
+
+# ---------------------------------------------------------------------------------------------
+_PROGRAM_OPS = set(FUSED_UNARY) | set(FUSED_BINARY) | {"activation_grad"}
+
+
+def _fusable(n: Tensor) -> bool:
+    if n.op not in _PROGRAM_OPS or n.dtype.kind != "f":
+        return False
+    if n.op == "activation_grad" and n.attrs["act"] == "identity":
+        return False
+    return all(i.shape in (n.shape, ()) and i.dtype == n.dtype for i in n.inputs)
+
+
+def _instruction(n: Tensor, args) -> tuple:
+    if n.op == "activation_grad":
+        return (n.attrs["act"] + "_grad", tuple(args), float(n.attrs.get("alpha", 0.0)))
+    param = float(n.attrs.get("alpha", n.attrs.get("p", 0.0)))
+    return (n.op, tuple(args), param)
+
+
+def fuse_elementwise(outputs: list) -> list:
+    """Chains and trees of elementwise ops of one shape -> one fused_elementwise node.
+
+    A node joins its consumer's group when that consumer is its only user (and it is not an
+    output), so every fused intermediate is needed nowhere else and is never materialised."""
+    users, out_ids = users_of(outputs)
+    nodes = reachable(outputs)
+    group: dict[int, int] = {}  # node id -> id of its group's root (the group's last node)
+    for n in reversed(nodes):  # consumers before producers
+        if not _fusable(n):
+            continue
+        group.setdefault(n.id, n.id)
+        for i in n.inputs:
+            if _fusable(i) and i.shape == n.shape and i.id not in out_ids and len(users.get(i.id, ())) == 1:
+                group[i.id] = group[n.id]
+    members: dict[int, list[Tensor]] = {}
+    for n in nodes:
+        if n.id in group:
+            members.setdefault(group[n.id], []).append(n)
+
+    memo: dict[int, Tensor] = {}
+    for node in nodes:
+        root = group.get(node.id)
+        if root is not None and root != node.id:
+            continue  # an interior member: only its group reads it, so it is never built
+        if root is not None and len(members[root]) > 1:
+            memo[node.id] = _build_group(node, members[root], memo)
+            continue
+        ins = [memo[i.id] for i in node.inputs]
+        memo[node.id] = node if all(a is b for a, b in zip(ins, node.inputs)) else with_inputs(node, ins)
+    return [memo[o.id] for o in outputs]
+
+
+def _build_group(root: Tensor, members: list[Tensor], memo: dict) -> Tensor:
+    """One fused_elementwise node computing `root` from the members' external inputs."""
+    member_ids = {m.id for m in members}
+    inputs: list[Tensor] = []
+    input_index: dict[int, int] = {}
+    for m in members:
+        for i in m.inputs:
+            if i.id in member_ids or (i.op == "constant" and i.shape == ()):
+                continue
+            ext = memo[i.id]
+            if ext.id not in input_index:
+                input_index[ext.id] = len(inputs)
+                inputs.append(ext)
+    program: list[tuple] = []
+    value_of: dict[int, int] = {}  # member id -> value id of its result
+    for m in members:  # members are in topological order
+        args = []
+        for i in m.inputs:
+            if i.id in member_ids:
+                args.append(value_of[i.id])
+            elif i.op == "constant" and i.shape == ():
+                program.append(("const", (), float(i.value)))  # scalars become immediates
+                args.append(len(inputs) + len(program) - 1)
+            else:
+                args.append(input_index[memo[i.id].id])
+        program.append(_instruction(m, args))
+        value_of[m.id] = len(inputs) + len(program) - 1
+    attrs = dict(program=tuple(program), shape=root.shape, dtype=root.dtype)
+    return Tensor("fused_elementwise", inputs, attrs, root.shape, root.dtype, root.name, merged_source(members))
