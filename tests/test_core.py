@@ -7,11 +7,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import numeric_grad
 
 import graphc as gc
 from graphc.schedule import topological_order
-
-from conftest import numeric_grad
 
 THIS_FILE = os.path.basename(__file__)
 

@@ -78,11 +78,11 @@ def promote(a, b):
     return as_tensor(a), as_tensor(b)
 
 
+from .conv import *  # noqa: E402,F401,F403
 from .core import *  # noqa: E402,F401,F403
 from .elementwise import *  # noqa: E402,F401,F403
-from .reduce import *  # noqa: E402,F401,F403
-from .shape import *  # noqa: E402,F401,F403
+from .fused import *  # noqa: E402,F401,F403
 from .linalg import *  # noqa: E402,F401,F403
 from .nn import *  # noqa: E402,F401,F403
-from .conv import *  # noqa: E402,F401,F403
-from .fused import *  # noqa: E402,F401,F403
+from .reduce import *  # noqa: E402,F401,F403
+from .shape import *  # noqa: E402,F401,F403
