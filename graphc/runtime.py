@@ -1,6 +1,7 @@
 """compile() and Function: check feeds, specialise a Plan per shape signature, run it."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Optional, Sequence, Union
@@ -31,7 +32,8 @@ class Function:
     parameter shapes."""
 
     def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,
-                 updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None, optimize: bool = True):
+                 updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None, optimize: bool = True,
+                 check_finite: Optional[bool] = None):
         self._single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self._single else list(outputs)
         self.updates = list((updates or {}).items())
@@ -62,8 +64,12 @@ class Function:
                 by_name[n.name] = n
                 self.placeholders.append(n)
         self.parameters = [n for n in nodes if n.op == "parameter"]
+        if check_finite is None:
+            check_finite = os.environ.get("GRAPHC_CHECK_FINITE", "0") not in ("", "0", "false", "no")
+        self.check_finite = bool(check_finite)
         self.backend = backends.resolve(backend)
-        self._runner = backends.runner(self.backend)
+        # check_finite inspects every node's value, so it runs the plan step by step on NumPy.
+        self._runner = backends.runner("numpy" if self.check_finite else self.backend)
         self._plans: dict[tuple, Any] = {}
         self._last_plan: Optional[Plan] = None
         self._lock = threading.Lock()
@@ -130,6 +136,7 @@ class Function:
         index.update({p.id: k for k, p in enumerate(self.parameters)})
         plan = make_plan(concrete, index)
         plan.compile_seconds = time.perf_counter() - start
+        plan.check_finite = self.check_finite
         entry = (plan, self._runner(plan))
         self._plans[key] = entry
         return entry
@@ -233,7 +240,7 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
 
 def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,  # noqa: A001
             updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None,
-            optimize: bool = True) -> Function:
+            optimize: bool = True, check_finite: Optional[bool] = None) -> Function:
     """Compile output Tensors into a callable Function; placeholders are found automatically.
 
     backend: "auto" (C when built, else NumPy), "c" or "numpy"; default from GRAPHC_BACKEND.
@@ -241,5 +248,9 @@ def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = N
     replaced by the new value (all computed from the old values), so one call can do forward,
     backward and an optimiser step.
     passes: the compiler passes to run (default: graphc.passes.DEFAULT_PASSES, in pipeline
-    order); optimize=False runs none (for debugging)."""
-    return Function(outputs, backend=backend, updates=updates, passes=passes, optimize=optimize)
+    order); optimize=False runs none (for debugging).
+    check_finite: stop at the first node, forward or backward, that makes a NaN or inf from
+    finite inputs, and report its op, source line and input ranges (default: the
+    GRAPHC_CHECK_FINITE environment variable). It runs the plan step by step on NumPy."""
+    return Function(outputs, backend=backend, updates=updates, passes=passes, optimize=optimize,
+                    check_finite=check_finite)

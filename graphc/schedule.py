@@ -48,6 +48,7 @@ class Plan:
     params: list = field(default_factory=list)  # (slot, parameter index)
     constants: list = field(default_factory=list)  # (slot, ndarray)
     compile_seconds: float = 0.0
+    check_finite: bool = False  # the NumPy executor then checks every step's output
 
 
 def make_plan(outputs: list[Tensor], feed_index: dict) -> Plan:

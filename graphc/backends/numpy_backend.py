@@ -32,6 +32,8 @@ def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
     for slot, k in plan.feeds:
         vals[slot] = feeds[k]
         leaf_ids.add(id(feeds[k]))
+        if plan.check_finite and feeds[k].dtype.kind == "f" and not np.isfinite(feeds[k]).all():
+            raise node_error(plan.nodes[slot], f"the feed holds non-finite values ({_summary(feeds[k])})")
     for slot, k in plan.params:
         vals[slot] = params[k]
         leaf_ids.add(id(params[k]))
@@ -45,10 +47,32 @@ def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
                 raise node_error(node, f"{type(exc).__name__}: {exc}") from None
             if type(r) is not np.ndarray or r.dtype != node.dtype:
                 r = np.asarray(r, dtype=node.dtype)
+            if plan.check_finite:
+                _check_finite(node, r, [vals[i] for i in ins])
             vals[out] = r
             for f in free:
                 vals[f] = None
     return fresh_outputs(vals, plan.outputs, leaf_ids | {id(v) for _, v in plan.constants})
+
+
+def _summary(a: np.ndarray) -> str:
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return f"{a.dtype}{list(a.shape)}"
+    finite = a[np.isfinite(a)]
+    rng = f"min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else "no finite values"
+    return f"{a.dtype}{list(a.shape)} {rng}, NaN: {bool(np.isnan(a).any())}, inf: {bool(np.isinf(a).any())}"
+
+
+def _check_finite(node, result: np.ndarray, inputs: list) -> None:
+    """check_finite mode: a non-finite value born here (from finite inputs) stops the run."""
+    if result.dtype.kind != "f" or np.isfinite(result).all():
+        return
+    if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in inputs):
+        return  # inherited: the node that made it was reported already, or it came from a feed
+    bad = int(np.flatnonzero(~np.isfinite(result.reshape(-1)))[0])
+    details = "; ".join(f"input {k}: {_summary(a)}" for k, a in enumerate(inputs))
+    raise node_error(node, f"produced a non-finite value ({result.reshape(-1)[bad]} at flat index {bad}) from "
+                           f"finite inputs [{details}]")
 
 
 def fresh_outputs(vals: list, slots: list, leaf_ids: set) -> list:
