@@ -96,10 +96,12 @@ typedef struct {
     double act_param;
 } epi_t;
 
-/* kernel(kc, packed A panel, packed B panel, C tile, ldc, valid rows m <= MR, valid cols n <= NR,
- *        epilogue, bias + column offset of this tile or NULL) */
-typedef void (*kernel_fn)(int64_t, const void *, const void *, void *, int64_t, int64_t, int64_t,
-                          const epi_t *, const void *);
+/* kernel(kc, A, rsa, csa, packed B panel, C tile, ldc, valid rows m <= MR, valid cols n <= NR,
+ *        epilogue, bias + column offset of this tile or NULL).
+ * A is a packed panel (the packed kernel ignores rsa/csa), or for the strided kernel A read in
+ * place: element (i, k) of the tile's rows at A[i*rsa + k*csa], all MR rows valid. */
+typedef void (*kernel_fn)(int64_t, const void *, int64_t, int64_t, const void *, void *, int64_t,
+                          int64_t, int64_t, const epi_t *, const void *);
 /* pack_a(A, lda, transA, row0, col0 (k), rows, kc, dst): MR-tall panels, k-major inside a panel.
  * pack_b(B, ldb, transB, row0 (k), col0, kc, cols, dst): NR-wide panels, k-major inside. */
 typedef void (*pack_fn)(const void *, int64_t, int, int64_t, int64_t, int64_t, int64_t, void *);
@@ -109,6 +111,7 @@ typedef struct {
     int64_t mr, nr, mc, kc, nc;
     pack_fn pack_a, pack_b;
     kernel_fn kernel;
+    kernel_fn kernel_strided; /* NULL: always pack A */
 } gemm_impl;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -218,8 +221,10 @@ static void P##_pack_b_sc(const void *B, int64_t ldb, int tB, int64_t r0, int64_
 }                                                                                                  \
                                                                                                    \
 /* Portable micro-kernel: plain C, the compiler vectorises the j loop with SSE2. */                \
-static void P##_kernel_sc(int64_t kc, const void *va, const void *vb, void *vc, int64_t ldc,      \
-                          int64_t m, int64_t n, const epi_t *e, const void *bias) {               \
+static void P##_kernel_sc(int64_t kc, const void *va, int64_t rsa, int64_t csa, const void *vb,   \
+                          void *vc, int64_t ldc, int64_t m, int64_t n, const epi_t *e,             \
+                          const void *bias) {                                                      \
+    (void)rsa, (void)csa;                                                                          \
     const T *a = (const T *)va, *b = (const T *)vb;                                                \
     T acc[SC_MR * SC_NR] = {0};                                                                    \
     for (int64_t k = 0; k < kc; k++, a += SC_MR, b += SC_NR)                                       \
@@ -264,11 +269,111 @@ GEN_SCALAR(s, float, act_f32)
 GEN_SCALAR(d, double, act_f64)
 
 /* ------------------------------------------------------------------------------------------ */
-/* AVX2 + FMA micro-kernels                                                                    */
+/* AVX2 + FMA: vector activations                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
 #ifdef GC_X86
 #define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+/* sigmoid and tanh are evaluated in double (float32 inputs are widened exactly), from an exp
+ * and an expm1 that are accurate to ~1 ulp, so float32 results are correctly rounded in all but
+ * rare cases and float64 results are within a few ulp of libm. Arguments are kept <= 0, so
+ * nothing overflows; +-inf give the exact limits and NaN is passed through. */
+
+/* e^t for t in [ln(DBL_MIN), 0]: t = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^13
+ * (truncation < 5e-18 relative), times 2^n built in the exponent field (n >= -1022). */
+AVX2_INLINE __m256d exp_neg_pd(__m256d t) {
+    const __m256d n = _mm256_round_pd(_mm256_mul_pd(t, _mm256_set1_pd(1.4426950408889634)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t); /* exact */
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    static const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+    __m256d p = _mm256_set1_pd(inv_fact[13]);
+    for (int i = 12; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[i]));
+    /* 2^n: n + 1.5 * 2^52 holds n in its low mantissa bits; add the bias and shift into place. */
+    const __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
+    const __m256i scale = _mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52);
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(scale));
+}
+
+/* e^t - 1 for |t| <= ln2/2, without the cancellation of exp(t) - 1: Taylor series to t^14. */
+AVX2_INLINE __m256d expm1_small_pd(__m256d t) {
+    static const double inv_fact[13] = {1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800,
+                                        1.0 / 87178291200};
+    __m256d q = _mm256_set1_pd(inv_fact[12]);
+    for (int i = 11; i >= 0; i--) q = _mm256_fmadd_pd(q, t, _mm256_set1_pd(inv_fact[i]));
+    return _mm256_fmadd_pd(_mm256_mul_pd(t, t), q, t); /* t + t^2 (1/2 + t/6 + ...) */
+}
+
+#define EXP_MIN_ARG (-708.3964185322641) /* ln(DBL_MIN): below it e^t is flushed to 0 (error < DBL_MIN) */
+
+AVX2_INLINE __m256d exp_neg_clamped_pd(__m256d t) { /* t <= 0 or NaN (the caller handles NaN) */
+    const __m256d lo = _mm256_set1_pd(EXP_MIN_ARG);
+    const __m256d e = exp_neg_pd(_mm256_max_pd(t, lo));
+    return _mm256_andnot_pd(_mm256_cmp_pd(t, lo, _CMP_LT_OQ), e);
+}
+
+AVX2_INLINE __m256d sigmoid_pd(__m256d x) {
+    const __m256d one = _mm256_set1_pd(1.0), sign = _mm256_set1_pd(-0.0);
+    const __m256d e = exp_neg_clamped_pd(_mm256_or_pd(x, sign)); /* e^-|x| in (0, 1] */
+    const __m256d d = _mm256_add_pd(one, e);
+    /* x >= 0: 1 / (1 + e^-x);  x < 0: e^x / (1 + e^x), both free of overflow and cancellation */
+    const __m256d neg = _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_LT_OQ);
+    const __m256d s = _mm256_div_pd(_mm256_blendv_pd(one, e, neg), d);
+    return _mm256_blendv_pd(s, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+}
+
+AVX2_INLINE __m256d tanh_pd(__m256d x) {
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    const __m256d t = _mm256_mul_pd(_mm256_or_pd(x, sign), _mm256_set1_pd(2.0)); /* -2|x| */
+    /* tanh|x| = -expm1(t) / (2 + expm1(t)); expm1 from its series near 0, else e^t - 1 */
+    const __m256d small = _mm256_cmp_pd(t, _mm256_set1_pd(-0.34657359027997264), _CMP_GE_OQ);
+    const __m256d em = _mm256_blendv_pd(_mm256_sub_pd(exp_neg_clamped_pd(t), _mm256_set1_pd(1.0)),
+                                        expm1_small_pd(t), small);
+    const __m256d th = _mm256_div_pd(em, _mm256_sub_pd(_mm256_set1_pd(-2.0), em)); /* >= 0 */
+    const __m256d r = _mm256_or_pd(th, _mm256_and_pd(x, sign));                   /* sign of x */
+    return _mm256_blendv_pd(r, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+}
+
+/* relu as max(0, v) keeps NaN (the second operand is returned when either is NaN), the same
+ * as the scalar "s < 0 ? 0 : s". */
+AVX2_INLINE __m256d d_act4(__m256d v, int act, __m256d p) {
+    const __m256d zero = _mm256_setzero_pd();
+    switch (act) {
+    case GC_ACT_RELU: return _mm256_max_pd(zero, v);
+    case GC_ACT_LEAKY_RELU:
+        return _mm256_blendv_pd(v, _mm256_mul_pd(v, p), _mm256_cmp_pd(v, zero, _CMP_LT_OQ));
+    case GC_ACT_SIGMOID: return sigmoid_pd(v);
+    case GC_ACT_TANH: return tanh_pd(v);
+    default: return v;
+    }
+}
+
+AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256 p) {
+    const __m256 zero = _mm256_setzero_ps();
+    switch (act) {
+    case GC_ACT_RELU: return _mm256_max_ps(zero, v);
+    case GC_ACT_LEAKY_RELU:
+        return _mm256_blendv_ps(v, _mm256_mul_ps(v, p), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    case GC_ACT_SIGMOID:
+    case GC_ACT_TANH: {
+        const __m256d pd = _mm256_setzero_pd();
+        const __m256d lo = d_act4(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), act, pd);
+        const __m256d hi = d_act4(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), act, pd);
+        return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    }
+    default: return v;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* AVX2 + FMA micro-kernels                                                                    */
+/* ------------------------------------------------------------------------------------------ */
 
 /* sgemm: 6 x 16 tile = 12 ymm accumulators + 2 B vectors + 1 A broadcast (15 of 16 registers). */
 #define S_MR 6
@@ -276,30 +381,6 @@ GEN_SCALAR(d, double, act_f64)
 /* dgemm: 6 x 8 tile, same register budget with 4 doubles per vector. */
 #define D_MR 6
 #define D_NR 8
-
-AVX2 static inline __m256 s_act8(__m256 v, int act, __m256 p) {
-    const __m256 zero = _mm256_setzero_ps();
-    switch (act) {
-    case GC_ACT_RELU: return _mm256_max_ps(zero, v); /* NaN in v -> v */
-    case GC_ACT_LEAKY_RELU:
-        return _mm256_blendv_ps(v, _mm256_mul_ps(v, p), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-    default: return v;
-    }
-}
-
-AVX2 static inline __m256d d_act4(__m256d v, int act, __m256d p) {
-    const __m256d zero = _mm256_setzero_pd();
-    switch (act) {
-    case GC_ACT_RELU: return _mm256_max_pd(zero, v);
-    case GC_ACT_LEAKY_RELU:
-        return _mm256_blendv_pd(v, _mm256_mul_pd(v, p), _mm256_cmp_pd(v, zero, _CMP_LT_OQ));
-    default: return v;
-    }
-}
-
-static int act_in_registers(int act) {
-    return act == GC_ACT_IDENTITY || act == GC_ACT_RELU || act == GC_ACT_LEAKY_RELU;
-}
 
 AVX2 static void s_pack_a_avx2(const void *A, int64_t lda, int tA, int64_t r0, int64_t c0,
                                int64_t rows, int64_t kc, void *dst) {
@@ -318,170 +399,209 @@ AVX2 static void d_pack_b_avx2(const void *B, int64_t ldb, int tB, int64_t r0, i
     d_pack_b_nr((const double *)B, ldb, tB, r0, c0, kc, cols, (double *)dst, D_NR);
 }
 
-/* One k step of the 6-row kernels: broadcast A[k][i], FMA into both halves of row i. */
-#define S_FMA_ROW(i)                                                                               \
+/* The kernels are written once with A strides (rsa between rows, csa between k steps) and
+ * instantiated twice: for packed panels (rsa = 1, csa = MR, constants after inlining) and for
+ * A read in place, used when there are too few columns for packing A to pay off. */
+
+/* One k step of the 6-row kernels: broadcast A[i][k], FMA into both halves of row i. */
+#define K_FMA_ROW(V, BCAST, FMA, i)                                                                \
     do {                                                                                           \
-        const __m256 ai = _mm256_broadcast_ss(a + (i));                                            \
-        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                \
-        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                                                \
+        const V ai = BCAST(a + (i) * rsa);                                                         \
+        c##i##0 = FMA(ai, b0, c##i##0);                                                            \
+        c##i##1 = FMA(ai, b1, c##i##1);                                                            \
     } while (0)
 
-#define S_STEP()                                                                                   \
+#define K_STEP(V, LOAD, BCAST, FMA, NR, HALF)                                                      \
     do {                                                                                           \
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);                           \
-        S_FMA_ROW(0); S_FMA_ROW(1); S_FMA_ROW(2); S_FMA_ROW(3); S_FMA_ROW(4); S_FMA_ROW(5);        \
-        a += S_MR;                                                                                 \
-        b += S_NR;                                                                                 \
+        const V b0 = LOAD(b), b1 = LOAD(b + (HALF));                                               \
+        K_FMA_ROW(V, BCAST, FMA, 0); K_FMA_ROW(V, BCAST, FMA, 1); K_FMA_ROW(V, BCAST, FMA, 2);     \
+        K_FMA_ROW(V, BCAST, FMA, 3); K_FMA_ROW(V, BCAST, FMA, 4); K_FMA_ROW(V, BCAST, FMA, 5);     \
+        a += csa;                                                                                  \
+        b += (NR);                                                                                 \
     } while (0)
 
-/* Full-tile write-back of row i with the epilogue in registers. */
-#define S_STORE_ROW(i)                                                                             \
+/* Write-back of row i (if i < m) with the epilogue in registers: beta*C, bias, activation.
+ * Edge tiles use masked loads/stores, which never touch memory outside the first n columns. */
+#define K_WB_ROW(P, i)                                                                             \
     do {                                                                                           \
-        float *cr = c + (i) * ldc;                                                                 \
-        __m256 v0 = c##i##0, v1 = c##i##1;                                                         \
-        if (e->add_c) {                                                                            \
-            v0 = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cr), v0);                                  \
-            v1 = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(cr + 8), v1);                              \
+        if ((i) < m) {                                                                             \
+            P##_wb_row(c + (i) * ldc, c##i##0, c##i##1, full, mask0, mask1, add_c, vbeta, bias != NULL,\
+                       bias0, bias1, act, vp);                                                     \
         }                                                                                          \
-        if (bias) {                                                                                \
-            v0 = _mm256_add_ps(v0, bias0);                                                         \
-            v1 = _mm256_add_ps(v1, bias1);                                                         \
-        }                                                                                          \
-        _mm256_storeu_ps(cr, s_act8(v0, act, vp));                                                 \
-        _mm256_storeu_ps(cr + 8, s_act8(v1, act, vp));                                             \
     } while (0)
 
-#define S_SPILL_ROW(i)                                                                             \
-    do {                                                                                           \
-        _mm256_store_ps(tile + (i) * S_NR, c##i##0);                                               \
-        _mm256_store_ps(tile + (i) * S_NR + 8, c##i##1);                                           \
-    } while (0)
-
-AVX2 static void s_kernel_avx2(int64_t kc, const void *va, const void *vb, void *vc, int64_t ldc,
-                               int64_t m, int64_t n, const epi_t *e, const void *vbias) {
-    const float *a = (const float *)va, *b = (const float *)vb;
-    float *c = (float *)vc;
-    const float *bias = e->last ? (const float *)vbias : NULL;
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-
-    /* The C tile is needed only after the K loop; start fetching it now so that its misses
-     * (C is re-read once per K block) overlap the arithmetic. */
-    if (e->add_c)
-        for (int64_t i = 0; i < S_MR; i++) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + S_NR - 1), _MM_HINT_T0);
-        }
-    int64_t k = 0;
-    for (; k + 4 <= kc; k += 4) {
-        _mm_prefetch((const char *)(a + 8 * S_MR), _MM_HINT_T0);
-        S_STEP(); S_STEP(); S_STEP(); S_STEP();
+AVX2_INLINE void s_wb_row(float *cr, __m256 v0, __m256 v1, int full, __m256i mask0, __m256i mask1,
+                          int add_c, __m256 vbeta, int has_bias, __m256 bias0, __m256 bias1, int act,
+                          __m256 vp) {
+    if (add_c) {
+        const __m256 old0 = full ? _mm256_loadu_ps(cr) : _mm256_maskload_ps(cr, mask0);
+        const __m256 old1 = full ? _mm256_loadu_ps(cr + 8) : _mm256_maskload_ps(cr + 8, mask1);
+        v0 = _mm256_fmadd_ps(vbeta, old0, v0);
+        v1 = _mm256_fmadd_ps(vbeta, old1, v1);
     }
-    for (; k < kc; k++) S_STEP();
-
-    if (m == S_MR && n == S_NR) {
-        const int act = e->last && act_in_registers(e->act) ? e->act : GC_ACT_IDENTITY;
-        const __m256 vbeta = _mm256_set1_ps((float)e->beta), vp = _mm256_set1_ps((float)e->act_param);
-        const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-        const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-        S_STORE_ROW(0); S_STORE_ROW(1); S_STORE_ROW(2); S_STORE_ROW(3); S_STORE_ROW(4); S_STORE_ROW(5);
-        if (e->last && !act_in_registers(e->act)) /* sigmoid / tanh: libm on the tile, still in L1 */
-            for (int i = 0; i < S_MR; i++)
-                for (int j = 0; j < S_NR; j++) c[i * ldc + j] = act_f32(c[i * ldc + j], e->act, 0);
+    if (has_bias) {
+        v0 = _mm256_add_ps(v0, bias0);
+        v1 = _mm256_add_ps(v1, bias1);
+    }
+    v0 = s_act8(v0, act, vp);
+    v1 = s_act8(v1, act, vp);
+    if (full) {
+        _mm256_storeu_ps(cr, v0);
+        _mm256_storeu_ps(cr + 8, v1);
     } else {
-        float tile[S_MR * S_NR] __attribute__((aligned(32)));
-        S_SPILL_ROW(0); S_SPILL_ROW(1); S_SPILL_ROW(2); S_SPILL_ROW(3); S_SPILL_ROW(4); S_SPILL_ROW(5);
-        s_tile_store(tile, S_NR, m, n, c, ldc, e, bias);
+        _mm256_maskstore_ps(cr, mask0, v0);
+        _mm256_maskstore_ps(cr + 8, mask1, v1);
     }
 }
 
-#define D_FMA_ROW(i)                                                                               \
-    do {                                                                                           \
-        const __m256d ai = _mm256_broadcast_sd(a + (i));                                           \
-        c##i##0 = _mm256_fmadd_pd(ai, b0, c##i##0);                                                \
-        c##i##1 = _mm256_fmadd_pd(ai, b1, c##i##1);                                                \
-    } while (0)
+AVX2_INLINE void d_wb_row(double *cr, __m256d v0, __m256d v1, int full, __m256i mask0, __m256i mask1,
+                          int add_c, __m256d vbeta, int has_bias, __m256d bias0, __m256d bias1,
+                          int act, __m256d vp) {
+    if (add_c) {
+        const __m256d old0 = full ? _mm256_loadu_pd(cr) : _mm256_maskload_pd(cr, mask0);
+        const __m256d old1 = full ? _mm256_loadu_pd(cr + 4) : _mm256_maskload_pd(cr + 4, mask1);
+        v0 = _mm256_fmadd_pd(vbeta, old0, v0);
+        v1 = _mm256_fmadd_pd(vbeta, old1, v1);
+    }
+    if (has_bias) {
+        v0 = _mm256_add_pd(v0, bias0);
+        v1 = _mm256_add_pd(v1, bias1);
+    }
+    v0 = d_act4(v0, act, vp);
+    v1 = d_act4(v1, act, vp);
+    if (full) {
+        _mm256_storeu_pd(cr, v0);
+        _mm256_storeu_pd(cr + 4, v1);
+    } else {
+        _mm256_maskstore_pd(cr, mask0, v0);
+        _mm256_maskstore_pd(cr + 4, mask1, v1);
+    }
+}
 
-#define D_STEP()                                                                                   \
-    do {                                                                                           \
-        const __m256d b0 = _mm256_load_pd(b), b1 = _mm256_load_pd(b + 4);                          \
-        D_FMA_ROW(0); D_FMA_ROW(1); D_FMA_ROW(2); D_FMA_ROW(3); D_FMA_ROW(4); D_FMA_ROW(5);        \
-        a += D_MR;                                                                                 \
-        b += D_NR;                                                                                 \
-    } while (0)
+/* Lane masks for columns [0, n) of the two halves of a row (lane j of half h: h*L + j < n). */
+AVX2_INLINE void edge_masks(int64_t n, int64_t lanes, int wide, __m256i *mask0, __m256i *mask1) {
+    /* 64-bit lanes (double) use pairs of 32-bit lanes, so the iota counts pairs in that case. */
+    const __m256i iota = wide ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
+                              : _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    *mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), iota);
+    *mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - lanes)), iota);
+}
 
-#define D_STORE_ROW(i)                                                                             \
-    do {                                                                                           \
-        double *cr = c + (i) * ldc;                                                                \
-        __m256d v0 = c##i##0, v1 = c##i##1;                                                        \
-        if (e->add_c) {                                                                            \
-            v0 = _mm256_fmadd_pd(vbeta, _mm256_loadu_pd(cr), v0);                                  \
-            v1 = _mm256_fmadd_pd(vbeta, _mm256_loadu_pd(cr + 4), v1);                              \
-        }                                                                                          \
-        if (bias) {                                                                                \
-            v0 = _mm256_add_pd(v0, bias0);                                                         \
-            v1 = _mm256_add_pd(v1, bias1);                                                         \
-        }                                                                                          \
-        _mm256_storeu_pd(cr, d_act4(v0, act, vp));                                                 \
-        _mm256_storeu_pd(cr + 4, d_act4(v1, act, vp));                                             \
-    } while (0)
-
-#define D_SPILL_ROW(i)                                                                             \
-    do {                                                                                           \
-        _mm256_store_pd(tile + (i) * D_NR, c##i##0);                                               \
-        _mm256_store_pd(tile + (i) * D_NR + 4, c##i##1);                                           \
-    } while (0)
-
-AVX2 static void d_kernel_avx2(int64_t kc, const void *va, const void *vb, void *vc, int64_t ldc,
-                               int64_t m, int64_t n, const epi_t *e, const void *vbias) {
-    const double *a = (const double *)va, *b = (const double *)vb;
-    double *c = (double *)vc;
-    const double *bias = e->last ? (const double *)vbias : NULL;
-    __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                               const float *b, float *c, int64_t ldc, int64_t m, int64_t n,
+                               const epi_t *e, const float *bias) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int add_c = e->add_c;
 
     /* The C tile is needed only after the K loop; start fetching it now so that its misses
      * (C is re-read once per K block) overlap the arithmetic. */
-    if (e->add_c)
-        for (int64_t i = 0; i < D_MR; i++) {
+    if (add_c)
+        for (int64_t i = 0; i < m; i++) {
             _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + D_NR - 1), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
         }
+
     int64_t k = 0;
     for (; k + 4 <= kc; k += 4) {
-        _mm_prefetch((const char *)(a + 8 * D_MR), _MM_HINT_T0);
-        D_STEP(); D_STEP(); D_STEP(); D_STEP();
+        _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
+        K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
+        K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
+        K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
+        K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
     }
-    for (; k < kc; k++) D_STEP();
+    for (; k < kc; k++) K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
 
-    if (m == D_MR && n == D_NR) {
-        const int act = e->last && act_in_registers(e->act) ? e->act : GC_ACT_IDENTITY;
-        const __m256d vbeta = _mm256_set1_pd(e->beta), vp = _mm256_set1_pd(e->act_param);
-        const __m256d bias0 = bias ? _mm256_loadu_pd(bias) : _mm256_setzero_pd();
-        const __m256d bias1 = bias ? _mm256_loadu_pd(bias + 4) : _mm256_setzero_pd();
-        D_STORE_ROW(0); D_STORE_ROW(1); D_STORE_ROW(2); D_STORE_ROW(3); D_STORE_ROW(4); D_STORE_ROW(5);
-        if (e->last && !act_in_registers(e->act))
-            for (int i = 0; i < D_MR; i++)
-                for (int j = 0; j < D_NR; j++) c[i * ldc + j] = act_f64(c[i * ldc + j], e->act, 0);
-    } else {
-        double tile[D_MR * D_NR] __attribute__((aligned(32)));
-        D_SPILL_ROW(0); D_SPILL_ROW(1); D_SPILL_ROW(2); D_SPILL_ROW(3); D_SPILL_ROW(4); D_SPILL_ROW(5);
-        d_tile_store(tile, D_NR, m, n, c, ldc, e, bias);
+    const int full = n == S_NR;
+    if (!e->last) bias = NULL;
+    const int act = e->last ? e->act : GC_ACT_IDENTITY;
+    __m256i mask0 = _mm256_set1_epi32(-1), mask1 = mask0;
+    if (!full) edge_masks(n, 8, 0, &mask0, &mask1);
+    const __m256 vbeta = _mm256_set1_ps((float)e->beta), vp = _mm256_set1_ps((float)e->act_param);
+    __m256 bias0 = _mm256_setzero_ps(), bias1 = bias0;
+    if (bias) {
+        bias0 = full ? _mm256_loadu_ps(bias) : _mm256_maskload_ps(bias, mask0);
+        bias1 = full ? _mm256_loadu_ps(bias + 8) : _mm256_maskload_ps(bias + 8, mask1);
     }
+    K_WB_ROW(s, 0); K_WB_ROW(s, 1); K_WB_ROW(s, 2); K_WB_ROW(s, 3); K_WB_ROW(s, 4); K_WB_ROW(s, 5);
+}
+
+AVX2_INLINE void d_kernel_body(int64_t kc, const double *a, int64_t rsa, int64_t csa,
+                               const double *b, double *c, int64_t ldc, int64_t m, int64_t n,
+                               const epi_t *e, const double *bias) {
+    __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int add_c = e->add_c;
+
+    if (add_c)
+        for (int64_t i = 0; i < m; i++) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
+        }
+
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
+        K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
+        K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
+        K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
+        K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
+    }
+    for (; k < kc; k++) K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
+
+    const int full = n == D_NR;
+    if (!e->last) bias = NULL;
+    const int act = e->last ? e->act : GC_ACT_IDENTITY;
+    __m256i mask0 = _mm256_set1_epi32(-1), mask1 = mask0;
+    if (!full) edge_masks(n, 4, 1, &mask0, &mask1);
+    const __m256d vbeta = _mm256_set1_pd(e->beta), vp = _mm256_set1_pd(e->act_param);
+    __m256d bias0 = _mm256_setzero_pd(), bias1 = bias0;
+    if (bias) {
+        bias0 = full ? _mm256_loadu_pd(bias) : _mm256_maskload_pd(bias, mask0);
+        bias1 = full ? _mm256_loadu_pd(bias + 4) : _mm256_maskload_pd(bias + 4, mask1);
+    }
+    K_WB_ROW(d, 0); K_WB_ROW(d, 1); K_WB_ROW(d, 2); K_WB_ROW(d, 3); K_WB_ROW(d, 4); K_WB_ROW(d, 5);
+}
+
+AVX2 static void s_kernel_avx2(int64_t kc, const void *a, int64_t rsa, int64_t csa, const void *b,
+                               void *c, int64_t ldc, int64_t m, int64_t n, const epi_t *e,
+                               const void *bias) {
+    (void)rsa, (void)csa;
+    s_kernel_body(kc, (const float *)a, 1, S_MR, (const float *)b, (float *)c, ldc, m, n, e,
+                  (const float *)bias);
+}
+AVX2 static void s_kernel_avx2_strided(int64_t kc, const void *a, int64_t rsa, int64_t csa,
+                                       const void *b, void *c, int64_t ldc, int64_t m, int64_t n,
+                                       const epi_t *e, const void *bias) {
+    s_kernel_body(kc, (const float *)a, rsa, csa, (const float *)b, (float *)c, ldc, m, n, e,
+                  (const float *)bias);
+}
+AVX2 static void d_kernel_avx2(int64_t kc, const void *a, int64_t rsa, int64_t csa, const void *b,
+                               void *c, int64_t ldc, int64_t m, int64_t n, const epi_t *e,
+                               const void *bias) {
+    (void)rsa, (void)csa;
+    d_kernel_body(kc, (const double *)a, 1, D_MR, (const double *)b, (double *)c, ldc, m, n, e,
+                  (const double *)bias);
+}
+AVX2 static void d_kernel_avx2_strided(int64_t kc, const void *a, int64_t rsa, int64_t csa,
+                                       const void *b, void *c, int64_t ldc, int64_t m, int64_t n,
+                                       const epi_t *e, const void *bias) {
+    d_kernel_body(kc, (const double *)a, rsa, csa, (const double *)b, (double *)c, ldc, m, n, e,
+                  (const double *)bias);
 }
 
 /* Zen 3 figures: A block (MC x KC) ~147 KB sits in L2, a B micro-panel (KC x NR) 16 KB in L1,
  * the B block (KC x NC) in L3. */
 static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, 144, 256, 4080,
-                                 s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2};
+                                 s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided};
 static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, 72, 256, 4080,
-                                 d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2};
+                                 d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided};
 #endif /* GC_X86 */
 
 static const gemm_impl S_SCALAR = {sizeof(float), SC_MR, SC_NR, 128, 256, 4096,
-                                   s_pack_a_sc, s_pack_b_sc, s_kernel_sc};
+                                   s_pack_a_sc, s_pack_b_sc, s_kernel_sc, NULL};
 static const gemm_impl D_SCALAR = {sizeof(double), SC_MR, SC_NR, 64, 256, 4096,
-                                   d_pack_a_sc, d_pack_b_sc, d_kernel_sc};
+                                   d_pack_a_sc, d_pack_b_sc, d_kernel_sc, NULL};
 
 /* ------------------------------------------------------------------------------------------ */
 /* Blocking driver                                                                             */
@@ -492,6 +612,7 @@ typedef struct {
     const gemm_args *g;
     int nt;
     int split_rows;     /* 1: threads own disjoint row ranges (IC loop); 0: disjoint JR ranges */
+    int direct_a;       /* kernels read A in place (few columns: packing A would not pay off) */
     int64_t kc_max, mc_max;
     char *bpack;        /* kc_max x round_up(nc, NR), shared */
     char *apack;        /* per thread: mc_max x kc_max */
@@ -500,20 +621,42 @@ typedef struct {
 
 #define AT(p, elems, es) ((const char *)(p) + (size_t)(elems) * (es))
 
+/* Make rows [ic, ic+mc) x k [pc, pc+kc) of A available to the kernels: packed into apack, or in
+ * direct mode only the trailing partial MR panel (the kernels read full panels in place). */
+static void prepare_a(const driver_ctx *x, char *apack, int64_t ic, int64_t mc, int64_t pc,
+                      int64_t kc) {
+    const gemm_impl *im = x->im;
+    const gemm_args *g = x->g;
+    if (!x->direct_a) {
+        im->pack_a(g->A, g->lda, g->transA, ic, pc, mc, kc, apack);
+    } else if (mc % im->mr) {
+        const int64_t full = mc - mc % im->mr;
+        im->pack_a(g->A, g->lda, g->transA, ic + full, pc, mc - full, kc, apack);
+    }
+}
+
 /* C tiles for rows [ic, ic+mc) x panels [jp0, jp1) of the current B block. */
 static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int64_t mc, int64_t jc,
-                         int64_t nc, int64_t jp0, int64_t jp1, int64_t kc, const epi_t *e) {
+                         int64_t nc, int64_t jp0, int64_t jp1, int64_t pc, int64_t kc,
+                         const epi_t *e) {
     const gemm_impl *im = x->im;
     const gemm_args *g = x->g;
     const size_t es = im->esize;
+    /* In-place A: element (i, k) at A[i*rsa + k*csa]. */
+    const int64_t rsa = g->transA ? 1 : g->lda, csa = g->transA ? g->lda : 1;
     for (int64_t jp = jp0; jp < jp1; jp++) {
         const int64_t jr = jp * im->nr, n = MIN(im->nr, nc - jr);
         const char *bpanel = x->bpack + (size_t)(jr * kc) * es;
         const void *bias = g->bias ? AT(g->bias, jc + jr, es) : NULL;
         for (int64_t ir = 0; ir < mc; ir += im->mr) {
+            const int64_t m = MIN(im->mr, mc - ir);
             char *c = (char *)g->C + (size_t)((ic + ir) * g->ldc + jc + jr) * es;
-            im->kernel(kc, apack + (size_t)(ir * kc) * es, bpanel, c, g->ldc,
-                       MIN(im->mr, mc - ir), n, e, bias);
+            if (x->direct_a && m == im->mr)
+                im->kernel_strided(kc, AT(g->A, (ic + ir) * rsa + pc * csa, es), rsa, csa, bpanel, c,
+                                   g->ldc, m, n, e, bias);
+            else
+                im->kernel(kc, x->direct_a ? apack : apack + (size_t)(ir * kc) * es, 0, 0, bpanel, c,
+                           g->ldc, m, n, e, bias);
         }
     }
 }
@@ -552,16 +695,16 @@ static void driver_body(const driver_ctx *x, int tid) {
 #pragma omp barrier
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, r1 - ic);
-                    im->pack_a(g->A, g->lda, g->transA, ic, pc, mc, kc, apack);
-                    macro_kernel(x, apack, ic, mc, jc, nc, 0, npanels, kc, &e);
+                    prepare_a(x, apack, ic, mc, pc, kc);
+                    macro_kernel(x, apack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
                 }
                 /* B is repacked by all threads next iteration. */
 #pragma omp barrier
             } else if (jp1 > jp0) {
                 for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, g->M - ic);
-                    im->pack_a(g->A, g->lda, g->transA, ic, pc, mc, kc, apack);
-                    macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, kc, &e);
+                    prepare_a(x, apack, ic, mc, pc, kc);
+                    macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
                 }
             }
         }
@@ -571,6 +714,9 @@ static void driver_body(const driver_ctx *x, int tid) {
 /* Below this many multiply-adds a call is too small to pay for packing / threads. */
 #define DIRECT_MAX_FMAS 32768
 #define SERIAL_MAX_FMAS (1 << 19)
+#ifndef DIRECT_A_MAX_PANELS
+#define DIRECT_A_MAX_PANELS 2
+#endif
 
 static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(const gemm_args *),
                      void (*no_k)(const gemm_args *)) {
@@ -600,6 +746,9 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     if (nt < 1) nt = 1;
     x.nt = nt;
 
+    /* Each A panel is read once per B panel: with at most DIRECT_A_MAX_PANELS of them, packing
+     * A (a full extra pass over it) costs more than the strided reads it saves. */
+    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS;
     x.kc_max = MIN(im->kc, g->K);
     const int64_t rows_per_thread = x.split_rows ? (mpanels + nt - 1) / nt * im->mr : g->M;
     x.mc_max = MIN(im->mc, round_up(rows_per_thread, im->mr));
@@ -612,15 +761,17 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     const size_t es = im->esize;
     const size_t bbytes = (size_t)(x.kc_max * nc_max) * es;
     x.apack_stride = (size_t)round_up((int64_t)((size_t)(x.mc_max * x.kc_max) * es), GC_ALIGN);
-    x.bpack = (char *)scratch_alloc(bbytes);
-    x.apack = (char *)scratch_alloc(x.apack_stride * (size_t)nt);
-    if (!x.bpack || !x.apack) {
-        /* Out of memory for scratch: still produce the right answer, slowly. */
-        free(x.bpack);
-        free(x.apack);
+    /* One allocation for all scratch: with glibc, a single block that is freed and requested
+     * again at the next call is recycled from the heap, whereas two blocks of this size make
+     * free() trim the heap every call, so each call would page-fault its scratch in afresh. */
+    const size_t bspan = (size_t)round_up((int64_t)bbytes, GC_ALIGN);
+    char *scratch = (char *)scratch_alloc(bspan + x.apack_stride * (size_t)nt);
+    if (!scratch) { /* out of memory for scratch: still produce the right answer, slowly */
         direct(g);
         return;
     }
+    x.bpack = scratch;
+    x.apack = scratch + bspan;
 
     if (nt == 1) {
         driver_body(&x, 0);
@@ -639,8 +790,7 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
 #endif
         }
     }
-    free(x.bpack);
-    free(x.apack);
+    free(scratch);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -1,0 +1,349 @@
+"""Tests of the C GEMM (csrc/gemm.c) against a float64 NumPy reference.
+
+Covers both the AVX2 and the portable path (gc_set_simd_enabled), 1 and 2 threads, all transpose
+combinations, non-tight leading dimensions, beta 0 (C may hold NaN) and 1, bias, every
+activation, empty dimensions, and memory safety (guard values around C, guard pages after A/B).
+
+The module under test is graphc._cgraphc; GRAPHC_TEST_CMODULE names another cffi module built
+from csrc/gemm.c (e.g. `python csrc/build_cffi.py /tmp/gemmdev _gemm_dev gemm`) for kernel work.
+"""
+import importlib
+import mmap
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+try:
+    _mod = importlib.import_module(os.environ.get("GRAPHC_TEST_CMODULE", "graphc._cgraphc"))
+except ImportError:
+    pytest.skip("graphc C extension not built", allow_module_level=True)
+ffi, lib = _mod.ffi, _mod.lib
+if not hasattr(lib, "gc_sgemm"):
+    pytest.skip("C extension has no GEMM", allow_module_level=True)
+
+IDENTITY, RELU, LEAKY, SIGMOID, TANH = 0, 1, 2, 3, 4
+CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _restore_settings():
+    yield
+    lib.gc_set_simd_enabled(1)
+    lib.gc_set_num_threads(0)
+
+
+def _ptr(x):
+    if x is None:
+        return ffi.NULL
+    return ffi.cast(CTYPE[x.dtype], x.ctypes.data)
+
+
+def _ld(x):
+    """Leading dimension of a row-major (possibly strided-row) 2-D view."""
+    assert x.ndim == 2
+    if x.size == 0:
+        return max(x.shape[1], 1)
+    assert x.shape[1] == 1 or x.strides[1] == x.itemsize
+    ld = x.strides[0] // x.itemsize if x.shape[0] > 1 else x.shape[1]
+    return max(ld, x.shape[1], 1)
+
+
+def gemm(A, B, C, transA=False, transB=False, beta=0.0, bias=None, act=IDENTITY, act_param=0.0):
+    """Call gc_sgemm/gc_dgemm on NumPy views (A, B as stored; op() is applied by the kernel)."""
+    M, K = (A.shape[1], A.shape[0]) if transA else A.shape
+    N = B.shape[0] if transB else B.shape[1]
+    assert C.shape == (M, N) and (B.shape[1] if transB else B.shape[0]) == K
+    f = lib.gc_sgemm if C.dtype == np.float32 else lib.gc_dgemm
+    f(int(transA), int(transB), M, N, K, _ptr(A), _ld(A), _ptr(B), _ld(B), beta, _ptr(C), _ld(C),
+      _ptr(bias), act, act_param)
+    return C
+
+
+def act_ref(z, act, p):
+    with np.errstate(over="ignore", invalid="ignore"):
+        if act == RELU:
+            return np.where(z < 0, 0.0, z)
+        if act == LEAKY:
+            return np.where(z < 0, z * p, z)
+        if act == SIGMOID:
+            return 1.0 / (1.0 + np.exp(-z))
+        if act == TANH:
+            return np.tanh(z)
+    return z
+
+
+def reference(A, B, C0, transA, transB, beta, bias, act, p):
+    a = A.astype(np.float64)
+    b = B.astype(np.float64)
+    z = (a.T if transA else a) @ (b.T if transB else b)
+    if beta:
+        z = z + beta * C0.astype(np.float64)
+    if bias is not None:
+        z = z + bias.astype(np.float64)
+    return act_ref(z, act, p)
+
+
+def rel_err(C, ref):
+    return np.linalg.norm(C.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-300)
+
+
+def padded(rng, rows, cols, pad, dtype):
+    """A rows x cols view with row stride cols + pad (a submatrix of a larger array)."""
+    big = rng.standard_normal((rows, cols + pad)).astype(dtype)
+    return big[:, pad // 2: pad // 2 + cols]
+
+
+# Sizes around the register tiles (MR=6, NR=16/8), the scalar tiles (4, 8) and the cache blocks
+# (MC 144/72, KC 256), plus small ones; large enough products go through the packed path.
+SIZES = st.one_of(st.integers(0, 20),
+                  st.sampled_from([5, 6, 7, 8, 9, 15, 16, 17, 33, 71, 72, 73, 143, 144, 145,
+                                   255, 256, 257, 300]),
+                  st.integers(0, 300))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from([np.float32, np.float64]), M=SIZES, N=SIZES, K=SIZES,
+       transA=st.booleans(), transB=st.booleans(),
+       pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+       beta=st.sampled_from([0.0, 1.0]), with_bias=st.booleans(),
+       act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH]),
+       simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, with_bias, act, simd,
+                                 threads, seed):
+    rng = np.random.default_rng(seed)
+    lib.gc_set_simd_enabled(int(simd))
+    lib.gc_set_num_threads(threads)
+    A = padded(rng, *((K, M) if transA else (M, K)), pads[0], dtype)
+    B = padded(rng, *((N, K) if transB else (K, N)), pads[1], dtype)
+    C = padded(rng, M, N, pads[2], dtype)
+    if beta == 0:
+        C[...] = np.nan  # must be ignored, not multiplied by 0
+    C0 = C.copy()
+    bias = rng.standard_normal(N).astype(dtype) if with_bias else None
+    gemm(A, B, C, transA, transB, beta, bias, act, 0.1)
+    ref = reference(A, B, C0, transA, transB, beta, bias, act, 0.1)
+    assert np.all(np.isfinite(C))
+    assert rel_err(C, ref) <= TOL[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (6, 16, 256), (7, 4100, 3), (5, 3, 600), (150, 90, 513),
+                                   (1, 300, 300), (300, 1, 300), (64, 64, 64)])
+def test_block_boundaries(dtype, simd, M, N, K):
+    """Deterministic shapes crossing NC (4080), several KC blocks, vectors (M or N == 1)."""
+    lib.gc_set_simd_enabled(simd)
+    rng = np.random.default_rng(M * 7 + N * 3 + K)
+    for transA in (False, True):
+        for transB in (False, True):
+            A = rng.standard_normal((K, M) if transA else (M, K)).astype(dtype)
+            B = rng.standard_normal((N, K) if transB else (K, N)).astype(dtype)
+            C = rng.standard_normal((M, N)).astype(dtype)
+            C0, bias = C.copy(), rng.standard_normal(N).astype(dtype)
+            gemm(A, B, C, transA, transB, 1.0, bias, RELU)
+            ref = reference(A, B, C0, transA, transB, 1.0, bias, RELU, 0.0)
+            assert rel_err(C, ref) <= TOL[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_guard_values_around_c(dtype, simd, threads):
+    """Only the M x N window of C is written: sentinels around and between rows survive."""
+    lib.gc_set_simd_enabled(simd)
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    sentinel = dtype(-12345.5)
+    for M, N, K in [(1, 1, 1), (7, 17, 5), (13, 33, 300), (145, 47, 64), (100, 200, 20), (6, 16, 40)]:
+        for beta in (0.0, 1.0):
+            big = np.full((M + 6, N + 11), sentinel, dtype)
+            C = big[3:3 + M, 5:5 + N]
+            if beta:
+                C[...] = rng.standard_normal((M, N))
+            C0 = C.copy()
+            A = rng.standard_normal((M, K)).astype(dtype)
+            B = rng.standard_normal((K, N)).astype(dtype)
+            gemm(A, B, C, beta=beta, act=TANH)
+            outside = np.ones(big.shape, bool)
+            outside[3:3 + M, 5:5 + N] = False
+            assert np.all(big[outside] == sentinel)
+            assert rel_err(C, reference(A, B, C0, False, False, beta, None, TANH, 0)) <= TOL[np.dtype(dtype)]
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _guarded(shape, ld, dtype, keep):
+    """A 2-D view whose last element ends right before an inaccessible page (Linux), so reading
+    past the end of A or B segfaults instead of passing silently."""
+    import ctypes
+
+    rows, cols = shape
+    nbytes = ((rows - 1) * ld + cols) * np.dtype(dtype).itemsize
+    span = (nbytes + _PAGE - 1) // _PAGE * _PAGE
+    m = mmap.mmap(-1, span + 2 * _PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base, _PAGE, 0) == 0  # guard before
+    assert libc.mprotect(base + _PAGE + span, _PAGE, 0) == 0  # guard after
+    start = _PAGE + span - nbytes
+    flat = np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=start).view(dtype)
+    keep.append((m, flat, libc, base, span))
+    view = np.lib.stride_tricks.as_strided(flat, shape, (ld * flat.itemsize, flat.itemsize))
+    view[...] = np.arange(rows * cols).reshape(rows, cols) % 7 - 3
+    return view
+
+
+def _unguard(keep):
+    for _m, _flat, libc, base, span in keep:
+        libc.mprotect(base, span + 2 * _PAGE, 3)  # PROT_READ | PROT_WRITE
+    keep.clear()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect guard pages")
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_reads_past_a_and_b(dtype, simd):
+    lib.gc_set_simd_enabled(simd)
+    keep = []
+    try:
+        for M, N, K in [(1, 1, 1), (7, 9, 5), (13, 19, 257), (200, 190, 3), (37, 1, 300), (1, 37, 300)]:
+            for transA in (False, True):
+                for transB in (False, True):
+                    a_shape = (K, M) if transA else (M, K)
+                    b_shape = (N, K) if transB else (K, N)
+                    A = _guarded(a_shape, a_shape[1] + 1, dtype, keep)
+                    B = _guarded(b_shape, b_shape[1], dtype, keep)
+                    C = np.full((M, N), np.nan, dtype)
+                    gemm(A, B, C, transA, transB)
+                    ref = reference(A, B, None, transA, transB, 0.0, None, IDENTITY, 0)
+                    np.testing.assert_allclose(C, ref, rtol=1e-5, atol=1e-5)
+                    _unguard(keep)
+    finally:
+        _unguard(keep)
+
+
+SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-3, -1e-3, 0.3, -0.3, 0.5, -0.5, 1.0, -1.0, 2.5, -2.5,
+           5.0, -5.0, 9.0, -9.0, 15.0, -15.0, 20.0, -20.0, 40.0, -40.0, 88.0, -88.0, 100.0, -100.0,
+           700.0, -700.0, 800.0, -800.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
+
+
+@pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY])
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N", [(40, 5), (192, 200)])  # the direct path and the packed path
+def test_activation_accuracy(dtype, simd, act, M, N):
+    """Epilogue activations elementwise against libm (through NumPy) on exactly known inputs:
+    with K = 1, A = x (a column) and B = 1, the pre-activation is x[i] + bias[j], rounded once in
+    the working precision exactly as NumPy rounds it."""
+    lib.gc_set_simd_enabled(simd)
+    rng = np.random.default_rng(3)
+    x = np.resize(np.concatenate([SPECIAL, rng.standard_normal(M) * 6]), (M, 1)).astype(dtype)
+    bias = np.concatenate([[0.0, 0.0], rng.standard_normal(N) * 3, rng.uniform(-1e-3, 1e-3, N)])
+    bias = rng.permutation(bias[:N]).astype(dtype)
+    bias[0] = 0  # keep the special values as they are in one column
+    B = np.ones((1, N), dtype)
+    C = np.full((M, N), np.nan, dtype)
+    gemm(x, B, C, bias=bias, act=act, act_param=0.25)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = (x + bias).astype(np.float64)
+    ref = act_ref(z, act, 0.25)
+    assert np.array_equal(np.isnan(C), np.isnan(ref))
+    tol = 5e-7 if dtype == np.float32 else 2e-15
+    with np.errstate(invalid="ignore"):
+        err = np.abs(C.astype(np.float64) - ref)
+        ok = np.isnan(ref) | (C == ref) | (err <= tol * np.abs(ref)) | (err <= np.finfo(dtype).tiny)
+    assert np.all(ok), (z[~ok][:5], C[~ok][:5], ref[~ok][:5])
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k_zero(dtype, simd):
+    """K == 0: C = act(beta * C + bias); A and B are never read (NULL here)."""
+    lib.gc_set_simd_enabled(simd)
+    rng = np.random.default_rng(4)
+    f = lib.gc_sgemm if dtype == np.float32 else lib.gc_dgemm
+    for beta in (0.0, 1.0):
+        C = rng.standard_normal((5, 7)).astype(dtype)
+        C0 = C.copy()
+        if beta == 0:
+            C[...] = np.nan
+        bias = rng.standard_normal(7).astype(dtype)
+        f(0, 0, 5, 7, 0, ffi.NULL, 1, ffi.NULL, 7, beta, _ptr(C), 7, _ptr(bias), RELU, 0.0)
+        np.testing.assert_array_equal(C, act_ref(beta * C0 + bias if beta else 0 * C0 + bias, RELU, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_outputs_touch_nothing(dtype):
+    f = lib.gc_sgemm if dtype == np.float32 else lib.gc_dgemm
+    C = np.full((4, 4), 7.0, dtype)
+    A = np.ones((4, 4), dtype)
+    f(0, 0, 0, 4, 4, _ptr(A), 4, _ptr(A), 4, 0.0, _ptr(C), 4, ffi.NULL, SIGMOID, 0.0)
+    f(0, 0, 4, 0, 4, _ptr(A), 4, _ptr(A), 4, 0.0, _ptr(C), 4, ffi.NULL, SIGMOID, 0.0)
+    f(1, 1, 0, 0, 0, ffi.NULL, 1, ffi.NULL, 1, 0.0, ffi.NULL, 1, ffi.NULL, SIGMOID, 0.0)
+    assert np.all(C == 7.0)
+
+
+def test_paths_and_threads_agree_closely():
+    """AVX2 vs portable, 1 vs 2 threads: same maths, different summation order only."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((300, 290))
+    B = rng.standard_normal((290, 310))
+    outs = []
+    for simd in (1, 0):
+        for threads in (1, 2):
+            lib.gc_set_simd_enabled(simd)
+            lib.gc_set_num_threads(threads)
+            outs.append(gemm(A, B, np.empty((300, 310))))
+    for o in outs[1:]:
+        assert rel_err(o, outs[0]) <= 1e-14
+
+
+def test_concurrent_calls_from_two_threads():
+    """Per-call scratch: GEMMs running at the same time in two threads must not interfere."""
+    rng = np.random.default_rng(6)
+    jobs = [(rng.standard_normal((257, 300)).astype(np.float32),
+             rng.standard_normal((300, 199)).astype(np.float32)) for _ in range(2)]
+    refs = [a.astype(np.float64) @ b for a, b in jobs]
+    errors = []
+
+    def work(i):
+        a, b = jobs[i]
+        for _ in range(20):
+            c = gemm(a, b, np.empty((257, 199), np.float32))
+            if rel_err(c, refs[i]) > 1e-5:
+                errors.append(i)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+def test_thread_count_settings(monkeypatch):
+    lib.gc_set_num_threads(3)
+    assert lib.gc_get_num_threads() == 3
+    lib.gc_set_num_threads(0)
+    monkeypatch.setenv("GRAPHC_NUM_THREADS", "5")
+    assert lib.gc_get_num_threads() == 5
+    monkeypatch.delenv("GRAPHC_NUM_THREADS")
+    assert lib.gc_get_num_threads() >= 1
+
+
+def test_simd_switch():
+    lib.gc_set_simd_enabled(0)
+    assert lib.gc_simd_level() == 0
+    lib.gc_set_simd_enabled(1)
+    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+        assert lib.gc_simd_level() == int("avx2" in flags and "fma" in flags)
