@@ -70,6 +70,7 @@ ffibuilder = make_builder()
 if __name__ == "__main__":
     # Development shortcuts:
     #   python csrc/build_cffi.py                     build graphc/_cgraphc*.so in place
+    #   python csrc/build_cffi.py --into DIR          build DIR/graphc/_cgraphc*.so (e.g. a sanitizer build)
     #   python csrc/build_cffi.py OUTDIR NAME a,b     build csrc/a.c+b.c (and .h) as module NAME in OUTDIR
     import shutil
     os.chdir(os.path.dirname(HERE))
@@ -79,7 +80,10 @@ if __name__ == "__main__":
         shutil.copy(path, outdir)
         print("built", os.path.join(outdir, os.path.basename(path)))
     else:
-        make_builder(absolute_sources=True).compile(tmpdir="build/cffi", verbose=False)
-        for so in glob.glob("build/cffi/graphc/_cgraphc*.so"):
-            shutil.copy(so, "graphc/")
-            print("built", os.path.join("graphc", os.path.basename(so)))
+        into = sys.argv[2] if len(sys.argv) == 3 and sys.argv[1] == "--into" else "."
+        tmp = os.path.join(into, "build", "cffi") if into != "." else os.path.join("build", "cffi")
+        make_builder(absolute_sources=True).compile(tmpdir=tmp, verbose=False)
+        for so in glob.glob(os.path.join(tmp, "graphc", "_cgraphc*.so")):
+            dest = os.path.join(into, "graphc")
+            shutil.copy(so, dest)
+            print("built", os.path.join(dest, os.path.basename(so)))
