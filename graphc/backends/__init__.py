@@ -69,3 +69,7 @@ def backend_info() -> dict:
 
 if not C_AVAILABLE:
     _warn_once()
+elif hasattr(os, "register_at_fork"):
+    # libgomp's thread pool does not survive fork(): a child that enters a parallel region can
+    # hang on the parent's threads. Children of a fork run the kernels single-threaded.
+    os.register_at_fork(after_in_child=lambda: _cgraphc.lib.gc_set_num_threads(1))
