@@ -382,23 +382,6 @@ AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256 p) {
 #define D_MR 6
 #define D_NR 8
 
-AVX2 static void s_pack_a_avx2(const void *A, int64_t lda, int tA, int64_t r0, int64_t c0,
-                               int64_t rows, int64_t kc, void *dst) {
-    s_pack_a_mr((const float *)A, lda, tA, r0, c0, rows, kc, (float *)dst, S_MR);
-}
-AVX2 static void s_pack_b_avx2(const void *B, int64_t ldb, int tB, int64_t r0, int64_t c0,
-                               int64_t kc, int64_t cols, void *dst) {
-    s_pack_b_nr((const float *)B, ldb, tB, r0, c0, kc, cols, (float *)dst, S_NR);
-}
-AVX2 static void d_pack_a_avx2(const void *A, int64_t lda, int tA, int64_t r0, int64_t c0,
-                               int64_t rows, int64_t kc, void *dst) {
-    d_pack_a_mr((const double *)A, lda, tA, r0, c0, rows, kc, (double *)dst, D_MR);
-}
-AVX2 static void d_pack_b_avx2(const void *B, int64_t ldb, int tB, int64_t r0, int64_t c0,
-                               int64_t kc, int64_t cols, void *dst) {
-    d_pack_b_nr((const double *)B, ldb, tB, r0, c0, kc, cols, (double *)dst, D_NR);
-}
-
 /* The kernels are written once with A strides (rsa between rows, csa between k steps) and
  * instantiated twice: for packed panels (rsa = 1, csa = MR, constants after inlining) and for
  * A read in place, used when there are too few columns for packing A to pay off. */
@@ -485,6 +468,190 @@ AVX2_INLINE void edge_masks(int64_t n, int64_t lanes, int wide, __m256i *mask0, 
                               : _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     *mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), iota);
     *mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - lanes)), iota);
+}
+
+/* Packing with AVX2. The transposing cases (A stored M x K, B^T stored N x K: each panel
+ * column/row is contiguous in k) go through 8x8 (float) / 4x4 (double) register transposes,
+ * so that every load and store is a vector one. Rows past the edge are zeros, never loaded. */
+
+AVX2_INLINE void transpose8_ps(__m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+AVX2_INLINE void transpose4_pd(__m256d r[4]) {
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* dst[k*ld + r] = src_r[k] for r < 8 (zeros for r >= nrows), k < kc: 8 strided rows to a
+ * k-major block of 8 columns inside panels of width ld. */
+AVX2_INLINE void s_gather8(const float *const src[8], int nrows, int64_t kc, float *dst, int64_t ld) {
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) r[i] = i < nrows ? _mm256_loadu_ps(src[i] + k) : _mm256_setzero_ps();
+        transpose8_ps(r);
+        for (int kk = 0; kk < 8; kk++) _mm256_store_ps(dst + (k + kk) * ld, r[kk]);
+    }
+    for (; k < kc; k++)
+        for (int i = 0; i < 8; i++) dst[k * ld + i] = i < nrows ? src[i][k] : 0.0f;
+}
+
+AVX2_INLINE void d_gather4(const double *const src[4], int nrows, int64_t kc, double *dst, int64_t ld) {
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        __m256d r[4];
+        for (int i = 0; i < 4; i++) r[i] = i < nrows ? _mm256_loadu_pd(src[i] + k) : _mm256_setzero_pd();
+        transpose4_pd(r);
+        for (int kk = 0; kk < 4; kk++) _mm256_store_pd(dst + (k + kk) * ld, r[kk]);
+    }
+    for (; k < kc; k++)
+        for (int i = 0; i < 4; i++) dst[k * ld + i] = i < nrows ? src[i][k] : 0.0;
+}
+
+AVX2 static void s_pack_b_avx2(const void *vB, int64_t ldb, int tB, int64_t r0, int64_t c0,
+                               int64_t kc, int64_t cols, void *vdst) {
+    const float *B = (const float *)vB;
+    float *dst = (float *)vdst;
+    for (int64_t j0 = 0; j0 < cols; j0 += S_NR, dst += S_NR * kc) {
+        const int64_t n = MIN(S_NR, cols - j0);
+        if (!tB) { /* B is K x N: each k row of the panel is 16 contiguous floats */
+            const float *src = B + r0 * ldb + c0 + j0;
+            __m256i m0 = _mm256_set1_epi32(-1), m1 = m0;
+            if (n < S_NR) edge_masks(n, 8, 0, &m0, &m1);
+            for (int64_t k = 0; k < kc; k++, src += ldb) {
+                _mm256_store_ps(dst + k * S_NR, _mm256_maskload_ps(src, m0));
+                _mm256_store_ps(dst + k * S_NR + 8, _mm256_maskload_ps(src + 8, m1));
+            }
+        } else { /* B is N x K: column j of the panel is contiguous in k */
+            for (int h = 0; h < S_NR; h += 8) {
+                const float *src[8];
+                const int nrows = (int)MAX(0, MIN(8, n - h));
+                for (int i = 0; i < 8; i++) src[i] = B + (c0 + j0 + h + MIN(i, MAX(nrows - 1, 0))) * ldb + r0;
+                s_gather8(src, nrows, kc, dst + h, S_NR);
+            }
+        }
+    }
+}
+
+AVX2 static void d_pack_b_avx2(const void *vB, int64_t ldb, int tB, int64_t r0, int64_t c0,
+                               int64_t kc, int64_t cols, void *vdst) {
+    const double *B = (const double *)vB;
+    double *dst = (double *)vdst;
+    for (int64_t j0 = 0; j0 < cols; j0 += D_NR, dst += D_NR * kc) {
+        const int64_t n = MIN(D_NR, cols - j0);
+        if (!tB) {
+            const double *src = B + r0 * ldb + c0 + j0;
+            __m256i m0 = _mm256_set1_epi32(-1), m1 = m0;
+            if (n < D_NR) edge_masks(n, 4, 1, &m0, &m1);
+            for (int64_t k = 0; k < kc; k++, src += ldb) {
+                _mm256_store_pd(dst + k * D_NR, _mm256_maskload_pd(src, m0));
+                _mm256_store_pd(dst + k * D_NR + 4, _mm256_maskload_pd(src + 4, m1));
+            }
+        } else {
+            for (int h = 0; h < D_NR; h += 4) {
+                const double *src[4];
+                const int nrows = (int)MAX(0, MIN(4, n - h));
+                for (int i = 0; i < 4; i++) src[i] = B + (c0 + j0 + h + MIN(i, MAX(nrows - 1, 0))) * ldb + r0;
+                d_gather4(src, nrows, kc, dst + h, D_NR);
+            }
+        }
+    }
+}
+
+AVX2 static void s_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, int64_t c0,
+                               int64_t rows, int64_t kc, void *vdst) {
+    const float *A = (const float *)vA;
+    float *dst = (float *)vdst;
+    for (int64_t i0 = 0; i0 < rows; i0 += S_MR, dst += S_MR * kc) {
+        const int64_t m = MIN(S_MR, rows - i0);
+        if (!tA) { /* A is M x K: 6 rows contiguous in k, transposed 8 k at a time */
+            const float *src[S_MR];
+            for (int i = 0; i < S_MR; i++) src[i] = A + (r0 + i0 + MIN(i, m - 1)) * lda + c0;
+            int64_t k = 0;
+            for (; k + 8 <= kc; k += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = i < m ? _mm256_loadu_ps(src[i] + k) : _mm256_setzero_ps();
+                transpose8_ps(r);
+                for (int kk = 0; kk < 8; kk++) { /* 6 of the 8 lanes */
+                    _mm_storeu_ps(dst + (k + kk) * S_MR, _mm256_castps256_ps128(r[kk]));
+                    _mm_storel_pi((__m64 *)(dst + (k + kk) * S_MR + 4), _mm256_extractf128_ps(r[kk], 1));
+                }
+            }
+            for (; k < kc; k++)
+                for (int i = 0; i < S_MR; i++) dst[k * S_MR + i] = i < m ? src[i][k] : 0.0f;
+        } else { /* A is K x M: the panel's 6 rows are contiguous for each k */
+            const float *src = A + c0 * lda + r0 + i0;
+            for (int64_t k = 0; k < kc; k++, src += lda) {
+                if (m == S_MR) {
+                    _mm_storeu_ps(dst + k * S_MR, _mm_loadu_ps(src));
+                    _mm_storel_pi((__m64 *)(dst + k * S_MR + 4),
+                                  _mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)(src + 4)));
+                } else {
+                    for (int i = 0; i < S_MR; i++) dst[k * S_MR + i] = i < m ? src[i] : 0.0f;
+                }
+            }
+        }
+    }
+}
+
+AVX2 static void d_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, int64_t c0,
+                               int64_t rows, int64_t kc, void *vdst) {
+    const double *A = (const double *)vA;
+    double *dst = (double *)vdst;
+    for (int64_t i0 = 0; i0 < rows; i0 += D_MR, dst += D_MR * kc) {
+        const int64_t m = MIN(D_MR, rows - i0);
+        if (!tA) { /* rows 0-3 and 4-5 (+2 zero rows) transposed 4 k at a time */
+            const double *src[D_MR];
+            for (int i = 0; i < D_MR; i++) src[i] = A + (r0 + i0 + MIN(i, m - 1)) * lda + c0;
+            int64_t k = 0;
+            for (; k + 4 <= kc; k += 4) {
+                __m256d lo[4], hi[4];
+                for (int i = 0; i < 4; i++) {
+                    lo[i] = i < m ? _mm256_loadu_pd(src[i] + k) : _mm256_setzero_pd();
+                    hi[i] = i < 2 && 4 + i < m ? _mm256_loadu_pd(src[4 + i] + k) : _mm256_setzero_pd();
+                }
+                transpose4_pd(lo);
+                transpose4_pd(hi);
+                for (int kk = 0; kk < 4; kk++) {
+                    _mm256_storeu_pd(dst + (k + kk) * D_MR, lo[kk]);
+                    _mm_storeu_pd(dst + (k + kk) * D_MR + 4, _mm256_castpd256_pd128(hi[kk]));
+                }
+            }
+            for (; k < kc; k++)
+                for (int i = 0; i < D_MR; i++) dst[k * D_MR + i] = i < m ? src[i][k] : 0.0;
+        } else {
+            const double *src = A + c0 * lda + r0 + i0;
+            for (int64_t k = 0; k < kc; k++, src += lda) {
+                if (m == D_MR) {
+                    _mm256_storeu_pd(dst + k * D_MR, _mm256_loadu_pd(src));
+                    _mm_storeu_pd(dst + k * D_MR + 4, _mm_loadu_pd(src + 4));
+                } else {
+                    for (int i = 0; i < D_MR; i++) dst[k * D_MR + i] = i < m ? src[i] : 0.0;
+                }
+            }
+        }
+    }
 }
 
 AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t csa,
@@ -592,9 +759,27 @@ AVX2 static void d_kernel_avx2_strided(int64_t kc, const void *a, int64_t rsa, i
 
 /* Zen 3 figures: A block (MC x KC) ~147 KB sits in L2, a B micro-panel (KC x NR) 16 KB in L1,
  * the B block (KC x NC) in L3. */
-static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, 144, 256, 4080,
+#ifndef S_MC
+#define S_MC 144
+#endif
+#ifndef S_KC
+#define S_KC 256
+#endif
+#ifndef S_NC
+#define S_NC 4080
+#endif
+#ifndef D_MC
+#define D_MC 72
+#endif
+#ifndef D_KC
+#define D_KC 256
+#endif
+#ifndef D_NC
+#define D_NC 4080
+#endif
+static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, S_MC, S_KC, S_NC,
                                  s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided};
-static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, 72, 256, 4080,
+static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, D_MC, D_KC, D_NC,
                                  d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided};
 #endif /* GC_X86 */
 
@@ -613,7 +798,7 @@ typedef struct {
     int nt;
     int split_rows;     /* 1: threads own disjoint row ranges (IC loop); 0: disjoint JR ranges */
     int direct_a;       /* kernels read A in place (few columns: packing A would not pay off) */
-    int64_t kc_max, mc_max;
+    int64_t kc_max, mc_max; /* K and M block sizes of this call (<= KC, MC) */
     char *bpack;        /* kc_max x round_up(nc, NR), shared */
     char *apack;        /* per thread: mc_max x kc_max */
     size_t apack_stride;
@@ -683,8 +868,8 @@ static void driver_body(const driver_ctx *x, int tid) {
         const int64_t npanels = (nc + im->nr - 1) / im->nr;
         /* B panels packed by this thread; in JR mode also the only ones it computes with. */
         const int64_t jp0 = npanels * tid / nt, jp1 = npanels * (tid + 1) / nt;
-        for (int64_t pc = 0; pc < g->K; pc += im->kc) {
-            const int64_t kc = MIN(im->kc, g->K - pc);
+        for (int64_t pc = 0; pc < g->K; pc += x->kc_max) {
+            const int64_t kc = MIN(x->kc_max, g->K - pc);
             const epi_t e = {pc > 0 || g->beta != 0, pc > 0 ? 1.0 : g->beta, pc + kc == g->K,
                              g->act, g->act_param};
             if (jp1 > jp0)
@@ -711,11 +896,17 @@ static void driver_body(const driver_ctx *x, int tid) {
     }
 }
 
-/* Below this many multiply-adds a call is too small to pay for packing / threads. */
-#define DIRECT_MAX_FMAS 32768
-#define SERIAL_MAX_FMAS (1 << 19)
+/* Below DIRECT_MAX_FMAS multiply-adds the unpacked loop wins (packing costs about as much as
+ * the product: packing already wins at 8x8x8); below SERIAL_MAX_FMAS waking a second thread
+ * costs more than it saves (measured: 2 threads win from about 64x64x64). */
+#ifndef DIRECT_MAX_FMAS
+#define DIRECT_MAX_FMAS 512
+#endif
+#ifndef SERIAL_MAX_FMAS
+#define SERIAL_MAX_FMAS (1 << 18)
+#endif
 #ifndef DIRECT_A_MAX_PANELS
-#define DIRECT_A_MAX_PANELS 2
+#define DIRECT_A_MAX_PANELS 4
 #endif
 
 static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(const gemm_args *),
@@ -747,9 +938,16 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     x.nt = nt;
 
     /* Each A panel is read once per B panel: with at most DIRECT_A_MAX_PANELS of them, packing
-     * A (a full extra pass over it) costs more than the strided reads it saves. */
-    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS;
-    x.kc_max = MIN(im->kc, g->K);
+     * A (a full extra pass over it) costs more than the strided reads it saves. Not for A^T
+     * with long rows: there every k step of the kernel would touch another page. */
+    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS &&
+                 (!g->transA || (size_t)g->lda * im->esize <= 4096);
+    /* Even K blocks (784 = 4 x 196, not 3 x 256 + 16): a thin last block would pay a whole
+     * pass over C for little arithmetic. */
+    {
+        const int64_t nkb = (g->K + im->kc - 1) / im->kc;
+        x.kc_max = round_up((g->K + nkb - 1) / nkb, 4);
+    }
     const int64_t rows_per_thread = x.split_rows ? (mpanels + nt - 1) / nt * im->mr : g->M;
     x.mc_max = MIN(im->mc, round_up(rows_per_thread, im->mr));
     /* Even MC blocks: e.g. 200 rows as 102 + 98 rather than 144 + 56. */
