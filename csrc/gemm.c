@@ -6,17 +6,21 @@
  *         for jr in NC step NR:     one B micro-panel (KC x NR) stays in L1
  *           for ir in MC step MR:   register micro-kernel: MR x NR tile of C
  *
- * Packing copies every operand into zero-padded, 64-byte-aligned panels, so the micro-kernel
- * never sees a stride, a transpose or a ragged edge: transposes are handled by the packing
- * routines reading with swapped strides, edges by zero padding on read and by a bounded
- * write-back (an edge tile is computed into a local buffer and only its valid part stored).
+ * Packing copies the operands into zero-padded, 64-byte-aligned panels, so the micro-kernel
+ * never sees a transpose or a ragged edge: transposes are handled by the packing routines
+ * reading with swapped strides, edges by zero padding on read and by a bounded write-back
+ * (masked stores in the AVX2 kernels, a local tile buffer in the portable one). When B has
+ * only a few panels (N <= 4 NR), packing A costs more than it saves and the kernels read full
+ * MR-row panels of A in place (only a partial last panel is packed).
  *
  * The epilogue (beta * C, bias, activation) is applied while the tile is in registers, on the
  * write-back of the last K block; earlier K blocks just accumulate into C.
  *
  * Two implementations share the driver: AVX2+FMA micro-kernels (compiled per function with
  * target attributes, since the module is built for plain x86-64) and a portable plain-C one.
- * Scratch is allocated per call: two threads may run GEMMs concurrently.
+ * Tiny products skip packing; small ones stay on one thread. Threads split the rows of C (or
+ * the B panels when M is small). Scratch is allocated per call: two threads may run GEMMs
+ * concurrently.
  */
 #include <math.h>
 #include <stddef.h>
@@ -846,8 +850,9 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
     }
 }
 
-/* Body run by every thread (tid of nt); with nt == 1 it is called without a parallel region,
- * where the barriers are no-ops. */
+/* Body run by every thread (tid of nt) of our parallel region. With nt == 1 it runs without
+ * one and must not reach a barrier: the caller may itself be a thread of an OpenMP team (e.g.
+ * a kernel calling the GEMM from a parallel loop), to which an orphaned barrier would bind. */
 static void driver_body(const driver_ctx *x, int tid) {
     const gemm_impl *im = x->im;
     const gemm_args *g = x->g;
@@ -877,14 +882,17 @@ static void driver_body(const driver_ctx *x, int tid) {
                            MIN(nc, jp1 * im->nr) - jp0 * im->nr,
                            x->bpack + (size_t)(jp0 * im->nr * kc) * es);
             if (x->split_rows) {
+                if (nt > 1) { /* not when called serially, maybe inside someone else's team */
 #pragma omp barrier
+                }
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, r1 - ic);
                     prepare_a(x, apack, ic, mc, pc, kc);
                     macro_kernel(x, apack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
                 }
-                /* B is repacked by all threads next iteration. */
+                if (nt > 1) { /* B is repacked by all threads next iteration */
 #pragma omp barrier
+                }
             } else if (jp1 > jp0) {
                 for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, g->M - ic);

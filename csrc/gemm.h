@@ -6,7 +6,9 @@
  * op(A) = A^T (A stored K x M, row stride lda) when transA != 0; likewise B (K x N or N x K).
  * beta is 0 (overwrite C; C may hold garbage, even NaN) or 1 (accumulate into C).
  * bias may be NULL; it is added per column (length N), before the activation.
- * act is a gc_act value; act_param is the leaky-ReLU slope (ignored otherwise).
+ * act is a gc_act value; act_param is the leaky-ReLU slope (ignored otherwise). NaN propagates
+ * through every activation (relu(NaN) = NaN, like numpy.maximum); sigmoid/tanh are accurate to
+ * a few ulp of libm (float32: correctly rounded in practice) and exact at +-inf.
  * Any of M, N, K may be 0 (K == 0 gives act(beta*C + bias)).
  */
 #pragma once
