@@ -132,13 +132,17 @@ def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, wit
     assert rel_err(C, ref) <= TOL[np.dtype(dtype)]
 
 
+@pytest.mark.parametrize("threads", [2])
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (6, 16, 256), (7, 4100, 3), (5, 3, 600), (150, 90, 513),
-                                   (1, 300, 300), (300, 1, 300), (64, 64, 64)])
-def test_block_boundaries(dtype, simd, M, N, K):
-    """Deterministic shapes crossing NC (4080), several KC blocks, vectors (M or N == 1)."""
+                                   (1, 300, 300), (300, 1, 300), (64, 64, 64), (12, 2000, 64),
+                                   (300, 40, 300), (97, 4090, 20)])
+def test_block_boundaries(dtype, simd, threads, M, N, K):
+    """Deterministic shapes crossing NC (4080), several KC blocks, vectors (M or N == 1), threads
+    splitting B panels (small M), A read in place (few B panels)."""
     lib.gc_set_simd_enabled(simd)
+    lib.gc_set_num_threads(threads)
     rng = np.random.default_rng(M * 7 + N * 3 + K)
     for transA in (False, True):
         for transB in (False, True):
