@@ -285,9 +285,14 @@ GEN_SCALAR(d, double, act_f64)
  * rare cases and float64 results are within a few ulp of libm. Arguments are kept <= 0, so
  * nothing overflows; +-inf give the exact limits and NaN is passed through. */
 
-/* e^t for t in [ln(DBL_MIN), 0]: t = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^13
- * (truncation < 5e-18 relative), times 2^n built in the exponent field (n >= -1022). */
-AVX2_INLINE __m256d exp_neg_pd(__m256d t) {
+/* Polynomial degrees: full double accuracy, or enough for float32 results (truncation < 1e-10,
+ * so the value rounded to float is still correctly rounded but for ties this close). */
+#define DEG_F64 13
+#define DEG_F32 9
+
+/* e^t for t in [ln(DBL_MIN), 0]: t = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^deg
+ * (deg 13: truncation < 5e-18 relative), times 2^n built in the exponent field (n >= -1022). */
+AVX2_INLINE __m256d exp_neg_pd(__m256d t, int deg) {
     const __m256d n = _mm256_round_pd(_mm256_mul_pd(t, _mm256_set1_pd(1.4426950408889634)),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t); /* exact */
@@ -295,36 +300,37 @@ AVX2_INLINE __m256d exp_neg_pd(__m256d t) {
     static const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
                                         1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
                                         1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
-    __m256d p = _mm256_set1_pd(inv_fact[13]);
-    for (int i = 12; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[i]));
+    __m256d p = _mm256_set1_pd(inv_fact[deg]);
+    for (int i = deg - 1; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[i]));
     /* 2^n: n + 1.5 * 2^52 holds n in its low mantissa bits; add the bias and shift into place. */
     const __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
     const __m256i scale = _mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52);
     return _mm256_mul_pd(p, _mm256_castsi256_pd(scale));
 }
 
-/* e^t - 1 for |t| <= ln2/2, without the cancellation of exp(t) - 1: Taylor series to t^14. */
-AVX2_INLINE __m256d expm1_small_pd(__m256d t) {
+/* e^t - 1 for |t| <= ln2/2, without the cancellation of exp(t) - 1: Taylor series to
+ * t^(deg+1). */
+AVX2_INLINE __m256d expm1_small_pd(__m256d t, int deg) {
     static const double inv_fact[13] = {1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
                                         1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
                                         1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800,
                                         1.0 / 87178291200};
-    __m256d q = _mm256_set1_pd(inv_fact[12]);
-    for (int i = 11; i >= 0; i--) q = _mm256_fmadd_pd(q, t, _mm256_set1_pd(inv_fact[i]));
+    __m256d q = _mm256_set1_pd(inv_fact[deg - 1]);
+    for (int i = deg - 2; i >= 0; i--) q = _mm256_fmadd_pd(q, t, _mm256_set1_pd(inv_fact[i]));
     return _mm256_fmadd_pd(_mm256_mul_pd(t, t), q, t); /* t + t^2 (1/2 + t/6 + ...) */
 }
 
 #define EXP_MIN_ARG (-708.3964185322641) /* ln(DBL_MIN): below it e^t is flushed to 0 (error < DBL_MIN) */
 
-AVX2_INLINE __m256d exp_neg_clamped_pd(__m256d t) { /* t <= 0 or NaN (the caller handles NaN) */
+AVX2_INLINE __m256d exp_neg_clamped_pd(__m256d t, int deg) { /* t <= 0 or NaN (caller handles) */
     const __m256d lo = _mm256_set1_pd(EXP_MIN_ARG);
-    const __m256d e = exp_neg_pd(_mm256_max_pd(t, lo));
+    const __m256d e = exp_neg_pd(_mm256_max_pd(t, lo), deg);
     return _mm256_andnot_pd(_mm256_cmp_pd(t, lo, _CMP_LT_OQ), e);
 }
 
-AVX2_INLINE __m256d sigmoid_pd(__m256d x) {
+AVX2_INLINE __m256d sigmoid_pd(__m256d x, int deg) {
     const __m256d one = _mm256_set1_pd(1.0), sign = _mm256_set1_pd(-0.0);
-    const __m256d e = exp_neg_clamped_pd(_mm256_or_pd(x, sign)); /* e^-|x| in (0, 1] */
+    const __m256d e = exp_neg_clamped_pd(_mm256_or_pd(x, sign), deg); /* e^-|x| in (0, 1] */
     const __m256d d = _mm256_add_pd(one, e);
     /* x >= 0: 1 / (1 + e^-x);  x < 0: e^x / (1 + e^x), both free of overflow and cancellation */
     const __m256d neg = _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_LT_OQ);
@@ -332,13 +338,13 @@ AVX2_INLINE __m256d sigmoid_pd(__m256d x) {
     return _mm256_blendv_pd(s, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
 }
 
-AVX2_INLINE __m256d tanh_pd(__m256d x) {
+AVX2_INLINE __m256d tanh_pd(__m256d x, int deg) {
     const __m256d sign = _mm256_set1_pd(-0.0);
     const __m256d t = _mm256_mul_pd(_mm256_or_pd(x, sign), _mm256_set1_pd(2.0)); /* -2|x| */
     /* tanh|x| = -expm1(t) / (2 + expm1(t)); expm1 from its series near 0, else e^t - 1 */
     const __m256d small = _mm256_cmp_pd(t, _mm256_set1_pd(-0.34657359027997264), _CMP_GE_OQ);
-    const __m256d em = _mm256_blendv_pd(_mm256_sub_pd(exp_neg_clamped_pd(t), _mm256_set1_pd(1.0)),
-                                        expm1_small_pd(t), small);
+    const __m256d em = _mm256_blendv_pd(_mm256_sub_pd(exp_neg_clamped_pd(t, deg), _mm256_set1_pd(1.0)),
+                                        expm1_small_pd(t, deg), small);
     const __m256d th = _mm256_div_pd(em, _mm256_sub_pd(_mm256_set1_pd(-2.0), em)); /* >= 0 */
     const __m256d r = _mm256_or_pd(th, _mm256_and_pd(x, sign));                   /* sign of x */
     return _mm256_blendv_pd(r, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
@@ -346,14 +352,14 @@ AVX2_INLINE __m256d tanh_pd(__m256d x) {
 
 /* relu as max(0, v) keeps NaN (the second operand is returned when either is NaN), the same
  * as the scalar "s < 0 ? 0 : s". */
-AVX2_INLINE __m256d d_act4(__m256d v, int act, __m256d p) {
+AVX2_INLINE __m256d d_act4(__m256d v, int act, __m256d p, int deg) {
     const __m256d zero = _mm256_setzero_pd();
     switch (act) {
     case GC_ACT_RELU: return _mm256_max_pd(zero, v);
     case GC_ACT_LEAKY_RELU:
         return _mm256_blendv_pd(v, _mm256_mul_pd(v, p), _mm256_cmp_pd(v, zero, _CMP_LT_OQ));
-    case GC_ACT_SIGMOID: return sigmoid_pd(v);
-    case GC_ACT_TANH: return tanh_pd(v);
+    case GC_ACT_SIGMOID: return sigmoid_pd(v, deg);
+    case GC_ACT_TANH: return tanh_pd(v, deg);
     default: return v;
     }
 }
@@ -367,8 +373,8 @@ AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256 p) {
     case GC_ACT_SIGMOID:
     case GC_ACT_TANH: {
         const __m256d pd = _mm256_setzero_pd();
-        const __m256d lo = d_act4(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), act, pd);
-        const __m256d hi = d_act4(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), act, pd);
+        const __m256d lo = d_act4(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), act, pd, DEG_F32);
+        const __m256d hi = d_act4(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), act, pd, DEG_F32);
         return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
     }
     default: return v;
@@ -454,8 +460,8 @@ AVX2_INLINE void d_wb_row(double *cr, __m256d v0, __m256d v1, int full, __m256i 
         v0 = _mm256_add_pd(v0, bias0);
         v1 = _mm256_add_pd(v1, bias1);
     }
-    v0 = d_act4(v0, act, vp);
-    v1 = d_act4(v1, act, vp);
+    v0 = d_act4(v0, act, vp, DEG_F64);
+    v1 = d_act4(v1, act, vp, DEG_F64);
     if (full) {
         _mm256_storeu_pd(cr, v0);
         _mm256_storeu_pd(cr + 4, v1);
