@@ -30,7 +30,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__x86_64__) || defined(__i386__)
+/* GC_NO_SIMD builds only the portable path (as on non-x86 targets), for testing it. */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(GC_NO_SIMD)
 #include <immintrin.h>
 #define GC_X86 1
 #endif
