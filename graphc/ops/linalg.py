@@ -45,7 +45,7 @@ def _matmul_vjp(g, out, a, b, trans_a=False, trans_b=False):
         g2 = expand_dims(g2, 0)
     if b.ndim == 1:
         g2 = expand_dims(g2, g2.ndim)
-    ga, gb = _matmul_vjp(g2, None, a2, b2)
+    ga, gb = _matmul_vjp(g2, None, a2, b2, trans_a, trans_b)
     return [squeeze(ga, 0) if a.ndim == 1 else ga, squeeze(gb, 1) if b.ndim == 1 else gb]
 
 
