@@ -19,6 +19,7 @@ import networkx as _nx
 
 from .autodiff import grad
 from .backends import backend_info, set_num_threads
+from .check import GradcheckReport, gradcheck
 from .errors import GraphError
 from .graph import reachable
 from .ops import (

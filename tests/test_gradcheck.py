@@ -1,0 +1,256 @@
+"""gc.gradcheck: float64 central differences, fast mode, kinks, and per-node localisation of
+deliberately wrong VJPs (buggy copies of real ops, registered under new names by a fixture)."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.check import DEFAULT_EPS, compare_backends
+from graphc.errors import GraphError
+from graphc.ops import REGISTRY, apply
+from graphc.ops.linalg import matmul
+
+THIS_FILE = os.path.basename(__file__)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# -- buggy copies of real ops ---------------------------------------------------------------------
+BUGS = {
+    # name: (copied op, wrong VJP)
+    "tanh_scaled": ("tanh", lambda g, out, x: [2.0 * g * (1 - out * out)]),
+    "matmul_untransposed": ("matmul", lambda g, out, a, b, trans_a=False, trans_b=False:
+                            [matmul(g, b), matmul(a, g, trans_a=True)]),
+    "add_no_unbroadcast": ("add", lambda g, out, a, b: [g, g]),
+}
+
+
+@pytest.fixture
+def buggy_ops():
+    for name, (base, vjp) in BUGS.items():
+        REGISTRY[name] = dataclasses.replace(REGISTRY[base], name=name, vjp=vjp)
+    yield
+    for name in BUGS:
+        REGISTRY.pop(name, None)
+
+
+def _mlp_with(bug: str, x, w, b):
+    """A small MLP with one deliberately broken op in the middle; good ops before and after it."""
+    h = gc.sigmoid(x) * 1.5  # fine
+    if bug == "tanh_scaled":
+        z = apply("tanh_scaled", [h @ w + b])
+    elif bug == "matmul_untransposed":
+        z = gc.tanh(apply("matmul_untransposed", [h, w], trans_a=False, trans_b=False) + b)
+    else:
+        z = gc.tanh(apply("add_no_unbroadcast", [h @ w, b]))
+    return (gc.softmax(z) * np.array([[1.0, -2.0, 0.5]])).sum()  # fine
+
+
+# -- passing checks -------------------------------------------------------------------------------
+def test_worked_example_passes_with_exact_values():
+    # f = (x + y) z at x=-2, y=5, z=-4: df/dx = df/dy = -4, df/dz = 3
+    x, y, z = (gc.placeholder(n, (), "float64") for n in "xyz")
+    report = gc.gradcheck((x + y) * z, {x: -2.0, y: 5.0, z: -4.0})
+    assert report.passed and report and report.status == "pass"
+    assert report.checked == 3 and report.failed == 0
+    np.testing.assert_allclose([report.analytic[n][0] for n in "xyz"], [-4.0, -4.0, 3.0])
+    np.testing.assert_allclose([report.numeric[n][0] for n in "xyz"], [-4.0, -4.0, 3.0], rtol=1e-9)
+    assert report.max_abs_error < 1e-8
+    assert "passed" in str(report)
+
+
+def test_default_step_is_the_cube_root_of_machine_epsilon():
+    assert DEFAULT_EPS == pytest.approx(np.finfo(np.float64).eps ** (1 / 3))
+
+
+def test_function_form_with_integer_labels(rng):
+    logits = rng.normal(size=(5, 4))
+    labels = rng.integers(0, 4, size=5)
+    report = gc.gradcheck(lambda z, y: gc.softmax_cross_entropy(z, y), [logits, labels])
+    assert report.passed, report
+    assert set(report.analytic) == {"z"}  # labels are fed, not checked
+
+
+def test_dict_form_with_parameters_and_unchecked_feeds(rng):
+    x = gc.placeholder("x", (None, 3), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    W = gc.parameter(rng.normal(size=(3, 2)), name="W")
+    v = gc.parameter(rng.normal(size=2), name="v")
+    loss = gc.binary_cross_entropy(gc.tanh(x @ W) @ v, t)
+    X, T = rng.normal(size=(6, 3)), (rng.random(6) > 0.5).astype(np.float64)
+    report = gc.gradcheck(loss, [W, v], feeds={x: X, t: T})  # parameters use their .value
+    assert report.passed and set(report.analytic) == {"W", "v"}, report
+    report = gc.gradcheck(loss, {x: X, W: None}, feeds={t: T})  # v stays a constant
+    assert report.passed and set(report.analytic) == {"x", "W"}, report
+
+
+def test_float32_graph_is_checked_in_float64(rng):
+    # A float32 MLP: float32 finite differences would be noise at these tolerances; the check
+    # clones the graph in float64 and meets them.
+    X = rng.normal(size=(4, 3)).astype(np.float32)
+    W1 = gc.parameter(rng.normal(size=(3, 5)).astype(np.float32), name="W1")
+    W2 = gc.parameter(rng.normal(size=(5, 2)).astype(np.float32), name="W2")
+    x = gc.placeholder("x", (None, 3), "float32")
+    loss = gc.mse(gc.leaky_relu(x @ W1) @ W2, np.ones((4, 2), np.float32))
+    report = gc.gradcheck(loss, {x: X, W1: None, W2: None}, atol=1e-8, rtol=1e-7)
+    assert report.passed, report
+    assert report.built_dtypes == ("float32",)
+    assert all(a.dtype == np.float64 for a in report.analytic.values())
+    assert "float64" in str(report) and "float32" in str(report)
+
+
+def test_vector_output_full_jacobian(rng):
+    X = rng.normal(size=(2, 3))
+    report = gc.gradcheck(lambda x: gc.softmax(x, axis=1), [X])
+    assert report.passed, report
+    assert report.analytic["x"].shape == (6, 2, 3) and report.checked == 36
+
+
+def test_several_outputs(rng):
+    a, b = gc.placeholder("a", (3,), "float64"), gc.placeholder("b", (3,), "float64")
+    report = gc.gradcheck([gc.exp(a) * b, (a * b).sum()], {a: rng.normal(size=3), b: rng.normal(size=3)})
+    assert report.passed and report.analytic["a"].shape == (4, 3), report
+
+
+def test_second_derivatives(rng):
+    def grad_norm(x):
+        g = gc.grad((gc.tanh(x) * gc.sigmoid(x)).sum(), x)
+        return (g * g).sum()
+    assert gc.gradcheck(grad_norm, [rng.normal(size=4)]).passed
+
+
+def test_stop_gradient_is_respected_by_the_numeric_side(rng):
+    # d/dx [x * stop_gradient(x)] = stop_gradient(x): finite differences keep it frozen too.
+    report = gc.gradcheck(lambda x: (x * gc.stop_gradient(x)).sum(), [rng.normal(size=3)])
+    assert report.passed, report
+
+
+def test_fast_mode_passes(rng):
+    X, W = rng.normal(size=(3, 4)), rng.normal(size=(4, 2))
+    report = gc.gradcheck(lambda x, w: gc.tanh(x @ w).sum(), [X, W], mode="fast")
+    assert report.passed and report.mode == "fast" and report.checked == 1, report
+
+
+# -- failures and localisation --------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["full", "fast"])
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_wrong_vjps_fail_and_are_localised(buggy_ops, rng, bug, mode):
+    X, W, B = rng.normal(size=(4, 3)), rng.normal(size=(3, 3)), rng.normal(size=3)
+    report = gc.gradcheck(lambda x, w, b: _mlp_with(bug, x, w, b),
+                          [X.astype(np.float32), W.astype(np.float32), B.astype(np.float32)], mode=mode)
+    assert not report and report.status == "fail", report
+    assert report.culprit is not None and report.culprit.op == bug, report
+    assert THIS_FILE in report.culprit.source  # the line in _mlp_with that created the node
+    assert bug in str(report)
+    if mode == "fast":
+        assert report.mode == "fast, then full"
+    if bug == "add_no_unbroadcast":
+        assert "shape" in report.culprit.reason and "(4, 3)" in report.culprit.reason
+        assert report.error is not None
+    else:
+        w = report.worst
+        assert w is not None and abs(w.analytic - w.numeric) == pytest.approx(w.abs_error)
+        assert w.abs_error > report.atol + report.rtol * max(abs(w.analytic), abs(w.numeric))
+        assert w.input in ("x", "w", "b") and len(w.index) in (1, 2)
+        assert report.culprit.analytic != pytest.approx(report.culprit.numeric, rel=1e-3)
+
+
+def test_scaled_gradient_values_in_the_report(buggy_ops):
+    x = gc.placeholder("x", (2,), "float64")
+    X = np.array([0.3, -0.7])
+    report = gc.gradcheck(apply("tanh_scaled", [x]).sum(), {x: X})
+    assert not report
+    np.testing.assert_allclose(report.analytic["x"][0], 2 * (1 - np.tanh(X) ** 2))
+    np.testing.assert_allclose(report.numeric["x"][0], 1 - np.tanh(X) ** 2, rtol=1e-8)
+    assert report.worst.rel_error == pytest.approx(0.5)
+    assert report.culprit.input_index == 0
+    assert report.culprit.analytic == pytest.approx(2 * report.culprit.numeric, rel=1e-6)
+
+
+def test_bug_next_to_a_kink_is_still_a_failure(buggy_ops):
+    # ReLU sits at its kink for x[0]; the scaled tanh gradient is wrong everywhere else.
+    x = gc.placeholder("x", (3,), "float64")
+    loss = (gc.relu(x) + apply("tanh_scaled", [x])).sum()
+    report = gc.gradcheck(loss, {x: np.array([0.0, 0.5, -0.4])})
+    assert report.status == "fail" and report.culprit.op == "tanh_scaled", report
+
+
+# -- kinks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build, value, op", [
+    (lambda x: gc.relu(x).sum(), [0.0, 1.0, -1.0], "relu"),
+    (lambda x: gc.leaky_relu(x).sum(), [1.0, 0.0], "leaky_relu"),
+    (lambda x: gc.clip(x, -1.0, 1.0).sum(), [1.0, 0.5], "clip"),
+    (lambda x: gc.max_pool2d(x, 2).sum(), np.ones((1, 1, 2, 2)), "max_pool2d"),
+    (lambda x: (gc.sign(x) * x * x).sum() + gc.where(x > 0.5, x, 2 * x).sum(), [0.5, 0.0], None),
+    (lambda x: (gc.sign(x) + x).sum(), [0.0, 2.0], "sign"),
+])
+def test_kinks_are_reported_not_failed(build, value, op):
+    report = gc.gradcheck(build, [np.asarray(value, dtype=np.float64)])
+    assert report.status == "kink" and report, report
+    assert report.kinks and "not a gradient bug" in str(report)
+    if op is not None:
+        assert any(k.op == op for k in report.kinks), report
+
+
+def test_ties_that_finite_differences_agree_with_pass():
+    # max and maximum split the gradient at ties, which is what central differences see.
+    assert gc.gradcheck(lambda x: gc.max(x), [np.array([1.0, 1.0, 0.0])]).passed
+    assert gc.gradcheck(lambda a, b: gc.maximum(a, b).sum(), [np.ones(2), np.ones(2)]).passed
+    assert gc.gradcheck(lambda x: gc.abs(x).sum(), [np.array([0.0, 1.0])]).passed  # symmetric kink
+
+
+def test_kink_note_names_the_source_line():
+    x = gc.placeholder("x", (2,), "float64")
+    r = gc.relu(x)  # the kink
+    report = gc.gradcheck((r * 2.0).sum(), {x: np.array([0.0, 1.0])})
+    assert report.status == "kink"
+    assert THIS_FILE in report.kinks[0].source and "x[0]" in report.kinks[0].trigger
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_errors_name_the_problem():
+    x = gc.placeholder("x", (2,), "float64")
+    y = gc.placeholder("y", (2,), "float64")
+    with pytest.raises(GraphError, match="placeholder 'y'"):
+        gc.gradcheck((x * y).sum(), {x: np.ones(2)})
+    with pytest.raises(GraphError, match="mode"):
+        gc.gradcheck((x * 2).sum(), {x: np.ones(2)}, mode="quick")
+    with pytest.raises(GraphError, match="list of arrays"):
+        gc.gradcheck(lambda a: a.sum(), {x: np.ones(2)})
+    with pytest.raises(GraphError, match="shape"):
+        gc.gradcheck((x * 2).sum(), {x: np.ones(3)})
+    with pytest.raises(GraphError, match="Tensors"):
+        gc.gradcheck((x * 2).sum(), {"x": np.ones(2)})
+
+
+def test_int_only_inputs_have_nothing_to_check():
+    report = gc.gradcheck(lambda x: gc.cast(x, "float64").sum(), [np.arange(3)])
+    assert report.passed and report.checked == 0 and "no floating-point inputs" in str(report)
+
+
+# -- backends against each other ------------------------------------------------------------------
+def test_compare_backends(rng):
+    x = gc.placeholder("x", (3, 2), "float32")
+    W = gc.parameter(rng.normal(size=(2, 2)).astype(np.float32), name="W")
+    loss = gc.tanh(x @ W).sum()
+    values = {x: rng.normal(size=(3, 2)).astype(np.float32)}
+    assert compare_backends(loss, values, ["numpy", "numpy"]) is None
+    if gc.backends.C_AVAILABLE:
+        assert compare_backends(loss, values, ["numpy", "c"]) is None
+
+
+def test_graphc_imports_and_checks_without_hypothesis():
+    code = ("import sys; sys.modules['hypothesis'] = None\n"
+            "import numpy as np, graphc as gc\n"
+            "assert gc.gradcheck(lambda x: gc.exp(x).sum(), [np.ones(2)])\n"
+            "try:\n    import graphc.testing\nexcept ImportError:\n    print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
