@@ -1,0 +1,226 @@
+"""`graphc fuzz`: random-graph gradient fuzzing with a three-way oracle.
+
+Hypothesis draws random graphs (graphc.testing.graphs); each one's gradients are checked on
+every selected backend against float64 central finite differences (gc.gradcheck), and the
+backends against each other. A failing graph is shrunk by hypothesis to a minimal one, written
+as a standalone Python reproducer, and the command exits with status 1.
+
+    graphc fuzz --max-examples 200                 # C (if built) and NumPy, seed 0
+    graphc fuzz --seconds 60 --seed 7 --backend numpy --dtype float32
+    graphc fuzz --ops matmul,tanh,grad --max-nodes 12 --out repro.py
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+__all__ = ["main", "FuzzStats", "run_fuzz"]
+
+
+@dataclass
+class FuzzStats:
+    tried: int = 0
+    nodes: int = 0
+    kinks: int = 0
+    failures: int = 0
+    shrink_steps: int = 0
+    ops: set = field(default_factory=set)
+    seconds: float = 0.0
+
+    def summary(self, n_ops: int, backends: Sequence[str], seed: int) -> str:
+        return (f"graphc fuzz: {self.tried} graphs tried, {self.nodes} nodes checked, {len(self.ops)}/{n_ops} ops "
+                f"covered, {self.failures} failures ({self.kinks} at kinks; backends {', '.join(backends)}; "
+                f"seed {seed}; {self.seconds:.1f} s)")
+
+
+class _Progress:
+    """tqdm when installed, else a carriage-return counter on stderr."""
+
+    def __init__(self, total: Optional[int], enabled: bool):
+        self.enabled, self.total, self._last = enabled, total, 0.0
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, unit="graph", file=sys.stderr, leave=False, dynamic_ncols=True)
+            except ImportError:
+                self._bar = None
+
+    def update(self, stats: FuzzStats, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.n = stats.tried
+            self._bar.set_postfix(nodes=stats.nodes, failures=stats.failures, refresh=False)
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        if force or now - self._last > 0.2:
+            self._last = now
+            total = f"/{self.total}" if self.total else ""
+            print(f"\rfuzz: {stats.tried}{total} graphs, {stats.nodes} nodes, {stats.failures} failures",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="graphc fuzz", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="graphs to try (default 200, or unlimited with --seconds)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same graphs)")
+    p.add_argument("--backend", default="c,numpy",
+                   help="comma-separated backends to check (default c,numpy; c is skipped if not built)")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                   help="dtype the graphs are built in (the check itself runs in float64)")
+    p.add_argument("--max-nodes", type=int, default=10, help="ops per random graph, at most")
+    p.add_argument("--ops", default=None, help="comma-separated ops to build graphs from (default: all)")
+    p.add_argument("--mode", choices=["full", "fast"], default="full", help="gradcheck mode")
+    p.add_argument("--out", default="graphc_fuzz_repro.py", help="where to write the reproducer of a failure")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. one registering extra ops); the reproducer imports it too")
+    p.add_argument("--chunk", type=int, default=50, help="examples per hypothesis run (each with its own seed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(list(argv))
+
+
+def _backends(spec: str) -> list[str]:
+    from .backends import C_AVAILABLE
+    wanted = [b.strip().lower() for b in spec.split(",") if b.strip()]
+    out = []
+    for b in wanted:
+        if b not in ("c", "numpy"):
+            raise SystemExit(f"graphc fuzz: unknown backend {b!r} (choose from c, numpy)")
+        if b == "c" and not C_AVAILABLE:
+            warnings.warn("graphc fuzz: the C extension is not built; skipping the C backend", RuntimeWarning,
+                          stacklevel=2)
+            continue
+        if b not in out:
+            out.append(b)
+    if not out:
+        raise SystemExit("graphc fuzz: no backend left to check")
+    return out
+
+
+def run_fuzz(*, max_examples: Optional[int], seconds: Optional[float], seed: int, backends: Sequence[str],
+             dtype: Optional[str], max_nodes: int, ops: Optional[Sequence[str]], mode: str, chunk: int,
+             progress: bool) -> tuple[FuzzStats, Optional[tuple]]:
+    """Run the property; returns the stats and, on failure, (minimal graph, GraphCheck)."""
+    from hypothesis import HealthCheck, find, settings
+    from hypothesis.errors import NoSuchExample
+
+    from .testing import check_graph, graphs, prune
+
+    stats = FuzzStats()
+    start = time.monotonic()
+    deadline = start + seconds if seconds else None
+    if max_examples is None and deadline is None:
+        max_examples = 200
+    bar = _Progress(max_examples, progress)
+    strategy = graphs(max_nodes=max_nodes, ops=ops, dtype=dtype)
+    failure = None
+    run = 0
+    try:
+        while True:
+            if max_examples is not None and stats.tried >= max_examples:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            n = chunk if max_examples is None else min(chunk, max_examples - stats.tried)
+            found = [False]
+            tried_before = stats.tried
+
+            def condition(g, found=found, n=n, tried_before=tried_before):
+                if found[0]:  # shrinking: hypothesis looks for a smaller failing graph
+                    stats.shrink_steps += 1
+                    return not check_graph(g, backends, mode)
+                if stats.tried - tried_before >= n or (deadline is not None and time.monotonic() >= deadline):
+                    return False  # budget spent: let hypothesis finish this run cheaply
+                result = check_graph(g, backends, mode)
+                stats.tried += 1
+                stats.nodes += len(g.nodes)
+                stats.ops |= g.ops
+                stats.kinks += result.status == "kink"
+                if not result:
+                    stats.failures += 1
+                    found[0] = True
+                bar.update(stats)
+                return not result
+
+            cfg = settings(max_examples=n, deadline=None, database=None,
+                           suppress_health_check=list(HealthCheck))
+            try:
+                g = find(strategy, condition, settings=cfg, random=random.Random(seed * 100003 + run))
+            except NoSuchExample:
+                g = None
+            run += 1
+            if g is not None:
+                g = prune(g, lambda c: not check_graph(c, backends, mode))
+                failure = (g, check_graph(g, backends, mode))
+                break
+            if stats.tried == tried_before:  # hypothesis found nothing new to try
+                break
+    finally:
+        bar.close()
+        stats.seconds = time.monotonic() - start
+    return stats, failure
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `graphc fuzz`; returns the exit status (0 green, 1 failure found)."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    for mod in args.imports:
+        importlib.import_module(mod)
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        print("graphc fuzz needs hypothesis: pip install hypothesis (or graphc[test])", file=sys.stderr)
+        return 2
+    from .ops import REGISTRY
+    from .testing import LEAVES, reproducer
+
+    backends = _backends(args.backend)
+    ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
+    dtype = None if args.dtype == "both" else args.dtype
+    try:
+        stats, failure = run_fuzz(max_examples=args.max_examples, seconds=args.seconds, seed=args.seed,
+                                  backends=backends, dtype=dtype, max_nodes=args.max_nodes, ops=ops,
+                                  mode=args.mode, chunk=max(1, args.chunk),
+                                  progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print("graphc fuzz: interrupted", file=sys.stderr)
+        return 130
+    n_ops = sum(1 for name in REGISTRY if name not in LEAVES)
+    if failure is not None:
+        g, result = failure
+        title = (f"graphc fuzz reproducer (seed {args.seed}, backends {', '.join(backends)}): a {len(g.nodes)}-node "
+                 f"graph, shrunk by hypothesis.\n\n{result.message}")
+        setup = "".join(f"import {m}  # noqa: F401 (registers what the graph uses)\n" for m in args.imports)
+        src = reproducer(g, backends=backends, mode=args.mode, title=title, setup=setup)
+        out = os.path.abspath(args.out)
+        with open(out, "w") as fh:
+            fh.write(src)
+        print(f"graphc fuzz: FAILURE on a {len(g.nodes)}-node graph (after {stats.shrink_steps} shrink steps):")
+        print("  " + result.message.replace("\n", "\n  "))
+        print(f"reproducer written to {out} (run: python {args.out})")
+    print(stats.summary(n_ops, backends, args.seed))
+    return 1 if failure is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
