@@ -84,6 +84,7 @@ from .ops import (
 )
 from .runtime import Function, compile
 from .tensor import Tensor, as_tensor, constant, parameter, placeholder
+from .train import Trainer  # graphc.train is a callable module: gc.train(model, X, y, ...)
 
 __version__ = "0.1.0"
 
