@@ -36,7 +36,7 @@ from .runtime import compile as gc_compile
 from .tensor import Tensor, placeholder
 
 __all__ = ["Trainer", "History", "train", "predict_logits", "predict", "accuracy", "loss_tensor", "model_cache",
-           "limit_blas_threads"]
+           "limit_threads"]
 
 LossSpec = Union[str, Callable[[Tensor, Tensor], Tensor]]
 
@@ -318,18 +318,27 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def limit_blas_threads(n: int = 1):
-    """Limit BLAS (OpenBLAS/MKL) threads to n inside the block, when threadpoolctl is installed.
+def limit_threads(n: int = 1):
+    """Run the block with n BLAS threads (via threadpoolctl, when installed) and n graphc C-kernel
+    threads, restoring both afterwards.
 
-    The NumPy backend runs many tiny matmuls; multi-threaded OpenBLAS can be 10-50x slower on them
-    when the cores are shared with other work (its threads spin waiting for each other)."""
+    Small models run thousands of tiny kernels; multi-threaded OpenBLAS and OpenMP spin-wait for
+    each other and can be 10-50x slower on them when the cores are shared with other work."""
+    from .backends import backend_info, set_num_threads
+    before = backend_info().get("threads", 0) if backend_info().get("c_available") else None
+    if before is not None:
+        set_num_threads(n)
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            yield
+        else:
+            with threadpool_limits(limits=n, user_api="blas"):
+                yield
+    finally:
+        if before is not None:
+            set_num_threads(before)
 
 
 def _tqdm():

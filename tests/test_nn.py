@@ -7,12 +7,12 @@ import pytest
 
 import graphc as gc
 from graphc import nn, optim
-from graphc.train import Trainer, accuracy, limit_blas_threads, predict_logits
+from graphc.train import Trainer, accuracy, limit_threads, predict_logits
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    with limit_blas_threads(1):
+    with limit_threads(1):
         yield
 
 

@@ -4,12 +4,12 @@ import pytest
 
 import graphc as gc
 from graphc import nn, optim
-from graphc.train import History, Trainer, accuracy, limit_blas_threads
+from graphc.train import History, Trainer, accuracy, limit_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    with limit_blas_threads(1):
+    with limit_threads(1):
         yield
 
 

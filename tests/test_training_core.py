@@ -11,8 +11,8 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    from graphc.train import limit_blas_threads  # tiny matmuls: avoid OpenBLAS thread spinning
-    with limit_blas_threads(1):
+    from graphc.train import limit_threads  # tiny kernels: avoid threads spin-waiting
+    with limit_threads(1):
         yield
 
 
