@@ -198,6 +198,7 @@ class Module:
                 fh.write(buf.getvalue())
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a saved model is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
