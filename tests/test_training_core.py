@@ -76,7 +76,7 @@ def test_softmax_regression_digits_gd():
     for _ in range(400):
         step(x=Xtr, y=ytr)
     acc = np.mean(gc.compile(gc.argmax(logits, 1))(x=Xte) == yte)
-    assert acc >= 0.93, acc  # measured 0.958
+    assert acc >= 0.93, acc  # measured 0.955 (429/449)
 
 
 def test_one_hidden_layer_mlp_digits_gd():
@@ -94,4 +94,4 @@ def test_one_hidden_layer_mlp_digits_gd():
     for _ in range(1000):
         step(x=Xtr, y=ytr)
     acc = np.mean(gc.compile(gc.argmax(logits, 1))(x=Xte) == yte)
-    assert acc >= 0.96, acc  # measured 0.971
+    assert acc >= 0.96, acc  # measured 0.971 (436/449)
