@@ -210,7 +210,7 @@ def test_logistic_regression_breast_cancer_accuracy():
     model = nn.LogisticRegression(30)
     hist = Trainer(model, optim.SGD(0.1), batch_size=32, seed=0).fit(s.X_train, s.y_train, 20)
     acc = accuracy(model, s.X_test, s.y_test)
-    assert acc >= 0.95, acc  # measured 0.986 (141/143)
+    assert acc >= 0.95, acc  # measured 0.986 (140/142)
     assert hist["loss"][-1] < hist["loss"][0]
 
 
