@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import GraphError, node_error
+from .backends import resolve as resolve_backend
+from .errors import GraphError, node_error, user_source
 from .graph import reachable
 from .ops import REGISTRY
 from .tensor import Tensor, constant
@@ -185,7 +186,7 @@ def _problem(outputs_or_fn, inputs, feeds) -> tuple[list[Tensor], list[_Leaf]]:
         for k, a in enumerate(arrays):
             name = names[k] if k < len(names) and names[k].isidentifier() else f"x{k}"
             dtype = a.dtype if a.dtype.kind in "fiub" else F64
-            t = Tensor("placeholder", (), {}, a.shape, dtype, name=name, source=_caller())
+            t = Tensor("placeholder", (), {}, a.shape, dtype, name=name, source=user_source())
             tensors.append(t)
             leaves.append(_Leaf(t, a, name, a.dtype.kind == "f"))
         outs = outputs_or_fn(*tensors)
@@ -212,11 +213,6 @@ def _problem(outputs_or_fn, inputs, feeds) -> tuple[list[Tensor], list[_Leaf]]:
     return outs, leaves
 
 
-def _caller() -> str:
-    from .errors import user_source
-    return user_source()
-
-
 def _up_attr(key: str, v):
     if isinstance(v, np.dtype) or (key == "dtype" and v is not None):
         d = np.dtype(v)
@@ -232,8 +228,8 @@ def _clone_float64(outputs: list[Tensor], leaves: list[_Leaf]):
     for node in reachable(outputs):
         if node.id in by_id:
             k, lf = by_id[node.id]
-            if lf.value.shape != node.shape and (len(lf.value.shape) != len(node.shape) or any(
-                    d is not None and d != s for d, s in zip(node.shape, lf.value.shape))):
+            if len(lf.value.shape) != len(node.shape) or any(
+                    d is not None and d != s for d, s in zip(node.shape, lf.value.shape)):
                 raise node_error(node, f"gradcheck value for '{lf.label}' has shape {lf.value.shape}, "
                                        f"expected {node.shape}")
             dtype = F64 if node.dtype.kind == "f" else node.dtype
@@ -274,12 +270,15 @@ class _Interpreter:
             raise node_error(node, f"{type(exc).__name__}: {exc}") from None
         return np.asarray(r, dtype=node.dtype)
 
-    def run(self, leaf_values: dict) -> dict:
+    def run(self, leaf_values: dict, frozen: Optional[dict] = None) -> dict:
+        """All values; with `frozen` (values at the checked point), stop_gradient nodes keep theirs."""
         vals = {}
         with np.errstate(all="ignore"):
             for n in self.order:
                 if n.id in leaf_values:
                     vals[n.id] = leaf_values[n.id]
+                elif frozen is not None and n.op == "stop_gradient":
+                    vals[n.id] = frozen[n.id]
                 elif n.op in ("constant", "parameter"):
                     vals[n.id] = np.asarray(n.value)
                 elif not n.inputs:
@@ -409,8 +408,7 @@ def gradcheck(outputs_or_fn: Union[Tensor, Sequence[Tensor], Callable[..., Any]]
     eps = DEFAULT_EPS if eps is None else float(eps)
     atol = DEFAULT_ATOL if atol is None else float(atol)
     rtol = DEFAULT_RTOL if rtol is None else float(rtol)
-    from . import backends
-    backend_name = backends.resolve(backend)
+    backend_name = resolve_backend(backend)
     outs, leaves = _problem(outputs_or_fn, inputs, feeds)
     outs64, leaf_map = _clone_float64(outs, leaves)
     graph_nodes = [n for n in reachable(outs) if n.inputs]
@@ -429,15 +427,9 @@ def gradcheck(outputs_or_fn: Union[Tensor, Sequence[Tensor], Callable[..., Any]]
     interp = _Interpreter(float_outs)
     base = interp.run(feed_vals)
     out_sizes = [int(np.prod(o.shape, dtype=np.int64)) for o in float_outs]
-    rng = np.random.default_rng(seed)
-
-    def flat_outputs(vals):
-        return np.concatenate([np.asarray(vals[o.id], F64).reshape(-1) for o in float_outs]) \
-            if float_outs else np.zeros(0)
-
     ctx = _Context(outs64=float_outs, out_labels=out_labels, out_sizes=out_sizes, checked=checked,
                    feed_vals=feed_vals, interp=interp, base=base, eps=eps, atol=atol, rtol=rtol,
-                   backend=backend_name, flat_outputs=flat_outputs, rng=rng)
+                   backend=backend_name, rng=np.random.default_rng(seed))
     if not checked:
         report.note = "no floating-point inputs to check"
         return report
@@ -477,7 +469,6 @@ class _Context:
     atol: float
     rtol: float
     backend: str
-    flat_outputs: Callable
     rng: Any
     fn: Any = None
     cotangents: list = field(default_factory=list)
@@ -517,6 +508,9 @@ class _Context:
     def step(self, x: np.ndarray) -> np.ndarray:
         return self.eps * np.maximum(1.0, np.abs(x))
 
+    def flat_outputs(self, vals: dict) -> np.ndarray:
+        return np.concatenate([np.asarray(vals[o.id], F64).reshape(-1) for o in self.outs64])
+
 
 def _fast_check(ctx: _Context, report: GradcheckReport) -> bool:
     m = sum(ctx.out_sizes)
@@ -533,8 +527,8 @@ def _fast_check(ctx: _Context, report: GradcheckReport) -> bool:
     analytic = sum(float(np.sum(gk * su)) for gk, su in zip(g, scales))
     plus = {new.id: ctx.feed_vals[new.id] + ctx.eps * su for (_, new), su in zip(ctx.checked, scales)}
     minus = {new.id: ctx.feed_vals[new.id] - ctx.eps * su for (_, new), su in zip(ctx.checked, scales)}
-    fp = ctx.flat_outputs(ctx.interp.run({**ctx.feed_vals, **plus}))
-    fm = ctx.flat_outputs(ctx.interp.run({**ctx.feed_vals, **minus}))
+    fp = ctx.flat_outputs(ctx.interp.run({**ctx.feed_vals, **plus}, frozen=ctx.base))
+    fm = ctx.flat_outputs(ctx.interp.run({**ctx.feed_vals, **minus}, frozen=ctx.base))
     numeric = float(v @ (fp - fm)) / (2 * ctx.eps)
     err = abs(analytic - numeric)
     report.checked, report.max_abs_error = 1, err

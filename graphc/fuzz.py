@@ -95,6 +95,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (e.g. one registering extra ops); the reproducer imports it too")
     p.add_argument("--chunk", type=int, default=50, help="examples per hypothesis run (each with its own seed)")
+    p.add_argument("--shrink-seconds", type=float, default=60.0, help="time allowed for shrinking a failure")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(list(argv))
 
@@ -119,12 +120,12 @@ def _backends(spec: str) -> list[str]:
 
 def run_fuzz(*, max_examples: Optional[int], seconds: Optional[float], seed: int, backends: Sequence[str],
              dtype: Optional[str], max_nodes: int, ops: Optional[Sequence[str]], mode: str, chunk: int,
-             progress: bool) -> tuple[FuzzStats, Optional[tuple]]:
+             progress: bool, shrink_seconds: float = 60.0) -> tuple[FuzzStats, Optional[tuple]]:
     """Run the property; returns the stats and, on failure, (minimal graph, GraphCheck)."""
     from hypothesis import HealthCheck, find, settings
-    from hypothesis.errors import NoSuchExample
+    from hypothesis.errors import Flaky, NoSuchExample
 
-    from .testing import check_graph, graphs, prune
+    from .testing import GraphCheck, check_graph, graphs, prune
 
     stats = FuzzStats()
     start = time.monotonic()
@@ -142,25 +143,36 @@ def run_fuzz(*, max_examples: Optional[int], seconds: Optional[float], seed: int
             if deadline is not None and time.monotonic() >= deadline:
                 break
             n = chunk if max_examples is None else min(chunk, max_examples - stats.tried)
-            found = [False]
             tried_before = stats.tried
+            seen: dict = {}  # graph source -> failed?  (hypothesis replays; answers must not change)
+            smallest: list = []  # the smallest failing graph so far, and when the first was found
 
-            def condition(g, found=found, n=n, tried_before=tried_before):
-                if found[0]:  # shrinking: hypothesis looks for a smaller failing graph
+            def condition(g, n=n, tried_before=tried_before, seen=seen, smallest=smallest):
+                key = g.code() + repr(sorted((t.name, v.tobytes()) for t, v in g.values.items()))
+                if key in seen:
+                    return seen[key]
+                if smallest:  # shrinking: hypothesis looks for a smaller failing graph
+                    if time.monotonic() - smallest[1] > shrink_seconds:
+                        return False  # shrink budget spent: keep the smallest failure so far
                     stats.shrink_steps += 1
-                    return not check_graph(g, backends, mode)
-                if stats.tried - tried_before >= n or (deadline is not None and time.monotonic() >= deadline):
+                    failed = not check_graph(g, backends, mode, localize=False)
+                    if failed and len(g.nodes) <= len(smallest[0].nodes):
+                        smallest[0] = g
+                elif stats.tried - tried_before >= n or (deadline is not None and time.monotonic() >= deadline):
                     return False  # budget spent: let hypothesis finish this run cheaply
-                result = check_graph(g, backends, mode)
-                stats.tried += 1
-                stats.nodes += len(g.nodes)
-                stats.ops |= g.ops
-                stats.kinks += result.status == "kink"
-                if not result:
-                    stats.failures += 1
-                    found[0] = True
-                bar.update(stats)
-                return not result
+                else:
+                    result = check_graph(g, backends, mode, localize=False)
+                    stats.tried += 1
+                    stats.nodes += len(g.nodes)
+                    stats.ops |= g.ops
+                    stats.kinks += result.status == "kink"
+                    failed = not result
+                    if failed:
+                        stats.failures += 1
+                        smallest[:] = [g, time.monotonic()]
+                    bar.update(stats)
+                seen[key] = failed
+                return failed
 
             cfg = settings(max_examples=n, deadline=None, database=None,
                            suppress_health_check=list(HealthCheck))
@@ -168,10 +180,18 @@ def run_fuzz(*, max_examples: Optional[int], seconds: Optional[float], seed: int
                 g = find(strategy, condition, settings=cfg, random=random.Random(seed * 100003 + run))
             except NoSuchExample:
                 g = None
+            except Flaky:  # e.g. a backend reading uninitialised memory: keep what failed
+                g = None
+            if smallest and (g is None or len(smallest[0].nodes) < len(g.nodes)):
+                g = smallest[0]
             run += 1
             if g is not None:
-                g = prune(g, lambda c: not check_graph(c, backends, mode))
-                failure = (g, check_graph(g, backends, mode))
+                g = prune(g, lambda c: not check_graph(c, backends, mode, localize=False))
+                result = check_graph(g, backends, mode)
+                if result:  # it failed while searching but passes now: nondeterminism is a finding too
+                    result = GraphCheck("fail", "FLAKY: this graph failed during the search but passes when "
+                                                "re-run (a backend reading uninitialised memory, or a race?)")
+                failure = (g, result)
                 break
             if stats.tried == tried_before:  # hypothesis found nothing new to try
                 break
@@ -200,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         stats, failure = run_fuzz(max_examples=args.max_examples, seconds=args.seconds, seed=args.seed,
                                   backends=backends, dtype=dtype, max_nodes=args.max_nodes, ops=ops,
-                                  mode=args.mode, chunk=max(1, args.chunk),
+                                  mode=args.mode, chunk=max(1, args.chunk), shrink_seconds=args.shrink_seconds,
                                   progress=not args.no_progress and sys.stderr.isatty())
     except KeyboardInterrupt:
         print("graphc fuzz: interrupted", file=sys.stderr)

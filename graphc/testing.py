@@ -625,10 +625,6 @@ class _Builder:
             return None
         return cands[self.draw(st.integers(0, len(cands) - 1))]
 
-    def apply(self, op: str, ins, **attrs) -> Tensor:
-        t = apply(op, ins, **attrs)
-        return t
-
     def adapt(self, t: Tensor, dom: Domain) -> Tensor:
         """Map a computed (non-leaf) operand into a domain; leaves get suitable values instead."""
         if t.op == "placeholder":
@@ -666,7 +662,7 @@ def _g_unary(b: _Builder, op: str):
         attrs = {"dtype": FLOAT_DTYPES[0] if x.dtype == FLOAT_DTYPES[1] else FLOAT_DTYPES[1]}
     if op == "exp" and x.op != "placeholder":
         x = apply("tanh", [x])
-    return b.apply(op, [b.adapt(x, dom)], **attrs)
+    return apply(op, [b.adapt(x, dom)], **attrs)
 
 
 def _g_binary(b: _Builder, op: str):
@@ -677,7 +673,7 @@ def _g_binary(b: _Builder, op: str):
     d0, d1 = REGISTRY[op].input_domain(0), REGISTRY[op].input_domain(1)
     if op == "pow" and c.op != "placeholder":
         c = apply("tanh", [c])
-    return b.apply(op, [b.adapt(a, d0), b.adapt(c, d1)])
+    return apply(op, [b.adapt(a, d0), b.adapt(c, d1)])
 
 
 def _g_where(b: _Builder, op: str):
@@ -690,7 +686,7 @@ def _g_where(b: _Builder, op: str):
     x = c1 if x is None else x
     y = b.pick(lambda t: _broadcastable(t.shape, np.broadcast_shapes(cond.shape, x.shape)))
     y = c2 if y is None else y
-    return b.apply(op, [cond, x, y])
+    return apply(op, [cond, x, y])
 
 
 def _g_reduce(b: _Builder, op: str):
@@ -702,14 +698,14 @@ def _g_reduce(b: _Builder, op: str):
     if op == "mean":
         from .ops import mean
         return mean(x, axes, keep)
-    return b.apply(op, [x], axes=axes, keepdims=keep)
+    return apply(op, [x], axes=axes, keepdims=keep)
 
 
 def _g_softmax(b: _Builder, op: str):
     x = b.pick(lambda t: t.ndim >= 1)
     if x is None:
         return None
-    return b.apply("softmax" if op == "log_softmax" else op, [x], axis=b.draw(st.integers(0, x.ndim - 1)),
+    return apply("softmax" if op == "log_softmax" else op, [x], axis=b.draw(st.integers(0, x.ndim - 1)),
                    log=op == "log_softmax" or b.draw(st.booleans()))
 
 
@@ -720,7 +716,7 @@ def _g_transpose(b: _Builder, op: str):
     perm = tuple(b.draw(st.permutations(range(x.ndim))))
     if perm == tuple(range(x.ndim)):
         perm = perm[::-1]
-    return b.apply(op, [x], axes=perm)
+    return apply(op, [x], axes=perm)
 
 
 def _g_reshape(b: _Builder, op: str):
@@ -728,7 +724,7 @@ def _g_reshape(b: _Builder, op: str):
     if x is None:
         return None
     target = _reshape_target(b.draw, x.shape)
-    return b.apply(op, [x], shape=tuple(int(d) for d in target))
+    return apply(op, [x], shape=tuple(int(d) for d in target))
 
 
 def _g_expand_squeeze(b: _Builder, op: str):
@@ -738,11 +734,11 @@ def _g_expand_squeeze(b: _Builder, op: str):
             return None
         axes = tuple(sorted(b.draw(st.sets(st.sampled_from([i for i, d in enumerate(x.shape) if d == 1]),
                                            min_size=1))))
-        return b.apply(op, [x], axes=axes)
+        return apply(op, [x], axes=axes)
     x = b.pick(lambda t: t.ndim <= 2)
     if x is None:
         return None
-    return b.apply(op, [x], axes=(b.draw(st.integers(0, x.ndim)),))
+    return apply(op, [x], axes=(b.draw(st.integers(0, x.ndim)),))
 
 
 def _g_concatenate(b: _Builder, op: str):
@@ -754,7 +750,7 @@ def _g_concatenate(b: _Builder, op: str):
     def fits(t):
         return t.ndim == x.ndim and all(d == e for i, (d, e) in enumerate(zip(t.shape, x.shape)) if i != axis)
     y = b.pick(fits)
-    return b.apply(op, [x, y], axis=axis)
+    return apply(op, [x, y], axis=axis)
 
 
 def _g_matmul(b: _Builder, op: str):
@@ -770,7 +766,7 @@ def _g_matmul(b: _Builder, op: str):
     if w is None or b.draw(st.booleans()):
         n = b.draw(st.integers(1, b.ms))
         w = b.new_input((n, k) if tb else (k, n))
-    return b.apply(op, [a, w], trans_a=False, trans_b=bool(tb))
+    return apply(op, [a, w], trans_a=False, trans_b=bool(tb))
 
 
 def _g_loss(b: _Builder, op: str):
@@ -783,7 +779,7 @@ def _g_loss(b: _Builder, op: str):
             x = apply("reshape", [x], shape=(1, -1) if x.ndim == 1 else (-1, x.shape[-1]))
         n, c = x.shape
         labels = b.const(_labels(b.draw, n, c))
-        return b.apply(op, [x, labels])
+        return apply(op, [x, labels])
     x = b.pick()
     if x is None:
         return None
@@ -793,14 +789,14 @@ def _g_loss(b: _Builder, op: str):
     if op == "mse":
         from .ops import mse
         return mse(x, target)
-    return b.apply(op, [x, target])
+    return apply(op, [x, target])
 
 
 def _g_dropout(b: _Builder, op: str):
     x = b.pick()
     if x is None:
         return None
-    return b.apply(op, [x], p=b.draw(st.sampled_from([0.25, 0.5])), seed=b.draw(st.integers(0, 9)))
+    return apply(op, [x], p=b.draw(st.sampled_from([0.25, 0.5])), seed=b.draw(st.integers(0, 9)))
 
 
 def _g_conv(b: _Builder, op: str):
@@ -815,10 +811,10 @@ def _g_conv(b: _Builder, op: str):
         padding = (b.draw(st.integers(0, 1)), b.draw(st.integers(0, 1)))
         w = b.new_input((b.draw(st.integers(1, 2)), c, kh, kw))
         ins = [x, w] + ([b.new_input((w.shape[0],))] if b.draw(st.booleans()) else [])
-        return b.apply(op, ins, stride=stride, padding=padding)
+        return apply(op, ins, stride=stride, padding=padding)
     stride = (min(stride[0], kh), min(stride[1], kw))
     padding = (b.draw(st.integers(0, kh // 2)), b.draw(st.integers(0, kw // 2)))
-    return b.apply(op, [x], kernel=(kh, kw), stride=stride, padding=padding)
+    return apply(op, [x], kernel=(kh, kw), stride=stride, padding=padding)
 
 
 def _g_grad(b: _Builder, op: str):
@@ -867,24 +863,11 @@ def _builder_for(op: str, like: dict) -> tuple[Callable, str]:
         return _GRAPH_BUILDERS[base], op
     opdef = REGISTRY.get(op)
     if opdef is not None and opdef.elementwise and opdef.arity == 1:
-        return _g_unary_named, op
+        return _g_unary, op
     if opdef is not None and opdef.elementwise and opdef.arity == 2:
-        return _g_binary_named, op
+        return _g_binary, op
     raise ValueError(f"graphs(): no builder for op {op!r}; known: {', '.join(GRAPH_OPS)} "
                      "(pass like={op: similar_op} for a registered copy of an op)")
-
-
-def _g_unary_named(b: _Builder, op: str):
-    x = b.pick()
-    return None if x is None else b.apply(op, [b.adapt(x, REGISTRY[op].input_domain(0))])
-
-
-def _g_binary_named(b: _Builder, op: str):
-    a = b.pick()
-    if a is None:
-        return None
-    c = b.pick(lambda t: _broadcastable(t.shape, a.shape))
-    return b.apply(op, [b.adapt(a, REGISTRY[op].input_domain(0)), b.adapt(c, REGISTRY[op].input_domain(1))])
 
 
 # ops whose output values are input values (rearranged): a kink or domain after them applies before
@@ -1033,15 +1016,17 @@ class GraphCheck:
 
 
 def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str = "full",
-                eps: Optional[float] = None, atol: Optional[float] = None,
-                rtol: Optional[float] = None) -> GraphCheck:
+                eps: Optional[float] = None, atol: Optional[float] = None, rtol: Optional[float] = None,
+                localize: bool = True) -> GraphCheck:
     """Each backend's gradients against float64 finite differences, then (with two or more
-    backends) the backends against each other in the graph's own dtype: a three-way oracle."""
+    backends) the backends against each other in the graph's own dtype: a three-way oracle.
+    localize=False skips naming the culprit node of a failure (faster while searching)."""
     reports = {}
     kink = False
     for backend in backends:
         try:
-            rep = gradcheck(g.output, g.values, backend=backend, mode=mode, eps=eps, atol=atol, rtol=rtol)
+            rep = gradcheck(g.output, g.values, backend=backend, mode=mode, eps=eps, atol=atol, rtol=rtol,
+                            localize=localize)
         except Exception as exc:  # noqa: BLE001 - a crash is a finding too
             return GraphCheck("fail", f"[{backend}] gradcheck raised {type(exc).__name__}: {exc}", reports)
         reports[backend] = rep
