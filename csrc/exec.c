@@ -1,0 +1,325 @@
+/* The plan interpreter (API and instruction format in exec.h).
+ *
+ * One call runs a whole lowered Plan, so a training step costs one Python -> C transition
+ * however many ops it has. The interpreter itself is a loop over instructions: decode the
+ * operand references, call the kernel, stop at the first error. Everything per call (arena,
+ * pointer table) comes from the caller; nothing here is static, so concurrent calls are safe.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "exec.h"
+#include "fused.h"
+#include "gemm.h"
+#include "kernels.h"
+
+enum { HEADER_WORDS = 4, ARENA_ALIGN = 64, MAX_NDIM = 8 };
+
+typedef struct {
+    uint8_t *arena;
+    const uint8_t *pool;
+    void *const *ext;
+    const double *fconst;
+    int64_t nfconst;
+} exec_ctx;
+
+/* The address an operand reference names, or NULL for -1 / an unknown kind. */
+static void *ref_ptr(const exec_ctx *c, int64_t ref) {
+    if (ref < 0) return NULL;
+    const int64_t v = ref >> 2;
+    switch (ref & 3) {
+    case GC_REF_ARENA: return c->arena + v;
+    case GC_REF_POOL: return (void *)(c->pool + v);
+    case GC_REF_EXT: return c->ext[v];
+    default: return NULL;
+    }
+}
+
+static int64_t pack_error(int64_t step, int status) {
+    return (int64_t)(((uint64_t)(step + 1) << 32) | (uint32_t)status);
+}
+
+static size_t dtype_size(int64_t dt) {
+    switch (dt) {
+    case GC_DT_F32: case GC_DT_I32: return 4;
+    case GC_DT_F64: case GC_DT_I64: return 8;
+    case GC_DT_BOOL: return 1;
+    default: return 0;
+    }
+}
+
+/* ---- dtype conversion: every pair among f32/f64/i32/i64/bool except float -> int, whose
+ * out-of-range and NaN cases are undefined in C (the lowering leaves those to NumPy). ---- */
+#define CAST_LOOP(S, D, EXPR)                                        \
+    do {                                                             \
+        const S *xs = (const S *)x;                                  \
+        D *yd = (D *)y;                                              \
+        for (int64_t i = 0; i < n; i++) {                            \
+            const S v = xs[i];                                       \
+            yd[i] = (EXPR);                                          \
+        }                                                            \
+    } while (0)
+#define CAST_FROM(S)                                                                 \
+    switch (dst) {                                                                   \
+    case GC_DT_F32: CAST_LOOP(S, float, (float)v); return GC_K_OK;                   \
+    case GC_DT_F64: CAST_LOOP(S, double, (double)v); return GC_K_OK;                 \
+    case GC_DT_BOOL: CAST_LOOP(S, uint8_t, (uint8_t)(v != 0)); return GC_K_OK;       \
+    case GC_DT_I32: if (!src_float) { CAST_LOOP(S, int32_t, (int32_t)v); return GC_K_OK; } break; \
+    case GC_DT_I64: if (!src_float) { CAST_LOOP(S, int64_t, (int64_t)v); return GC_K_OK; } break; \
+    default: break;                                                                  \
+    }                                                                                \
+    return GC_E_BADDTYPE;
+
+static int cast_any(int64_t src, int64_t dst, int64_t n, const void *x, void *y) {
+    const int src_float = src == GC_DT_F32 || src == GC_DT_F64;
+    switch (src) {
+    case GC_DT_F32: { CAST_FROM(float) }
+    case GC_DT_F64: { CAST_FROM(double) }
+    case GC_DT_I32: { CAST_FROM(int32_t) }
+    case GC_DT_I64: { CAST_FROM(int64_t) }
+    case GC_DT_BOOL: { CAST_FROM(uint8_t) }
+    default: return GC_E_BADDTYPE;
+    }
+}
+#undef CAST_FROM
+#undef CAST_LOOP
+
+/* ---- strided gather into a contiguous y: transpose, broadcast (stride 0), plain copies ----
+ * Element-size generic (bytes are moved, never interpreted), so it serves every dtype. */
+static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const int64_t *xstr,
+                         const uint8_t *x, uint8_t *y) {
+    int64_t total = 1;
+    for (int d = 0; d < ndim; d++) total *= shape[d];
+    if (total == 0) return;
+    if (ndim == 0) {
+        memcpy(y, x, (size_t)esize);
+        return;
+    }
+    const int64_t inner = shape[ndim - 1], s_in = xstr[ndim - 1] * esize, rows = total / inner;
+    int64_t idx[MAX_NDIM] = {0};
+    int64_t off = 0; /* byte offset of the current row's first element in x */
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *src = x + off;
+        if (s_in == esize) {
+            memcpy(y, src, (size_t)(inner * esize));
+        } else if (esize == 8) {
+            for (int64_t i = 0; i < inner; i++) memcpy(y + 8 * i, src + i * s_in, 8);
+        } else if (esize == 4) {
+            for (int64_t i = 0; i < inner; i++) memcpy(y + 4 * i, src + i * s_in, 4);
+        } else {
+            for (int64_t i = 0; i < inner; i++) memcpy(y + esize * i, src + i * s_in, (size_t)esize);
+        }
+        y += inner * esize;
+        /* odometer over the outer dims */
+        for (int d = ndim - 2; d >= 0; d--) {
+            off += xstr[d] * esize;
+            if (++idx[d] < shape[d]) break;
+            off -= idx[d] * xstr[d] * esize;
+            idx[d] = 0;
+        }
+    }
+}
+
+static int fill_any(int64_t dt, int64_t n, void *y, double v) {
+    switch (dt) {
+    case GC_DT_F32: for (int64_t i = 0; i < n; i++) ((float *)y)[i] = (float)v; return GC_K_OK;
+    case GC_DT_F64: for (int64_t i = 0; i < n; i++) ((double *)y)[i] = v; return GC_K_OK;
+    case GC_DT_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)y)[i] = (int32_t)v; return GC_K_OK;
+    case GC_DT_I64: for (int64_t i = 0; i < n; i++) ((int64_t *)y)[i] = (int64_t)v; return GC_K_OK;
+    case GC_DT_BOOL: for (int64_t i = 0; i < n; i++) ((uint8_t *)y)[i] = v != 0; return GC_K_OK;
+    default: return GC_E_BADDTYPE;
+    }
+}
+
+/* Call the _f32 or _f64 twin of a kernel; void pointers convert implicitly, scalars by prototype. */
+#define TWIN(fn, ...) (f64 ? fn##_f64(__VA_ARGS__) : fn##_f32(__VA_ARGS__))
+/* Operand i of this instruction; a NULL pointer for a required operand means malformed code. */
+#define PTR(i) ref_ptr(c, a[i])
+#define NEED(k) if (nargs < (k)) return GC_E_BADCODE
+#define REQUIRE(p) if (!(p)) return GC_E_BADCODE
+#define FCONST(i) ((a[i] >= 0 && a[i] < c->nfconst) ? c->fconst[a[i]] : 0.0)
+
+/* Runs one instruction: opcode op, dtype dt, operand words a[0..nargs). */
+static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int64_t nargs) {
+    const int f64 = dt == GC_DT_F64;
+    if (op != GC_OP_CAST && op != GC_OP_COPY && op != GC_OP_FILL && dt != GC_DT_F32 && dt != GC_DT_F64)
+        return GC_E_BADDTYPE;
+    switch (op) {
+    case GC_OP_GEMM: {
+        NEED(14);
+        void *A = PTR(8), *B = PTR(9), *C = PTR(10), *bias = PTR(11);
+        REQUIRE(A && B && C);
+        if (f64) gc_dgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0, C, a[7], bias,
+                          (int)a[12], FCONST(13));
+        else gc_sgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0f, C, a[7], bias,
+                      (int)a[12], (float)FCONST(13));
+        return GC_K_OK;
+    }
+    case GC_OP_UNARY: {
+        NEED(5);
+        void *x = PTR(2), *y = PTR(3);
+        REQUIRE(x && y);
+        return TWIN(gc_unary, (int)a[0], a[1], x, y, FCONST(4));
+    }
+    case GC_OP_ACT_BWD: {
+        NEED(6);
+        void *y = PTR(2), *g = PTR(3), *dx = PTR(4);
+        REQUIRE(y && g && dx);
+        return TWIN(gc_act_backward, (int)a[0], a[1], y, g, dx, FCONST(5));
+    }
+    case GC_OP_BINARY: {
+        NEED(5);
+        const int64_t nd = a[1];
+        if (nd < 0 || nd > MAX_NDIM) return GC_E_BADCODE;
+        NEED(5 + 3 * nd);
+        void *x = PTR(2), *y = PTR(3), *out = PTR(4);
+        REQUIRE(x && y && out);
+        return TWIN(gc_binary, (int)a[0], (int)nd, a + 5, x, a + 5 + nd, y, a + 5 + 2 * nd, out);
+    }
+    case GC_OP_REDUCE: {
+        NEED(6);
+        void *x = PTR(4), *y = PTR(5);
+        REQUIRE(x && y);
+        return TWIN(gc_reduce, (int)a[0], a[1], a[2], a[3], x, y);
+    }
+    case GC_OP_SOFTMAX: {
+        NEED(5);
+        void *x = PTR(2), *y = PTR(3);
+        REQUIRE(x && y);
+        return TWIN(gc_softmax, a[0], a[1], x, y, (int)a[4]);
+    }
+    case GC_OP_SOFTMAX_BWD: {
+        NEED(6);
+        void *y = PTR(2), *g = PTR(3), *dx = PTR(4);
+        REQUIRE(y && g && dx);
+        return TWIN(gc_softmax_backward, a[0], a[1], y, g, dx, (int)a[5]);
+    }
+    case GC_OP_SCE_FWD: {
+        NEED(5);
+        void *logits = PTR(2), *labels = PTR(3), *loss = PTR(4);
+        REQUIRE(logits && labels && loss);
+        return TWIN(gc_softmax_ce_fwd, a[0], a[1], logits, labels, loss);
+    }
+    case GC_OP_SCE_BWD: {
+        NEED(6);
+        void *logits = PTR(2), *labels = PTR(3), *g = PTR(4), *dl = PTR(5);
+        REQUIRE(logits && labels && g && dl);
+        /* the upstream gradient is a runtime scalar, read here rather than in Python */
+        const double gv = f64 ? *(const double *)g : (double)*(const float *)g;
+        return TWIN(gc_softmax_ce_bwd, a[0], a[1], logits, labels, gv, dl);
+    }
+    case GC_OP_BCE_FWD: {
+        NEED(4);
+        void *z = PTR(1), *t = PTR(2), *loss = PTR(3);
+        REQUIRE(z && t && loss);
+        return TWIN(gc_bce_logits_fwd, a[0], z, t, loss);
+    }
+    case GC_OP_CONV_FWD: {
+        NEED(15);
+        void *x = PTR(11), *w = PTR(12), *bias = PTR(13), *y = PTR(14);
+        REQUIRE(x && w && y);
+        return TWIN(gc_conv2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x, w,
+                    bias, y);
+    }
+    case GC_OP_CONV_BWD_INPUT: {
+        NEED(14);
+        void *w = PTR(11), *gy = PTR(12), *gx = PTR(13);
+        REQUIRE(w && gy && gx);
+        return TWIN(gc_conv2d_bwd_input, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], w,
+                    gy, gx);
+    }
+    case GC_OP_CONV_BWD_WEIGHT: {
+        NEED(14);
+        void *x = PTR(11), *gy = PTR(12), *gw = PTR(13);
+        REQUIRE(x && gy && gw);
+        return TWIN(gc_conv2d_bwd_weight, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x,
+                    gy, gw);
+    }
+    case GC_OP_MAXPOOL_FWD: case GC_OP_AVGPOOL_FWD: {
+        NEED(12);
+        void *x = PTR(10), *y = PTR(11);
+        REQUIRE(x && y);
+        if (op == GC_OP_MAXPOOL_FWD)
+            return TWIN(gc_maxpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
+        return TWIN(gc_avgpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
+    }
+    case GC_OP_MAXPOOL_BWD: {
+        NEED(13);
+        void *x = PTR(10), *gy = PTR(11), *gx = PTR(12);
+        REQUIRE(x && gy && gx);
+        return TWIN(gc_maxpool2d_bwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, gy, gx);
+    }
+    case GC_OP_AVGPOOL_BWD: {
+        NEED(12);
+        void *gy = PTR(10), *gx = PTR(11);
+        REQUIRE(gy && gx);
+        return TWIN(gc_avgpool2d_bwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], gy, gx);
+    }
+    case GC_OP_FUSED: {
+        NEED(6);
+        const int64_t n = a[0], nin = a[2], ninstr = a[3];
+        if (nin < 0 || nin > 1024 || ninstr < 1 || ninstr > 65536) return GC_E_BADCODE;
+        NEED(6 + 2 * nin + GC_FUSED_INSTR_WORDS * ninstr);
+        void *out = PTR(1);
+        REQUIRE(out);
+        const void *in[nin > 0 ? nin : 1];
+        for (int64_t i = 0; i < nin; i++) {
+            in[i] = ref_ptr(c, a[6 + i]);
+            REQUIRE(in[i]);
+        }
+        const int64_t *slots = a + 6 + nin, *instr = a + 6 + 2 * nin;
+        if (f64)
+            return gc_fused_f64(n, nin, (const double *const *)in, slots, ninstr, instr, a[4], a[5], c->fconst,
+                                c->nfconst, out);
+        return gc_fused_f32(n, nin, (const float *const *)in, slots, ninstr, instr, a[4], a[5], c->fconst,
+                            c->nfconst, out);
+    }
+    case GC_OP_CAST: {
+        NEED(4);
+        void *x = PTR(2), *y = PTR(3);
+        REQUIRE(x && y && a[1] >= 0);
+        return cast_any(a[0], dt, a[1], x, y);
+    }
+    case GC_OP_COPY: {
+        NEED(4);
+        const int64_t esize = a[0], nd = a[1];
+        if (esize < 1 || esize > 16 || nd < 0 || nd > MAX_NDIM) return GC_E_BADCODE;
+        NEED(4 + 2 * nd);
+        void *x = PTR(2), *y = PTR(3);
+        REQUIRE(x && y);
+        for (int64_t d = 0; d < nd; d++)
+            if (a[4 + d] < 0) return GC_E_BADCODE;
+        copy_strided(esize, (int)nd, a + 4, a + 4 + nd, x, y);
+        return GC_K_OK;
+    }
+    case GC_OP_FILL: {
+        NEED(3);
+        void *y = PTR(1);
+        REQUIRE(y && a[0] >= 0 && dtype_size(dt));
+        return fill_any(dt, a[0], y, FCONST(2));
+    }
+    default: return GC_E_BADOP;
+    }
+}
+
+int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst, const void *pool,
+                void *const *ext, void *arena) {
+    exec_ctx c;
+    /* Python allocates the arena with np.empty (16-byte aligned); buffers are planned at 64-byte
+     * offsets, so align the base here once. */
+    c.arena = (uint8_t *)(((uintptr_t)arena + (ARENA_ALIGN - 1)) & ~(uintptr_t)(ARENA_ALIGN - 1));
+    c.pool = pool;
+    c.ext = ext;
+    c.fconst = fconst;
+    c.nfconst = nfconst;
+    int64_t pc = 0;
+    while (pc < ncode) {
+        const int64_t *w = code + pc;
+        if (ncode - pc < HEADER_WORDS || w[1] < HEADER_WORDS || w[1] > ncode - pc)
+            return pack_error(-1, GC_E_BADCODE);
+        const int st = run_instr(&c, w[0], w[3], w + HEADER_WORDS, w[1] - HEADER_WORDS);
+        if (st != GC_K_OK) return pack_error(w[2], st);
+        pc += w[1];
+    }
+    return 0;
+}
