@@ -148,8 +148,10 @@ def plan_arena(plan: Plan, reuse: bool = True, inplace_ops=frozenset(), aliasing
             if reuse and step.node.op in inplace_ops:
                 for i in step.inputs:
                     r = root.get(i, i)
+                    # exact sizes, not aligned ones: a smaller (broadcast) operand padded to the same
+                    # block size would still be read after the first elements of s overwrite it
                     if (r in offsets and r not in external and last.get(r) == k and i == r
-                            and _aligned(nbytes(plan.nodes[r])) == need and plan.nodes[r].dtype == step.node.dtype):
+                            and nbytes(plan.nodes[r]) == nbytes(step.node) and plan.nodes[r].dtype == step.node.dtype):
                         placed = offsets[r]
                         last[r] = -1  # its block now belongs to s: do not free it below
                         inplace.add(s)
