@@ -62,7 +62,10 @@ def backend_info() -> dict:
     info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "threads": 1,
             "c_import_error": C_IMPORT_ERROR}
     if C_AVAILABLE:
-        info["avx2"] = bool(_cgraphc.lib.gc_simd_level())
+        lib = _cgraphc.lib
+        # True only when both the GEMM and the vector-math kernels run their AVX2+FMA paths
+        kernels_simd = lib.gc_kernels_simd_level() if hasattr(lib, "gc_kernels_simd_level") else 1
+        info["avx2"] = bool(lib.gc_simd_level()) and bool(kernels_simd)
         info["threads"] = int(_cgraphc.lib.gc_get_num_threads())
     return info
 

@@ -1,42 +1,733 @@
-"""The C backend: steps with a C kernel call into graphc._cgraphc, the rest use NumPy."""
+"""The C backend: a Plan lowered once to instructions for the C interpreter (csrc/exec.c).
+
+Lowering (once per Plan, in `make_runner`):
+  * plan_arena places every intermediate in one per-call byte arena (liveness reuse, in-place
+    elementwise ops, reshape-like ops as aliases). Feeds, parameters and the outputs are
+    *external*: outputs are written straight into fresh arrays, never copied.
+  * Each step with a C kernel for its op, dtypes and shapes becomes one or a few instructions
+    in a flat int64 array (format in csrc/exec.h); float attributes go to a double array,
+    constants to a byte pool. The rules are the table `_LOWER` below.
+  * Steps without a C lowering stay NumPy steps: the code is cut into segments around them and
+    they read and write the arena through ndarray views at the planned offsets.
+
+Per call: allocate the arena and the outputs, fill the pointer table, call gc_exec once per
+segment (once in all for a fully lowered plan), turn a non-zero status into a GraphError naming
+the op and its source line.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .. import _cgraphc
-from ..schedule import Plan
-from .numpy_backend import compile_steps, execute
+from ..errors import GraphError, node_error
+from ..ops import REGISTRY
+from ..schedule import ALIGN, Plan, nbytes, plan_arena
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
-_CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+FLOATS = (F32, F64)
+DTYPE_CODE = {F32: lib.GC_DT_F32, F64: lib.GC_DT_F64, np.dtype(np.int32): lib.GC_DT_I32,
+              np.dtype(np.int64): lib.GC_DT_I64, np.dtype(np.bool_): lib.GC_DT_BOOL}
+MAX_NDIM = 8  # gc_binary and the strided copy take at most 8 dims after collapsing
+
+ACT_CODE = {"identity": lib.GC_ACT_IDENTITY, "relu": lib.GC_ACT_RELU, "leaky_relu": lib.GC_ACT_LEAKY_RELU,
+            "sigmoid": lib.GC_ACT_SIGMOID, "tanh": lib.GC_ACT_TANH}
+# op -> (gc_unary op, name of the attribute passed as its parameter)
+UNARY = {"neg": (lib.GC_U_NEG, None), "exp": (lib.GC_U_EXP, None), "log": (lib.GC_U_LOG, None),
+         "sqrt": (lib.GC_U_SQRT, None), "abs": (lib.GC_U_ABS, None), "sign": (lib.GC_U_SIGN, None),
+         "sigmoid": (lib.GC_U_SIGMOID, None), "tanh": (lib.GC_U_TANH, None), "relu": (lib.GC_U_RELU, None),
+         "leaky_relu": (lib.GC_U_LEAKY_RELU, "alpha"), "power": (lib.GC_U_POW_SCALAR, "p")}
+BINARY = {"add": lib.GC_B_ADD, "sub": lib.GC_B_SUB, "mul": lib.GC_B_MUL, "div": lib.GC_B_DIV, "pow": lib.GC_B_POW,
+          "maximum": lib.GC_B_MAX, "minimum": lib.GC_B_MIN}
+FUSED_OPS = {"neg": lib.GC_F_NEG, "exp": lib.GC_F_EXP, "log": lib.GC_F_LOG, "sqrt": lib.GC_F_SQRT,
+             "abs": lib.GC_F_ABS, "sign": lib.GC_F_SIGN, "sigmoid": lib.GC_F_SIGMOID, "tanh": lib.GC_F_TANH,
+             "relu": lib.GC_F_RELU, "leaky_relu": lib.GC_F_LEAKY_RELU, "power": lib.GC_F_POWER,
+             "const": lib.GC_F_CONST, "add": lib.GC_F_ADD, "sub": lib.GC_F_SUB, "mul": lib.GC_F_MUL,
+             "div": lib.GC_F_DIV, "maximum": lib.GC_F_MAXIMUM, "minimum": lib.GC_F_MINIMUM,
+             "relu_grad": lib.GC_F_RELU_GRAD, "leaky_relu_grad": lib.GC_F_LEAKY_RELU_GRAD,
+             "sigmoid_grad": lib.GC_F_SIGMOID_GRAD, "tanh_grad": lib.GC_F_TANH_GRAD}
+FUSED_BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "relu_grad", "leaky_relu_grad",
+                "sigmoid_grad", "tanh_grad"}
+
+# Ops that are a new shape over the same contiguous bytes: no instruction, a shared buffer.
+ALIASES = frozenset({"reshape", "expand_dims", "squeeze", "reshape_like", "stop_gradient"})
+# Ops whose kernels allow out == in (same index), so the arena may write them over a dying input.
+INPLACE = frozenset(set(UNARY) | set(BINARY) | {"activation_grad", "softmax", "fused_elementwise"})
+
+_NO_REF = -1
+_EMPTY_ARENA = np.zeros(ALIGN, np.uint8)  # the arena of plans whose intermediates hold no bytes
 
 
-def _ptr(a: np.ndarray):
-    return ffi.cast(_CTYPE[a.dtype], a.ctypes.data)
+def _prod(shape) -> int:
+    return math.prod(shape)
 
 
-def _matmul(node):
-    a_t, b_t = node.inputs
-    if a_t.ndim != 2 or b_t.ndim != 2 or not (a_t.dtype == b_t.dtype == node.dtype) or node.dtype not in _CTYPE:
-        return None
-    ta, tb = node.attrs["trans_a"], node.attrs["trans_b"]
-    m, n = node.shape
-    k = a_t.shape[0] if ta else a_t.shape[1]
-    gemm = lib.gc_sgemm if node.dtype == np.float32 else lib.gc_dgemm
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
 
-    def run(a, b):
-        a = np.ascontiguousarray(a)
-        b = np.ascontiguousarray(b)
-        c = np.empty((m, n), dtype=node.dtype)
-        gemm(int(ta), int(tb), m, n, k, _ptr(a), a.shape[1], _ptr(b), b.shape[1], 0.0, _ptr(c), n,
-             ffi.NULL, lib.GC_ACT_IDENTITY, 0.0)
-        return c
+
+def _contiguous_strides(shape) -> list:
+    strides, acc = [0] * len(shape), 1
+    for i in range(len(shape) - 1, -1, -1):
+        strides[i] = acc
+        acc *= shape[i]
+    return strides
+
+
+def _collapse(shape, *stride_lists):
+    """Drop size-1 dims and merge neighbours that are contiguous for every operand.
+
+    Returns (shape, [strides per operand]); dims i, i+1 merge when each operand's stride[i]
+    equals stride[i+1] * shape[i+1] (true for broadcast dims with stride 0 on both)."""
+    dims = [(d, [s[i] for s in stride_lists]) for i, d in enumerate(shape) if d != 1]
+    out: list = []
+    for d, st in dims:
+        if out:
+            pd, pst = out[-1]
+            if all(p == q * d for p, q in zip(pst, st)):
+                out[-1] = (pd * d, st)
+                continue
+        out.append((d, st))
+    return [d for d, _ in out], [[st[k] for _, st in out] for k in range(len(stride_lists))]
+
+
+def _broadcast_strides(in_shape, out_shape) -> list:
+    """Element strides of a contiguous `in_shape` array read as `out_shape` (0 on broadcast dims)."""
+    lead = len(out_shape) - len(in_shape)
+    own = _contiguous_strides(in_shape)
+    return [0 if i < lead or in_shape[i - lead] == 1 else own[i - lead] for i in range(len(out_shape))]
+
+
+class _Lowering:
+    """Builds the instruction words of one Plan; `ref(slot)` encodes where a value lives."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.words: list = []
+        self.fconst: list = [0.0]
+        self.scratch_need = 0
+        self.loc: dict = {}  # slot -> (kind, value) with kind a gc_ref_kind
+
+    # -- operands ----------------------------------------------------------------------------
+    def ref(self, slot: int) -> int:
+        kind, value = self.loc[slot]
+        return (value << 2) | kind
+
+    def fidx(self, value) -> int:
+        self.fconst.append(float(value))
+        return len(self.fconst) - 1
+
+    def emit(self, op: int, step: int, dtype, *args) -> None:
+        code = dtype if isinstance(dtype, int) else DTYPE_CODE[np.dtype(dtype)]
+        # ("scratch", offset) operands stay tuples until the arena size is known (_resolve_scratch)
+        self.words += [int(op), 4 + len(args), step, int(code)] + [a if isinstance(a, tuple) else int(a)
+                                                                   for a in args]
+
+
+# -- lowering rules: (lowering, step index, step) -> True when emitted, False for NumPy -------------
+def _floats(node, inputs=None) -> bool:
+    """The node and its (first k) inputs share one float dtype that the kernels cover."""
+    ins = node.inputs if inputs is None else node.inputs[:inputs]
+    return node.dtype in FLOATS and all(i.dtype == node.dtype for i in ins)
+
+
+def _gemm(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    a, b = node.inputs[:2]
+    ta, tb = bool(node.attrs.get("trans_a")), bool(node.attrs.get("trans_b"))
+    if a.ndim == 2:
+        r, c = a.shape
+        m, kk, lda = (c, r, c) if ta else (r, c, c)
+    else:
+        m, kk, lda = 1, a.shape[0], a.shape[0]
+    if b.ndim == 2:
+        r, c = b.shape
+        n, ldb = (r, c) if tb else (c, c)
+    else:
+        n, ldb = 1, 1
+    ins = step.inputs
+    bias = lw.ref(ins[2]) if len(ins) == 3 else _NO_REF
+    act = ACT_CODE[node.attrs.get("act", "identity")]
+    lw.emit(lib.GC_OP_GEMM, k, node.dtype, int(ta), int(tb), m, n, kk, max(lda, 1), max(ldb, 1), max(n, 1),
+            lw.ref(ins[0]), lw.ref(ins[1]), lw.ref(step.out), bias, act, lw.fidx(node.attrs.get("alpha", 0.0)))
+    return True
+
+
+def _unary(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    op, attr = UNARY[node.op]
+    param = node.attrs[attr] if attr else 0.0
+    if _prod(node.shape):
+        lw.emit(lib.GC_OP_UNARY, k, node.dtype, op, _prod(node.shape), lw.ref(step.inputs[0]), lw.ref(step.out),
+                lw.fidx(param))
+    return True
+
+
+def _act_grad(lw, k, step):
+    node = step.node
+    y, g = node.inputs
+    if not _floats(node) or y.shape != g.shape:
+        return False
+    if _prod(node.shape):
+        lw.emit(lib.GC_OP_ACT_BWD, k, node.dtype, ACT_CODE[node.attrs["act"]], _prod(node.shape),
+                lw.ref(step.inputs[0]), lw.ref(step.inputs[1]), lw.ref(step.out),
+                lw.fidx(node.attrs.get("alpha", 0.0)))
+    return True
+
+
+def _binary(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    a, b = node.inputs
+    shape = node.shape
+    if not _prod(shape):
+        return True
+    dims, (sa, sb) = _collapse(shape, _broadcast_strides(a.shape, shape), _broadcast_strides(b.shape, shape))
+    if len(dims) > MAX_NDIM:
+        return False
+    lw.emit(lib.GC_OP_BINARY, k, node.dtype, BINARY[node.op], len(dims), lw.ref(step.inputs[0]),
+            lw.ref(step.inputs[1]), lw.ref(step.out), *dims, *sa, *sb)
+    return True
+
+
+def _emit_copy(lw, k, elem_bytes, shape, strides, src_ref, dst_ref):
+    """dst (contiguous, `shape`) = the elements of src read with `strides`; False if too many dims."""
+    dims, (st,) = _collapse(shape, strides)
+    if len(dims) > MAX_NDIM:
+        return False
+    lw.emit(lib.GC_OP_COPY, k, lib.GC_DT_BOOL, elem_bytes, len(dims), src_ref, dst_ref, *dims, *st)
+    return True
+
+
+def _emit_reduce(lw, k, op, dtype, in_shape, axes, src_ref, dst_ref):
+    """Reduce over `axes` into a contiguous result (keepdims layout): one gc_reduce per group of
+    adjacent reduced axes, innermost group first, through the arena's scratch area."""
+    total = _prod(in_shape)
+    out_total = _prod([d for i, d in enumerate(in_shape) if i not in axes])
+    if out_total == 0:
+        return True
+    if total == 0:  # an empty sum is 0; an empty max is an error NumPy reports
+        if op == lib.GC_R_MAX:
+            return False
+        lw.emit(lib.GC_OP_FILL, k, dtype, out_total, dst_ref, lw.fidx(0.0))
+        return True
+    groups: list = []  # [size, reduced] with size-1 dims dropped and like neighbours merged
+    for i, d in enumerate(in_shape):
+        if d == 1:
+            continue
+        red = i in axes
+        if groups and groups[-1][1] == red:
+            groups[-1][0] *= d
+        else:
+            groups.append([d, red])
+    if not any(red for _, red in groups):  # only size-1 axes reduced: a plain copy
+        return _emit_copy(lw, k, dtype.itemsize, [total], [1], src_ref, dst_ref)
+    passes = [i for i in range(len(groups) - 1, -1, -1) if groups[i][1]]
+    sizes, remaining = [], total
+    for g in passes:
+        remaining //= groups[g][0]
+        sizes.append(remaining)
+    offsets = [0, _aligned(sizes[0] * dtype.itemsize)] if len(passes) > 1 else []
+    if len(passes) > 1:
+        lw.scratch_need = max(lw.scratch_need, offsets[1] + _aligned(sizes[1] * dtype.itemsize))
+    src = src_ref
+    for p, g in enumerate(passes):
+        outer = _prod([s for s, _ in groups[:g]])
+        inner = _prod([s for s, _ in groups[g + 1:]])
+        dst = dst_ref if p == len(passes) - 1 else ("scratch", offsets[p % 2])
+        lw.emit(lib.GC_OP_REDUCE, k, dtype, op, outer, groups[g][0], inner, src, dst)
+        src = dst
+        del groups[g]
+    return True
+
+
+def _reduce(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    op = lib.GC_R_SUM if node.op == "sum" else lib.GC_R_MAX
+    return _emit_reduce(lw, k, op, node.dtype, node.inputs[0].shape, set(node.attrs["axes"]),
+                        lw.ref(step.inputs[0]), lw.ref(step.out))
+
+
+def _sum_to(lw, k, step):
+    node = step.node
+    g, like = node.inputs
+    if node.dtype not in FLOATS or g.dtype != node.dtype:
+        return False
+    shape = like.shape
+    lead = g.ndim - len(shape)
+    axes = set(range(lead)) | {lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1}
+    return _emit_reduce(lw, k, lib.GC_R_SUM, node.dtype, g.shape, axes, lw.ref(step.inputs[0]), lw.ref(step.out))
+
+
+def _broadcast_like(lw, k, step):
+    node = step.node
+    x = node.inputs[0]
+    if not _prod(node.shape):
+        return True
+    return _emit_copy(lw, k, node.dtype.itemsize, node.shape, _broadcast_strides(x.shape, node.shape),
+                      lw.ref(step.inputs[0]), lw.ref(step.out))
+
+
+def _transpose(lw, k, step):
+    node = step.node
+    if not _prod(node.shape):
+        return True
+    own = _contiguous_strides(node.inputs[0].shape)
+    return _emit_copy(lw, k, node.dtype.itemsize, node.shape, [own[a] for a in node.attrs["axes"]],
+                      lw.ref(step.inputs[0]), lw.ref(step.out))
+
+
+def _softmax(lw, k, step):
+    node = step.node
+    if not _floats(node) or node.attrs["axis"] != node.ndim - 1:
+        return False
+    if node.op == "softmax_grad" and node.inputs[0].shape != node.inputs[1].shape:
+        return False
+    if _prod(node.shape):
+        cols = node.shape[-1]
+        rows = _prod(node.shape) // cols
+        refs = [lw.ref(s) for s in step.inputs] + [lw.ref(step.out)]
+        op = lib.GC_OP_SOFTMAX if node.op == "softmax" else lib.GC_OP_SOFTMAX_BWD
+        lw.emit(op, k, node.dtype, rows, cols, *refs, int(bool(node.attrs["log"])))
+    return True
+
+
+def _sce(lw, k, step):
+    node = step.node
+    logits, labels = node.inputs[:2]
+    if not _floats(node, 1) or labels.dtype != np.dtype(np.int64):
+        return False
+    rows, cols = logits.shape
+    if node.op == "softmax_cross_entropy":
+        lw.emit(lib.GC_OP_SCE_FWD, k, node.dtype, rows, cols, lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
+                lw.ref(step.out))
+        return True
+    if node.inputs[2].dtype != node.dtype or node.inputs[2].shape != ():
+        return False
+    if rows == 0:  # nothing to write, but the label check must still see every row: none
+        return True
+    lw.emit(lib.GC_OP_SCE_BWD, k, node.dtype, rows, cols, lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
+            lw.ref(step.inputs[2]), lw.ref(step.out))
+    return True
+
+
+def _bce(lw, k, step):
+    node = step.node
+    z, t = node.inputs
+    if not _floats(node) or z.shape != t.shape:
+        return False
+    lw.emit(lib.GC_OP_BCE_FWD, k, node.dtype, _prod(z.shape), lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
+            lw.ref(step.out))
+    return True
+
+
+def _conv(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    x, w = node.inputs[:2]
+    (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
+    geometry = list(x.shape) + [w.shape[0], w.shape[2], w.shape[3], sh, sw, ph, pw]
+    ins = step.inputs
+    if node.op == "conv2d":
+        bias = lw.ref(ins[2]) if len(ins) == 3 else _NO_REF
+        lw.emit(lib.GC_OP_CONV_FWD, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[1]), bias,
+                lw.ref(step.out))
+    elif node.op == "conv2d_input_grad":
+        lw.emit(lib.GC_OP_CONV_BWD_INPUT, k, node.dtype, *geometry, lw.ref(ins[1]), lw.ref(ins[2]),
+                lw.ref(step.out))
+    else:
+        lw.emit(lib.GC_OP_CONV_BWD_WEIGHT, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[2]),
+                lw.ref(step.out))
+    return True
+
+
+_POOL = {"max_pool2d": lib.GC_OP_MAXPOOL_FWD, "avg_pool2d": lib.GC_OP_AVGPOOL_FWD,
+         "max_pool2d_grad": lib.GC_OP_MAXPOOL_BWD, "avg_pool2d_grad": lib.GC_OP_AVGPOOL_BWD}
+
+
+def _pool(lw, k, step):
+    node = step.node
+    if not _floats(node):
+        return False
+    x = node.inputs[0]
+    geometry = list(x.shape) + [*node.attrs["kernel"], *node.attrs["stride"], *node.attrs["padding"]]
+    ins = [lw.ref(s) for s in step.inputs]
+    if node.op == "avg_pool2d_grad":
+        ins = ins[1:]  # x only gives the shape
+    lw.emit(_POOL[node.op], k, node.dtype, *geometry, *ins, lw.ref(step.out))
+    return True
+
+
+def _cast(lw, k, step):
+    node = step.node
+    src, dst = node.inputs[0].dtype, node.dtype
+    if src not in DTYPE_CODE or dst not in DTYPE_CODE or (src.kind == "f" and dst.kind in "iu"):
+        return False  # float -> int (NaN, overflow) is undefined in C: NumPy decides
+    if _prod(node.shape):
+        lw.emit(lib.GC_OP_CAST, k, dst, DTYPE_CODE[src], _prod(node.shape), lw.ref(step.inputs[0]),
+                lw.ref(step.out))
+    return True
+
+
+def _fill(lw, k, step):
+    node = step.node
+    if node.dtype not in DTYPE_CODE:
+        return False
+    if _prod(node.shape):
+        lw.emit(lib.GC_OP_FILL, k, node.dtype, _prod(node.shape), lw.ref(step.out),
+                lw.fidx(1.0 if node.op == "ones_like" else 0.0))
+    return True
+
+
+def _alias(lw, k, step):
+    return True  # same bytes as its input (plan_arena's `aliasing`): nothing to run
+
+
+def _fused(lw, k, step):
+    """fused_elementwise: allocate vector registers by liveness, scalars to scalar slots."""
+    node = step.node
+    program = node.attrs["program"]
+    if not _floats(node) or not program or any(op not in FUSED_OPS for op, _, _ in program):
+        return False
+    n = _prod(node.shape)
+    nin = len(node.inputs)
+    full = [t.shape == node.shape and t.shape != () for t in node.inputs]
+    # value id -> (kind, index); inputs first
+    where: dict = {}
+    in_slot, nscalar = [], 0
+    for i, is_full in enumerate(full):
+        if is_full:
+            where[i] = (lib.GC_FK_INPUT, i)
+            in_slot.append(-1)
+        else:
+            where[i] = (lib.GC_FK_SCALAR, nscalar)
+            in_slot.append(nscalar)
+            nscalar += 1
+    last_use: dict = {}
+    for j, (_, args, _) in enumerate(program):
+        for a in args:
+            last_use[a] = j
+    free_regs: list = []
+    nvreg = 0
+    instr: list = []
+    for j, (op, args, param) in enumerate(program):
+        vid = nin + j
+        if any(not 0 <= a < vid for a in args) or len(args) != (2 if op in FUSED_BINARY else 0 if op == "const" else 1):
+            return False  # a malformed program: NumPy reports it
+        ops = [where[a] for a in args]
+        is_scalar = all(kind == lib.GC_FK_SCALAR for kind, _ in ops)
+        for a in set(args):  # a dying register can hold this result (same index, elementwise)
+            if last_use[a] == j and where[a][0] == lib.GC_FK_VREG:
+                free_regs.append(where[a][1])
+        if is_scalar:
+            dst = (lib.GC_FK_SCALAR, nscalar)
+            nscalar += 1
+        elif j == len(program) - 1:
+            dst = (lib.GC_FK_OUT, 0)
+        else:
+            if free_regs:
+                dst = (lib.GC_FK_VREG, free_regs.pop())
+            else:
+                dst = (lib.GC_FK_VREG, nvreg)
+                nvreg += 1
+        where[vid] = dst
+        if dst[0] == lib.GC_FK_VREG and vid not in last_use:
+            free_regs.append(dst[1])  # never read
+        a = ops[0] if ops else (lib.GC_FK_SCALAR, 0)
+        b = ops[1] if len(ops) > 1 else a
+        instr += [FUSED_OPS[op], dst[0], dst[1], a[0], a[1], b[0], b[1],
+                  lw.fidx(0.0 if param is None else param)]
+    if nvreg > lib.GC_FUSED_MAX_VREGS or nscalar > lib.GC_FUSED_MAX_SCALARS:
+        return False
+    lw.emit(lib.GC_OP_FUSED, k, node.dtype, n, lw.ref(step.out), nin, len(program), nvreg, nscalar,
+            *[lw.ref(s) for s in step.inputs], *in_slot, *instr)
+    return True
+
+
+_LOWER = {
+    "matmul": _gemm, "dense": _gemm, "activation_grad": _act_grad, "sum": _reduce, "max": _reduce,
+    "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose,
+    "softmax": _softmax, "softmax_grad": _softmax, "softmax_cross_entropy": _sce,
+    "softmax_cross_entropy_grad": _sce, "binary_cross_entropy": _bce,
+    "conv2d": _conv, "conv2d_input_grad": _conv, "conv2d_weight_grad": _conv,
+    "cast": _cast, "zeros_like": _fill, "ones_like": _fill, "fused_elementwise": _fused,
+    **{op: _pool for op in _POOL}, **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
+    **{op: _alias for op in ALIASES},
+}
+
+
+# -- building the runner -------------------------------------------------------------------------
+class Lowered:
+    """Everything precomputed for one Plan; calls go through `run` (see make_runner)."""
+
+    def __init__(self, plan: Plan, reuse: bool = True):
+        self.plan = plan
+        steps = plan.steps
+        leaves = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
+        alias_slots = {st.out for st in steps if st.node.op in ALIASES}
+        direct: dict = {}  # output slot written straight into outs[j]
+        for j, s in enumerate(plan.outputs):
+            if s not in leaves and s not in alias_slots and s not in direct:
+                direct[s] = j
+        external = frozenset(leaves | set(direct))
+        self.arena = plan_arena(plan, reuse=reuse, inplace_ops=INPLACE, aliasing=ALIASES, external=external)
+        if not self._inplace_is_elementwise(plan, self.arena):  # never trust a planner bug with memory
+            self.arena = plan_arena(plan, reuse=reuse, aliasing=ALIASES, external=external)
+        lw = self.lw = _Lowering(plan)
+        # the pointer table: used feeds, parameters, then the outputs
+        self.feed_ext = [(e, k) for e, (_, k) in enumerate(plan.feeds)]
+        self.param_ext = [(len(plan.feeds) + e, k) for e, (_, k) in enumerate(plan.params)]
+        n_in = len(plan.feeds) + len(plan.params)
+        self.out_ext = [(n_in + j, j) for j in range(len(plan.outputs))]
+        self.n_ext = n_in + len(plan.outputs)
+        for e, (s, _) in enumerate(plan.feeds):
+            lw.loc[s] = (lib.GC_REF_EXT, e)
+        for e, (s, _) in enumerate(plan.params):
+            lw.loc[s] = (lib.GC_REF_EXT, len(plan.feeds) + e)
+        self.pool, self.const_arrays = self._pool(plan, lw)
+        for s, j in direct.items():
+            lw.loc[s] = (lib.GC_REF_EXT, n_in + j)
+        for s, off in self.arena.offsets.items():
+            if s not in self.arena.root:
+                lw.loc.setdefault(s, (lib.GC_REF_ARENA, off))
+        for s, r in self.arena.root.items():
+            lw.loc[s] = lw.loc[r]
+        self.scratch_base = _aligned(self.arena.nbytes)
+
+        # instructions, cut into C segments around NumPy steps
+        self.program: list = []  # ("c", start, end) | ("np", step index)
+        self.numpy_steps = []
+        start = 0
+        for k, step in enumerate(steps):
+            rule = _LOWER.get(step.node.op)
+            before = len(lw.words)
+            if rule is not None and rule(lw, k, step):
+                continue
+            del lw.words[before:]
+            if step.node.op in ALIASES:  # pragma: no cover - aliases always lower
+                raise AssertionError("alias step without a lowering")
+            if len(lw.words) > start:
+                self.program.append(("c", start, len(lw.words)))
+            start = len(lw.words)
+            self.program.append(("np", k))
+            self.numpy_steps.append(k)
+        for j, s in enumerate(plan.outputs):  # outputs not written in place: copy them out
+            if direct.get(s) != j:
+                node = plan.nodes[s]
+                _emit_copy(lw, len(steps), node.dtype.itemsize, [_prod(node.shape)], [1], lw.ref(s),
+                           (n_in + j) << 2 | lib.GC_REF_EXT)
+        if len(lw.words) > start:
+            self.program.append(("c", start, len(lw.words)))
+        self._resolve_scratch()
+        self.arena_bytes = self.scratch_base + lw.scratch_need
+        self.code = np.array(lw.words, dtype=np.int64)
+        self.fconst = np.array(lw.fconst, dtype=np.float64)
+        self._validate()
+        code_ptr = ffi.cast("int64_t *", ffi.from_buffer(self.code))
+        self.segments_code = [(code_ptr + item[1], item[2] - item[1]) for item in self.program if item[0] == "c"]
+        self.fconst_ptr = ffi.cast("double *", ffi.from_buffer(self.fconst))
+        self.pool_ptr = ffi.from_buffer(self.pool) if self.pool.size else ffi.NULL
+        self.segments = len(self.segments_code)
+
+    @staticmethod
+    def _inplace_is_elementwise(plan, arena) -> bool:
+        """Every in-place output overwrites an input with exactly its own size (the kernels allow
+        out == in only index for index, never over a smaller, broadcast operand)."""
+        for st in plan.steps:
+            if st.out in arena.inplace:
+                for i in st.inputs:
+                    r = arena.root.get(i, i)
+                    if arena.offsets.get(r) == arena.offsets[st.out] and nbytes(plan.nodes[r]) != nbytes(st.node):
+                        return False
+        return True
+
+    @staticmethod
+    def _pool(plan, lw):
+        """Constants copied into one read-only byte pool at aligned offsets."""
+        arrays, offsets, top = {}, {}, 0
+        for s, value in plan.constants:
+            arr = np.ascontiguousarray(value, dtype=plan.nodes[s].dtype)
+            arrays[s] = arr
+            offsets[s] = top
+            top += _aligned(arr.nbytes)
+        pool = np.zeros(top + ALIGN, dtype=np.uint8)
+        pad = (-pool.ctypes.data) % ALIGN
+        for s, arr in arrays.items():
+            off = offsets[s] + pad
+            pool[off:off + arr.nbytes] = arr.reshape(-1).view(np.uint8)
+            lw.loc[s] = (lib.GC_REF_POOL, off)
+        return pool, arrays
+
+    def _resolve_scratch(self):
+        """Reductions emitted ("scratch", offset) operands before the arena size was final."""
+        words = self.lw.words
+        for i, w in enumerate(words):
+            if isinstance(w, tuple):
+                words[i] = ((self.scratch_base + w[1]) << 2) | lib.GC_REF_ARENA
+
+    def _validate(self):
+        """Every value the code can reach lies inside the arena, the pool or the pointer table
+        (the C side trusts the offsets, so a planner bug must stop here, not corrupt memory)."""
+        for s, (kind, value) in self.lw.loc.items():
+            node = self.plan.nodes[s]
+            end = value + node.dtype.itemsize * _prod(node.shape)
+            ok = (0 <= value and end <= self.arena_bytes if kind == lib.GC_REF_ARENA else
+                  0 <= value and end <= self.pool.size if kind == lib.GC_REF_POOL else 0 <= value < self.n_ext)
+            if not ok:
+                raise GraphError(f"internal error: value %{s} ({node.op}) planned outside its buffer")
+
+
+def make_runner(plan: Plan, reuse: bool = True):
+    """callable(feeds, params) -> fresh output arrays, running `plan` through gc_exec.
+
+    The callable carries `segments` (gc_exec calls per run: 1 when every step has a C lowering),
+    `numpy_steps` (step indexes run by NumPy) and `lowered` (the code, arena layout, ...)."""
+    lo = Lowered(plan, reuse)
+    if lo.numpy_steps:
+        run = _mixed_runner(lo)
+    else:
+        run = _fast_runner(lo)
+    run.segments = lo.segments
+    run.numpy_steps = list(lo.numpy_steps)
+    run.lowered = lo
     return run
 
 
-OVERRIDES = {"matmul": _matmul}
+def _out_specs(lo):
+    return [(tuple(lo.plan.nodes[s].shape), lo.plan.nodes[s].dtype) for s in lo.plan.outputs]
 
 
-def make_runner(plan: Plan):
-    steps = compile_steps(plan, OVERRIDES)
-    return lambda feeds, params: execute(plan, steps, feeds, params)
+def _fast_runner(lo: Lowered):
+    """A Python function generated for this plan: no loops or branches per call beyond the
+    pointer stores, so a small graph costs little more than the one gc_exec call."""
+    specs = _out_specs(lo)
+    ns = {"_empty": np.empty, "_u8": np.dtype(np.uint8), "_fb": ffi.from_buffer, "_new": ffi.new,
+          "_exec": lib.gc_exec, "_fc": lo.fconst_ptr, "_nfc": len(lo.fconst), "_pool": lo.pool_ptr,
+          "_NULL": ffi.NULL, "_EMPTY_ARENA": _EMPTY_ARENA, "_EMPTY_ARENA_PTR": ffi.from_buffer(_EMPTY_ARENA),
+          "_ext_t": ffi.typeof(f"void *[{max(lo.n_ext, 1)}]"),
+          "_fail": lambda rc, *call: _raise(lo, rc, *call)}
+    lines = ["def run(feeds, params):"]
+    if lo.arena_bytes:
+        lines.append(f"    arena = _empty({lo.arena_bytes + ALIGN}, _u8)")
+        arena = "_fb(arena)"
+    else:  # only size-0 intermediates, if any: they need an address, never a byte
+        lines.append("    arena = _EMPTY_ARENA")
+        arena = "_EMPTY_ARENA_PTR"
+    for j, (shape, dtype) in enumerate(specs):
+        ns[f"_dt{j}"] = dtype
+        lines.append(f"    o{j} = _empty({shape!r}, _dt{j})")
+    outs = "[" + ", ".join(f"o{j}" for j in range(len(specs))) + "]"
+    table = "_NULL"
+    if lo.n_ext:
+        lines.append("    ext = _new(_ext_t)")
+        lines += [f"    ext[{e}] = _fb(feeds[{k}])" for e, k in lo.feed_ext]
+        lines += [f"    ext[{e}] = _fb(params[{k}])" for e, k in lo.param_ext]
+        lines += [f"    ext[{e}] = _fb(o{j})" for e, j in lo.out_ext]
+        table = "ext"
+    for i, (ptr, n) in enumerate(lo.segments_code):
+        ns[f"_code{i}"] = ptr
+        lines.append(f"    rc = _exec(_code{i}, {n}, _fc, _nfc, _pool, {table}, {arena})")
+        lines.append(f"    if rc:\n        _fail(rc, feeds, params, {outs}, arena)")
+    lines.append(f"    return {outs}")
+    exec("\n".join(lines), ns)  # noqa: S102 - source built above from integers and names only
+    return ns["run"]
+
+
+def _mixed_runner(lo: Lowered):
+    """C segments with NumPy steps in between, which see the arena through ndarray views."""
+    plan = lo.plan
+    specs = _out_specs(lo)
+    steps = plan.steps
+    np_steps = {k: (REGISTRY[steps[k].node.op].forward, steps[k].inputs, steps[k].out, steps[k].node.attrs,
+                    steps[k].node) for k in lo.numpy_steps}
+    segs = iter(lo.segments_code)
+    program = [("c", next(segs)) if item[0] == "c" else ("np", np_steps[item[1]]) for item in lo.program]
+    fconst, nfc, pool = lo.fconst_ptr, len(lo.fconst), lo.pool_ptr
+    fb, exec_ = ffi.from_buffer, lib.gc_exec
+    ext_type = ffi.typeof(f"void *[{max(lo.n_ext, 1)}]")
+
+    def run(feeds, params):
+        arena = np.empty(lo.arena_bytes + ALIGN, np.uint8)
+        outs = [np.empty(shape, dtype) for shape, dtype in specs]
+        ext = ffi.new(ext_type)
+        for e, k in lo.feed_ext:
+            ext[e] = fb(feeds[k])
+        for e, k in lo.param_ext:
+            ext[e] = fb(params[k])
+        for e, j in lo.out_ext:
+            ext[e] = fb(outs[j])
+        arena_ptr = fb(arena)
+        pad = _arena_pad(arena)
+        with np.errstate(all="ignore"):  # NaN/inf propagate as in C; check_finite reports them
+            for kind, what in program:
+                if kind == "c":
+                    rc = exec_(what[0], what[1], fconst, nfc, pool, ext, arena_ptr)
+                    if rc:
+                        _raise(lo, rc, feeds, params, outs, arena)
+                    continue
+                fwd, ins, out, attrs, node = what
+                vals = [_value(lo, s, feeds, params, outs, arena, pad) for s in ins]
+                try:
+                    r = fwd(*vals, **attrs)
+                except GraphError as exc:
+                    raise node_error(node, str(exc)) from None
+                except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
+                    raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+                np.copyto(_value(lo, out, feeds, params, outs, arena, pad), r, casting="unsafe")
+        return outs
+
+    return run
+
+
+def _arena_pad(arena) -> int:
+    """gc_exec rounds the arena's address up to 64 bytes; views must use the same base."""
+    return (-int(ffi.cast("uintptr_t", ffi.from_buffer(arena)))) % ALIGN
+
+
+def _value(lo: Lowered, slot: int, feeds, params, outs, arena, pad: int) -> np.ndarray:
+    """The ndarray holding `slot` during a call (a view for arena values and aliases)."""
+    node = lo.plan.nodes[slot]
+    kind, value = lo.lw.loc[slot]
+    if kind == lib.GC_REF_ARENA:
+        return np.ndarray(node.shape, node.dtype, buffer=arena, offset=pad + value)
+    if kind == lib.GC_REF_POOL:
+        return np.ndarray(node.shape, node.dtype, buffer=lo.pool, offset=value)
+    n_feeds, n_params = len(lo.feed_ext), len(lo.param_ext)
+    if value < n_feeds:
+        arr = feeds[lo.feed_ext[value][1]]
+    elif value < n_feeds + n_params:
+        arr = params[lo.param_ext[value - n_feeds][1]]
+    else:
+        arr = outs[value - n_feeds - n_params]
+    return arr if arr.shape == node.shape else arr.reshape(node.shape)
+
+
+def _raise(lo: Lowered, rc: int, feeds, params, outs, arena):
+    """Turn gc_exec's packed status into a GraphError about the failing step's node."""
+    step = (rc >> 32) - 1
+    status = rc & 0xFFFFFFFF
+    if status >= 1 << 31:
+        status -= 1 << 32
+    if not 0 <= step < len(lo.plan.steps):
+        raise GraphError(f"internal error in the C plan interpreter (status {status}, step {step})")
+    st = lo.plan.steps[step]
+    node = st.node
+    if node.op.startswith("softmax_cross_entropy") and status > 0:
+        pad = _arena_pad(arena) if arena is not None else 0
+        labels = _value(lo, st.inputs[1], feeds, params, outs, arena, pad)
+        classes = node.inputs[0].shape[1]
+        raise node_error(node, f"labels must lie in [0, {classes}); found {labels[status - 1]}")
+    if status == lib.GC_K_ENOMEM:
+        raise node_error(node, "the C kernel could not allocate its scratch memory")
+    raise node_error(node, f"the C kernel rejected its arguments (status {status})")

@@ -1,0 +1,431 @@
+"""The C backend (plan lowered to csrc/exec.c instructions) against the NumPy backend.
+
+Tolerances, relative to the reference output's norm: float64 1e-12, float32 1e-5. NaN and inf
+must sit in the same places.
+"""
+import inspect
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import graphc as gc
+from graphc.backends import C_AVAILABLE
+from graphc.ops import apply
+from graphc.ops.fused import FUSED_BINARY, FUSED_UNARY, run_program
+
+pytestmark = pytest.mark.skipif(not C_AVAILABLE, reason="the C extension is not built")
+
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_close(got, want, tol=None, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype, want.dtype)
+    if want.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    tol = TOL[want.dtype] if tol is None else tol
+    bad = ~np.isfinite(want)
+    np.testing.assert_array_equal(~np.isfinite(got), bad, err_msg=f"{what}: NaN/inf positions differ")
+    np.testing.assert_array_equal(got[bad], want[bad], err_msg=f"{what}: NaN/inf values differ")
+    g, w = got[~bad].astype(np.float64), want[~bad].astype(np.float64)
+    err = np.linalg.norm(g - w)
+    assert err <= tol * max(np.linalg.norm(w), np.finfo(want.dtype).tiny), f"{what}: relative error {err}"
+
+
+def runner_of(f):
+    """The runner of the plan a Function used last."""
+    return next(run for plan, run in f._plans.values() if plan is f._last_plan)
+
+
+def both(outputs, feeds, **kw):
+    """Compile for C and NumPy, run, compare every output; returns (C function, C results)."""
+    fc = gc.compile(outputs, backend="c", **kw)
+    fn = gc.compile(outputs, backend="numpy", **kw)
+    rc, rn = fc(**feeds), fn(**feeds)
+    if isinstance(outputs, gc.Tensor):
+        rc, rn = [rc], [rn]
+    for k, (a, b) in enumerate(zip(rc, rn)):
+        assert_close(a, b, what=f"output {k}")
+    return fc, rc
+
+
+# -- whole training steps --------------------------------------------------------------------------
+def _mlp(dt, sizes=(20, 16, 12, 5), act=gc.relu):
+    rng = np.random.default_rng(1)
+    x = gc.placeholder("x", (None, sizes[0]), dt)
+    y = gc.placeholder("y", (None,), "int64")
+    params, h = [], x
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = gc.parameter((rng.standard_normal((a, b)) / np.sqrt(a)).astype(dt), name=f"W{i}")
+        bias = gc.parameter(rng.standard_normal(b).astype(dt) * 0.1, name=f"b{i}")
+        params += [w, bias]
+        h = h @ w + bias
+        if i < len(sizes) - 2:
+            h = act(h)
+    return x, y, params, gc.softmax_cross_entropy(h, y)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("act", [gc.relu, gc.tanh, gc.sigmoid, lambda h: gc.leaky_relu(h, 0.1)])
+def test_mlp_training_step_matches_numpy_and_runs_in_one_c_call(dt, batch, act):
+    x, y, params, loss = _mlp(dt, act=act)
+    grads = gc.grad(loss, params + [x])
+    rng = np.random.default_rng(batch)
+    feeds = dict(x=rng.standard_normal((batch, 20)).astype(dt), y=rng.integers(0, 5, batch))
+    fc, _ = both([loss] + grads, feeds)
+    run = runner_of(fc)
+    assert run.numpy_steps == [] and run.segments == 1, fc.explain()
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_sgd_updates_match_numpy_over_several_steps(dt):
+    results = {}
+    for backend in ("c", "numpy"):
+        x, y, params, loss = _mlp(dt)
+        grads = gc.grad(loss, params)
+        step = gc.compile(loss, backend=backend, updates={p: p - 0.1 * g for p, g in zip(params, grads)})
+        rng = np.random.default_rng(0)
+        losses = [step(x=rng.standard_normal((9, 20)).astype(dt), y=rng.integers(0, 5, 9)) for _ in range(5)]
+        results[backend] = (losses, [p.value for p in params])
+    for a, b in zip(results["c"][0] + results["c"][1], results["numpy"][0] + results["numpy"][1]):
+        assert_close(a, b, tol=TOL[np.dtype(dt)] * 10)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("batch,hw,stride,padding", [(1, (8, 8), 1, 1), (3, (7, 9), 2, 0), (2, (6, 5), 1, 2)])
+def test_cnn_training_step_matches_numpy(dt, batch, hw, stride, padding):
+    rng = np.random.default_rng(2)
+    h, w = hw
+    x = gc.placeholder("x", (None, 2, h, w), dt)
+    y = gc.placeholder("y", (None,), "int64")
+    k1 = gc.parameter(rng.standard_normal((4, 2, 3, 3)).astype(dt) * 0.3, name="k1")
+    c1 = gc.parameter(rng.standard_normal(4).astype(dt) * 0.1, name="c1")
+    k2 = gc.parameter(rng.standard_normal((3, 4, 2, 2)).astype(dt) * 0.3, name="k2")
+    t = gc.relu(gc.conv2d(x, k1, c1, stride=stride, padding=padding))
+    t = gc.max_pool2d(t, 2, stride=1, padding=1)
+    t = gc.conv2d(t, k2)
+    t = gc.avg_pool2d(t, 2, stride=1)
+    t = gc.flatten(t)
+    wd = gc.parameter(rng.standard_normal((t.shape[1], 5)).astype(dt) * 0.2, name="wd")
+    loss = gc.softmax_cross_entropy(gc.tanh(t @ wd), y)
+    params = [k1, c1, k2, wd]
+    grads = gc.grad(loss, params + [x])
+    feeds = dict(x=rng.standard_normal((batch, 2, h, w)).astype(dt), y=rng.integers(0, 5, batch))
+    fc, _ = both([loss] + grads, feeds)
+    assert runner_of(fc).numpy_steps == [], fc.explain()
+
+
+def test_size_zero_batch():
+    x, y, params, loss = _mlp("float64")
+    grads = gc.grad(loss, params)
+    both([loss, gc.sum(x, 0), gc.mean(x, 1)] + grads, dict(x=np.zeros((0, 20)), y=np.zeros(0, np.int64)))
+
+
+def test_logistic_regression_bce_step():
+    rng = np.random.default_rng(3)
+    x = gc.placeholder("x", (None, 6), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    w = gc.parameter(rng.standard_normal(6), name="w")
+    b = gc.parameter(0.1, name="b")
+    loss = gc.binary_cross_entropy(x @ w + b, t)
+    fc, _ = both([loss] + gc.grad(loss, [w, b, x]),
+                 dict(x=rng.standard_normal((33, 6)), t=(rng.random(33) > 0.5).astype(float)))
+    assert runner_of(fc).segments == 1
+
+
+# -- op coverage -------------------------------------------------------------------------------------
+@FAST
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=5, max_side=4),
+       op=st.sampled_from(["add", "sub", "mul", "div", "maximum", "minimum", "pow"]),
+       dt=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
+def test_broadcasting_binary_ops_and_their_gradients(shapes, op, dt, seed):
+    rng = np.random.default_rng(seed)
+    (sa, sb), out = shapes.input_shapes, shapes.result_shape
+    a = gc.placeholder("a", sa, dt)
+    b = gc.placeholder("b", sb, dt)
+    r = apply(op, [a, b])
+    wts = gc.constant(rng.uniform(-1, 1, out).astype(dt))
+    loss = gc.sum(r * wts)
+    av = rng.uniform(0.5, 2.0, sa).astype(dt)
+    bv = rng.uniform(0.5, 2.0, sb).astype(dt) * rng.choice([-1, 1], sb).astype(dt) if op != "pow" else \
+        rng.uniform(-1.5, 1.5, sb).astype(dt)
+    fc, _ = both([r, loss] + gc.grad(loss, [a, b]), dict(a=av, b=bv), optimize=False)
+
+
+@FAST
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=5, min_side=1, max_side=4), data=st.data(),
+       op=st.sampled_from(["sum", "max", "mean"]), keepdims=st.booleans(), dt=st.sampled_from(["float32", "float64"]))
+def test_reductions_over_any_axes(shape, data, op, keepdims, dt):
+    axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, max_size=len(shape)))
+    axis = None if not axes else tuple(axes)
+    size = int(np.prod(shape))
+    vals = np.random.default_rng(size).permutation(size).astype(dt).reshape(shape) / size  # distinct: no max ties
+    x = gc.placeholder("x", shape, dt)
+    r = getattr(gc, op)(x, axis=axis, keepdims=keepdims)
+    loss = gc.sum(r * r)
+    fc, _ = both([r] + gc.grad(loss, [x]), dict(x=vals), optimize=False)
+    if op != "max":  # max's VJP uses `equal`, which has no C kernel
+        assert runner_of(fc).numpy_steps == []
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_and_its_gradient(dt, log, axis):
+    rng = np.random.default_rng(4)
+    x = gc.placeholder("x", (5, 3, 7), dt)
+    y = (gc.log_softmax if log else gc.softmax)(x, axis=axis)
+    loss = gc.sum(y * gc.constant(rng.standard_normal((5, 3, 7)).astype(dt)))
+    both([y] + gc.grad(loss, [x]), dict(x=rng.standard_normal((5, 3, 7)).astype(dt) * 3), optimize=False)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_unary_ops_casts_transposes_and_shape_plumbing(dt):
+    rng = np.random.default_rng(5)
+    x = gc.placeholder("x", (3, 4, 5), dt)
+    v = gc.placeholder("v", (4, 1), dt)
+    i = gc.placeholder("i", (3, 4, 5), "int64")
+    pos = gc.exp(x)
+    outs = [gc.neg(x), pos, gc.log(pos), gc.sqrt(pos), gc.abs(x), gc.sign(x), gc.sigmoid(x), gc.tanh(x),
+            gc.relu(x), gc.leaky_relu(x, 0.2), gc.power(pos, 3.0), gc.power(pos, -0.5),
+            gc.cast(x, "float64" if dt == "float32" else "float32"), gc.cast(i, dt),
+            gc.transpose(x), gc.transpose(x, (1, 0, 2)), gc.reshape(x, (12, 5)), gc.expand_dims(x, 0),
+            gc.squeeze(v, 1), gc.broadcast_like(v, x), gc.sum_to(x, v), gc.zeros_like(x), gc.ones_like(i),
+            gc.stop_gradient(x) * 2, gc.sum(x, (0, 2))]
+    fc, _ = both(outs, dict(x=rng.standard_normal((3, 4, 5)).astype(dt), v=rng.standard_normal((4, 1)).astype(dt),
+                            i=rng.integers(-5, 5, (3, 4, 5))), optimize=False)
+    assert runner_of(fc).numpy_steps == [], fc.explain()
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_matmul_with_vector_operands_and_transposes(dt):
+    rng = np.random.default_rng(6)
+    a = gc.placeholder("a", (4, 3), dt)
+    b = gc.placeholder("b", (3, 5), dt)
+    u = gc.placeholder("u", (3,), dt)
+    w = gc.placeholder("w", (4,), dt)
+    outs = [a @ b, u @ b, a @ u, w @ a, u @ u, gc.matmul(a, a, trans_a=True), gc.matmul(b, b, trans_b=True),
+            gc.matmul(b, a, trans_a=True, trans_b=True)]
+    loss = gc.sum(outs[1]) + gc.sum(outs[2]) + outs[4]
+    feeds = {k: rng.standard_normal(s).astype(dt) for k, s in dict(a=(4, 3), b=(3, 5), u=(3,), w=(4,)).items()}
+    fc, _ = both(outs + gc.grad(loss, [a, b, u]), feeds, optimize=False)
+    assert runner_of(fc).numpy_steps == []
+
+
+def test_fused_dense_epilogues():
+    rng = np.random.default_rng(7)
+    for dt in ("float32", "float64"):
+        x = gc.placeholder("x", (None, 6), dt)
+        w = gc.parameter(rng.standard_normal((6, 4)).astype(dt))
+        b = gc.parameter(rng.standard_normal(4).astype(dt))
+        outs = [gc.ops.dense(x, w, b, act=a, alpha=0.1) for a in ("identity", "relu", "leaky_relu", "sigmoid", "tanh")]
+        outs.append(gc.ops.dense(x, w, None, act="relu", trans_b=False))
+        loss = gc.sum(outs[2] * outs[4])
+        both(outs + gc.grad(loss, [x, w, b]), dict(x=rng.standard_normal((9, 6)).astype(dt)), optimize=False)
+
+
+# -- fused_elementwise --------------------------------------------------------------------------------
+_PARAMS = {"leaky_relu": [0.1, 0.3], "power": [2.0, 3.0, 0.5, -1.0], "leaky_relu_grad": [0.1]}
+
+
+@st.composite
+def fused_programs(draw):
+    dt = np.dtype(draw(st.sampled_from(["float32", "float64"])))
+    shape = draw(st.sampled_from([(), (1,), (5,), (3, 7), (2, 300), (0, 4)]))
+    nin = draw(st.integers(1, 3))
+    full = [draw(st.booleans()) for _ in range(nin)]
+    program = []
+    nvals = nin
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "const"]))
+        if kind == "const":
+            program.append(("const", (), draw(st.sampled_from([0.5, -2.0, 3.0]))))
+        elif kind == "unary":
+            op = draw(st.sampled_from(sorted(FUSED_UNARY)))
+            program.append((op, (draw(st.integers(0, nvals - 1)),), draw(st.sampled_from(_PARAMS.get(op, [None])))))
+        else:
+            op = draw(st.sampled_from(sorted(FUSED_BINARY)))
+            args = (draw(st.integers(0, nvals - 1)), draw(st.integers(0, nvals - 1)))
+            program.append((op, args, draw(st.sampled_from(_PARAMS.get(op, [None])))))
+        nvals += 1
+    seed = draw(st.integers(0, 2**16))
+    return dt, shape, full, tuple(program), seed
+
+
+def _fused_inputs(dt, shape, full, seed):
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(0.2, 2.0, shape if f else ()) * rng.choice([-1, 1])).astype(dt) for f in full]
+
+
+def _check_fused(dt, shape, full, program, values):
+    with np.errstate(all="ignore"):
+        want = np.broadcast_to(run_program(program, values, dt), shape)
+    assume(np.all(np.isfinite(want)) and (want.size == 0 or np.max(np.abs(want)) < 1e6))
+    phs = [gc.placeholder(f"i{k}", v.shape, dt) for k, v in enumerate(values)]
+    node = apply("fused_elementwise", phs, program=program, shape=shape, dtype=dt)
+    f = gc.compile(node, backend="c", optimize=False)
+    got = f(**{f"i{k}": v for k, v in enumerate(values)})
+    assert runner_of(f).numpy_steps == [] and runner_of(f).segments == 1
+    assert_close(got, np.array(want), what=str(program))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(fused_programs())
+def test_fused_elementwise_kernel_matches_run_program(case):
+    dt, shape, full, program, seed = case
+    _check_fused(dt, shape, full, program, _fused_inputs(dt, shape, full, seed))
+
+
+@pytest.mark.parametrize("n", [255, 256, 257, 70001])  # block edges and the multi-threaded path
+def test_fused_elementwise_long_chains_and_sizes(n):
+    program = (("mul", (0, 1), None), ("tanh", (2,), None), ("const", (), 0.5), ("add", (3, 4), None),
+               ("sigmoid_grad", (5, 0), None), ("exp", (6,), None), ("maximum", (7, 1), None),
+               ("relu_grad", (8, 0), None), ("power", (9,), 2.0), ("sub", (10, 2), None))
+    for dt in (np.float32, np.float64):
+        rng = np.random.default_rng(n)
+        values = [rng.standard_normal(n).astype(dt), np.asarray(0.7, dt)]
+        _check_fused(np.dtype(dt), (n,), [True, False], program, values)
+
+
+# -- structure, errors, memory, threads ---------------------------------------------------------------
+def test_numpy_steps_between_c_segments():
+    rng = np.random.default_rng(8)
+    x = gc.placeholder("x", (6, 4), "float64")
+    y = gc.placeholder("y", (6,), "int64")
+    h = gc.tanh(x * 2.0)
+    clipped = gc.clip(h, -0.5, 0.5)  # NumPy step between C steps
+    oh = gc.one_hot(y, 4, "float64")  # NumPy step whose result is an output
+    z = gc.where(gc.greater(clipped, 0), clipped, h * 3)
+    loss = gc.sum(z * oh) + gc.sum(gc.reshape(z, (24,)))
+    outs = [loss, oh, gc.reshape(h, (4, 6))] + gc.grad(loss, [x])
+    fc, _ = both(outs, dict(x=rng.standard_normal((6, 4)), y=rng.integers(0, 4, 6)), optimize=False)
+    run = runner_of(fc)
+    assert run.numpy_steps and run.segments >= 2
+
+
+def test_outputs_are_fresh_and_never_alias_inputs_or_each_other():
+    x = gc.placeholder("x", (3, 4), "float64")
+    p = gc.parameter(np.arange(12.0).reshape(3, 4), name="p")
+    c = gc.constant(np.ones(3))
+    h = x + p
+    outs = [x, p, gc.reshape(p, (12,)), c, h, h, gc.reshape(h, (4, 3)), gc.stop_gradient(x)]
+    X = np.random.default_rng(9).standard_normal((3, 4))
+    fc, res = both(outs, dict(x=X), optimize=False)
+    arrays = [X, p.value] + res
+    for i, a in enumerate(arrays):
+        assert a.flags.c_contiguous and a.flags.writeable
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+
+
+def test_label_out_of_range_names_the_op_and_line():
+    x = gc.placeholder("x", (None, 3), "float32")
+    y = gc.placeholder("y", (None,), "int64")
+    line = inspect.currentframe().f_lineno + 1
+    loss = gc.softmax_cross_entropy(x * 2.0, y)
+    f = gc.compile([loss] + gc.grad(loss, [x]), backend="c")
+    with pytest.raises(gc.GraphError, match=rf"softmax_cross_entropy.*test_c_backend.py:{line}.*found 7"):
+        f(x=np.zeros((4, 3), np.float32), y=np.array([0, 1, 7, 2]))
+    with pytest.raises(gc.GraphError, match=r"found -1"):
+        f(x=np.zeros((2, 3), np.float32), y=np.array([-1, 1]))
+    assert runner_of(f).segments == 1  # the error came from inside the one gc_exec call
+    f(x=np.zeros((4, 3), np.float32), y=np.array([0, 1, 2, 2]))  # still usable afterwards
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_arena_reuse_does_not_corrupt_results(dt):
+    from graphc.backends.c import make_runner
+    x, y, params, loss = _mlp(dt, sizes=(20, 32, 32, 32, 5))
+    f = gc.compile([loss] + gc.grad(loss, params + [x]), backend="c")
+    rng = np.random.default_rng(10)
+    X, Y = rng.standard_normal((17, 20)).astype(dt), rng.integers(0, 5, 17)
+    with_reuse = f(x=X, y=Y)
+    plan = f._last_plan
+    fresh = make_runner(plan, reuse=False)
+    reused = runner_of(f)
+    assert reused.lowered.arena.nbytes < fresh.lowered.arena.nbytes
+    params_v = [p.value for p in f.parameters]
+    without = fresh([X, Y], params_v)
+    for a, b in zip(with_reuse, without):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inplace_never_overwrites_a_smaller_broadcast_operand():
+    # (2, 1) and (2, 2) float32 occupy the same 64-byte arena block, but pow(a, b - 1) must not
+    # be written over b - 1 while it is still being read (found by hypothesis)
+    a = gc.placeholder("a", (2,), "float32")
+    b = gc.placeholder("b", (2, 1), "float32")
+    loss = gc.sum(gc.pow(a, b) * gc.constant(np.array([[0.3, -0.7], [0.9, 0.2]], np.float32)))
+    both([loss] + gc.grad(loss, [a, b]), dict(a=np.array([0.8, 1.7], np.float32), b=np.array([[1.3], [-0.4]],
+                                                                                            np.float32)),
+         optimize=False)
+
+
+def test_concurrent_calls_from_four_threads_match_serial_calls():
+    x, y, params, loss = _mlp("float64", sizes=(20, 64, 64, 5))
+    f = gc.compile([loss] + gc.grad(loss, params), backend="c")
+    rng = np.random.default_rng(11)
+    batches = [(rng.standard_normal((n, 20)), rng.integers(0, 5, n)) for n in (8, 8, 8, 8)]
+    serial = [f(x=X, y=Y) for X, Y in batches]
+    results, errors = {}, []
+
+    def work(k):
+        try:
+            for _ in range(30):
+                results[k] = f(x=batches[k][0], y=batches[k][1])
+                for a, b in zip(results[k], serial[k]):
+                    np.testing.assert_array_equal(a, b)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_set_num_threads_and_backend_info():
+    info = gc.backend_info()
+    assert info["c_available"] and info["threads"] >= 1
+    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    if flags:
+        assert info["avx2"] == ("avx2" in flags and "fma" in flags)
+    x, y, params, loss = _mlp("float32", sizes=(64, 256, 10))
+    f = gc.compile([loss] + gc.grad(loss, params), backend="c")
+    rng = np.random.default_rng(12)
+    X, Y = rng.standard_normal((300, 64)).astype(np.float32), rng.integers(0, 10, 300)
+    try:
+        gc.set_num_threads(1)
+        assert gc.backend_info()["threads"] == 1
+        one = f(x=X, y=Y)
+        gc.set_num_threads(3)
+        assert gc.backend_info()["threads"] == 3
+        three = f(x=X, y=Y)
+    finally:
+        gc.set_num_threads(0)
+    assert gc.backend_info()["threads"] == info["threads"]
+    for a, b in zip(one, three):
+        assert_close(a, b)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.data())
+def test_random_graphs_agree_with_numpy(data):
+    from graphc.testing import graphs
+    g = data.draw(graphs(max_nodes=6))
+    grads = gc.grad(g.output, g.inputs)
+    feeds = {t.name: v for t, v in g.values.items()}
+    tol = 1e-10 if g.dtype == np.float64 else 1e-4  # long random chains amplify rounding
+    fc = gc.compile([g.output] + grads, backend="c")
+    fn = gc.compile([g.output] + grads, backend="numpy")
+    for a, b in zip(fc(**feeds), fn(**feeds)):
+        assert_close(a, b, tol=tol)
