@@ -97,7 +97,7 @@ int gc_softmax_backward_f64(int64_t rows, int64_t cols, const double *y, const d
 /* ---- fused losses, mean over the batch; float32 sums are accumulated in double ----
  * Softmax cross-entropy with integer labels: loss = mean_r(logsumexp(logits[r]) - logits[r, label_r]).
  * All labels are checked before anything else is read or written: returns (r + 1) for the first
- * row whose label is outside [0, cols), else 0. rows == 0: *loss = NaN (mean of nothing), returns 0. */
+ * row whose label is outside [0, cols) (saturating at INT_MAX), else 0. rows == 0: *loss = NaN (mean of nothing), returns 0. */
 int gc_softmax_ce_fwd_f32(int64_t rows, int64_t cols, const float *logits, const int64_t *labels, float *loss);
 int gc_softmax_ce_fwd_f64(int64_t rows, int64_t cols, const double *logits, const int64_t *labels, double *loss);
 /* dlogits = (softmax(logits) - onehot(labels)) * g / rows. Same label check and return codes. */
