@@ -131,6 +131,90 @@ static int fill_any(int64_t dt, int64_t n, void *y, double v) {
     }
 }
 
+/* ---- matrix-vector products (matmul with a 1-row or 1-column side) ----
+ * gc_sgemm/gc_dgemm pack their operands into panels, which for a matrix-vector product costs
+ * more than the product itself (a 569x30 @ 30 product: about 9 us through the GEMM, 1-2 us
+ * here). Two loop shapes cover every case, on contiguous vectors:
+ *   rows_dot:  y[r] = sum_k M[r*ld + k] * v[k]      (a row of M against v)
+ *   axpy_rows: y[c] = sum_k v[k] * M[k*ld + c]      (v-weighted sum of the rows of M)
+ * The same C source is compiled twice, for the baseline and with AVX2+FMA, and picked by
+ * gc_simd_level() (gemm.h). Sums are reordered (vector lanes); float32 dot products are
+ * accumulated in double. */
+#define GEMV_DEFS(TGT, SFX)                                                                     \
+    TGT static void rows_dot_f32##SFX(int64_t R, int64_t K, const float *M, int64_t ld,          \
+                                      const float *v, float *y) {                               \
+        for (int64_t r = 0; r < R; r++) {                                                       \
+            const float *row = M + r * ld;                                                      \
+            double s = 0;                                                                       \
+            _Pragma("omp simd reduction(+:s)") for (int64_t k = 0; k < K; k++)                  \
+                s += (double)row[k] * (double)v[k];                                             \
+            y[r] = (float)s;                                                                    \
+        }                                                                                       \
+    }                                                                                           \
+    TGT static void rows_dot_f64##SFX(int64_t R, int64_t K, const double *M, int64_t ld,         \
+                                      const double *v, double *y) {                             \
+        for (int64_t r = 0; r < R; r++) {                                                       \
+            const double *row = M + r * ld;                                                     \
+            double s = 0;                                                                       \
+            _Pragma("omp simd reduction(+:s)") for (int64_t k = 0; k < K; k++) s += row[k] * v[k]; \
+            y[r] = s;                                                                           \
+        }                                                                                       \
+    }                                                                                           \
+    TGT static void axpy_rows_f32##SFX(int64_t K, int64_t C, const float *M, int64_t ld,         \
+                                       const float *v, float *y) {                              \
+        for (int64_t c = 0; c < C; c++) y[c] = 0;                                               \
+        for (int64_t k = 0; k < K; k++) {                                                       \
+            const float *row = M + k * ld, w = v[k];                                            \
+            _Pragma("omp simd") for (int64_t c = 0; c < C; c++) y[c] += w * row[c];             \
+        }                                                                                       \
+    }                                                                                           \
+    TGT static void axpy_rows_f64##SFX(int64_t K, int64_t C, const double *M, int64_t ld,        \
+                                       const double *v, double *y) {                            \
+        for (int64_t c = 0; c < C; c++) y[c] = 0;                                               \
+        for (int64_t k = 0; k < K; k++) {                                                       \
+            const double *row = M + k * ld, w = v[k];                                           \
+            _Pragma("omp simd") for (int64_t c = 0; c < C; c++) y[c] += w * row[c];             \
+        }                                                                                       \
+    }
+GEMV_DEFS(, _base)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+GEMV_DEFS(__attribute__((target("avx2,fma"))), _avx2)
+#define GEMV_PICK(name) (gc_simd_level() ? name##_avx2 : name##_base)
+#else
+#define GEMV_PICK(name) name##_base
+#endif
+#undef GEMV_DEFS
+
+/* Products up to this many multiply-adds take the single-threaded vector loops; larger ones the
+ * (multi-threaded) GEMM, whose packing cost is then small next to the product. */
+#define GEMV_MAX_FMAS (1 << 20)
+
+/* C = op(A) @ op(B) when M == 1 or N == 1, no bias and no activation; 0 when it applied. */
+static int try_gemv(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                    const void *B, int64_t ldb, void *C, const void *bias, int act) {
+    if (bias || act != GC_ACT_IDENTITY || (M != 1 && N != 1) || M * N * K > GEMV_MAX_FMAS || K < 1) return -1;
+    if (N == 1) {
+        /* op(B) is a contiguous K-vector either way (K x 1 with ldb 1, or 1 x K) */
+        if (!ta) { /* A is M x K: one dot product per row */
+            if (f64) GEMV_PICK(rows_dot_f64)(M, K, A, lda, B, C);
+            else GEMV_PICK(rows_dot_f32)(M, K, A, lda, B, C);
+        } else { /* A is K x M: the rows of A weighted by the vector */
+            if (f64) GEMV_PICK(axpy_rows_f64)(K, M, A, lda, B, C);
+            else GEMV_PICK(axpy_rows_f32)(K, M, A, lda, B, C);
+        }
+        return 0;
+    }
+    /* M == 1: op(A) is a contiguous K-vector; B is K x N, or N x K when transposed */
+    if (!tb) {
+        if (f64) GEMV_PICK(axpy_rows_f64)(K, N, B, ldb, A, C);
+        else GEMV_PICK(axpy_rows_f32)(K, N, B, ldb, A, C);
+    } else {
+        if (f64) GEMV_PICK(rows_dot_f64)(N, K, B, ldb, A, C);
+        else GEMV_PICK(rows_dot_f32)(N, K, B, ldb, A, C);
+    }
+    return 0;
+}
+
 /* Call the _f32 or _f64 twin of a kernel; void pointers convert implicitly, scalars by prototype. */
 #define TWIN(fn, ...) (f64 ? fn##_f64(__VA_ARGS__) : fn##_f32(__VA_ARGS__))
 /* Operand i of this instruction; a NULL pointer for a required operand means malformed code. */
@@ -149,6 +233,8 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         NEED(14);
         void *A = PTR(8), *B = PTR(9), *C = PTR(10), *bias = PTR(11);
         REQUIRE(A && B && C);
+        if (try_gemv(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, bias, (int)a[12]) == 0)
+            return GC_K_OK;
         if (f64) gc_dgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0, C, a[7], bias,
                           (int)a[12], FCONST(13));
         else gc_sgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0f, C, a[7], bias,

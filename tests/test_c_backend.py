@@ -219,6 +219,26 @@ def test_matmul_with_vector_operands_and_transposes(dt):
     assert runner_of(fc).numpy_steps == []
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 7, 784])
+def test_matrix_vector_products_in_every_layout(dt, k):
+    # M == 1 or N == 1 products take exec.c's vector loops instead of the packed GEMM
+    rng = np.random.default_rng(k)
+    m = 37
+    a = gc.placeholder("a", (m, k), dt)
+    at = gc.placeholder("at", (k, m), dt)
+    v = gc.placeholder("v", (k,), dt)
+    col = gc.placeholder("col", (k, 1), dt)
+    row = gc.placeholder("row", (1, k), dt)
+    u = gc.placeholder("u", (m,), dt)
+    outs = [a @ v, v @ at, u @ a, at @ u, a @ col, gc.matmul(at, col, trans_a=True), gc.matmul(a, row, trans_b=True),
+            row @ at, gc.matmul(row, a, trans_b=True), gc.matmul(col, at, trans_a=True),
+            gc.matmul(col, a, trans_a=True, trans_b=True), v @ v]
+    feeds = {t.name: rng.standard_normal(t.shape).astype(dt) for t in (a, at, v, col, row, u)}
+    fc, _ = both(outs, feeds, optimize=False)
+    assert runner_of(fc).numpy_steps == []
+
+
 def test_fused_dense_epilogues():
     rng = np.random.default_rng(7)
     for dt in ("float32", "float64"):
