@@ -126,6 +126,12 @@ def test_size_zero_batch():
     x, y, params, loss = _mlp("float64")
     grads = gc.grad(loss, params)
     both([loss, gc.sum(x, 0), gc.mean(x, 1)] + grads, dict(x=np.zeros((0, 20)), y=np.zeros(0, np.int64)))
+    # convolution and pooling over an empty batch: empty outputs, zero weight gradients
+    img = gc.placeholder("img", (None, 2, 6, 6), "float32")
+    k = gc.parameter(np.ones((3, 2, 3, 3), np.float32), name="k")
+    t = gc.avg_pool2d(gc.max_pool2d(gc.relu(gc.conv2d(img, k, padding=1)), 2), 1)
+    out = gc.sum(t * t)
+    both([t, out] + gc.grad(out, [k, img]), dict(img=np.zeros((0, 2, 6, 6), np.float32)))
 
 
 def test_logistic_regression_bce_step():
@@ -427,14 +433,15 @@ def test_set_num_threads_and_backend_info():
         gc.set_num_threads(1)
         assert gc.backend_info()["threads"] == 1
         one = f(x=X, y=Y)
-        gc.set_num_threads(3)
-        assert gc.backend_info()["threads"] == 3
-        three = f(x=X, y=Y)
+        for n in (2, 3, 4):  # more threads than this machine has cores is allowed too
+            gc.set_num_threads(n)
+            assert gc.backend_info()["threads"] == n
+            for _ in range(10):  # repeated: a race shows up only now and then
+                for a, b in zip(f(x=X, y=Y), one):
+                    assert_close(a, b, what=f"{n} threads")
     finally:
         gc.set_num_threads(0)
     assert gc.backend_info()["threads"] == info["threads"]
-    for a, b in zip(one, three):
-        assert_close(a, b)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -495,7 +495,7 @@ class Lowered:
             lw.loc[s] = (lib.GC_REF_EXT, e)
         for e, (s, _) in enumerate(plan.params):
             lw.loc[s] = (lib.GC_REF_EXT, len(plan.feeds) + e)
-        self.pool, self.const_arrays = self._pool(plan, lw)
+        self.pool = self._pool(plan, lw)
         for s, j in direct.items():
             lw.loc[s] = (lib.GC_REF_EXT, n_in + j)
         for s, off in self.arena.offsets.items():
@@ -567,7 +567,7 @@ class Lowered:
             off = offsets[s] + pad
             pool[off:off + arr.nbytes] = arr.reshape(-1).view(np.uint8)
             lw.loc[s] = (lib.GC_REF_POOL, off)
-        return pool, arrays
+        return pool
 
     def _resolve_scratch(self):
         """Reductions emitted ("scratch", offset) operands before the arena size was final."""
