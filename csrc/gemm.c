@@ -900,11 +900,18 @@ static void driver_body(const driver_ctx *x, int tid) {
                 if (nt > 1) { /* B is repacked by all threads next iteration */
 #pragma omp barrier
                 }
-            } else if (jp1 > jp0) {
-                for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
-                    const int64_t mc = MIN(x->mc_max, g->M - ic);
-                    prepare_a(x, apack, ic, mc, pc, kc);
-                    macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
+            } else {
+                if (jp1 > jp0) {
+                    for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
+                        const int64_t mc = MIN(x->mc_max, g->M - ic);
+                        prepare_a(x, apack, ic, mc, pc, kc);
+                        macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
+                    }
+                }
+                /* Panels sit at jp*NR*kc for the CURRENT kc: when the last K block is shorter, a
+                 * thread's next panels overlap its neighbour's previous ones. Wait for everyone. */
+                if (nt > 1) {
+#pragma omp barrier
                 }
             }
         }
