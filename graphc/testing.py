@@ -292,11 +292,9 @@ def _case_broadcast_like(draw, dt, op, ms):
 def _case_activation_grad(draw, dt, op, ms):
     act = draw(st.sampled_from(ACTIVATIONS))
     attrs = {"act": act, "alpha": 0.1 if act == "leaky_relu" else 0.0}
-    # y and g of one shape, as every VJP creates them. Its shape rule accepts broadcasting y and g,
-    # but its VJP does not un-broadcast (grad w.r.t. a scalar g comes back with y's shape): a core
-    # bug reported to the op's owner; gradcheck names activation_grad as the culprit.
-    shape = _shape(draw, max_side=ms)
-    return [_vals(draw, op, 0, shape, dt, attrs), _vals(draw, op, 1, shape, dt)], attrs
+    # y and g broadcast against each other (the VJP un-broadcasts both)
+    shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=ms)).input_shapes
+    return [_vals(draw, op, 0, shapes[0], dt, attrs), _vals(draw, op, 1, shapes[1], dt)], attrs
 
 
 def _case_reshape(draw, dt, op, ms):

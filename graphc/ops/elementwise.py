@@ -123,11 +123,11 @@ def _act_grad_forward(y, g, act, alpha=0.0):
 
 
 def _act_grad_vjp(gg, out, y, g, act, alpha=0.0):
-    grad_g = activation_grad(y, gg, act, alpha)
+    grad_g = unbroadcast(activation_grad(y, gg, act, alpha), g)
     if act == "sigmoid":
-        return [gg * g * (1 - 2 * y), grad_g]
+        return [unbroadcast(gg * g * (1 - 2 * y), y), grad_g]
     if act == "tanh":
-        return [gg * g * (-2 * y), grad_g]
+        return [unbroadcast(gg * g * (-2 * y), y), grad_g]
     return [None, grad_g]
 
 
