@@ -1,10 +1,12 @@
-"""`graphc bench`: GEMM, MLP and logistic-regression training steps, per-call dispatch overhead.
+"""`graphc bench`: GEMM, MLP and logistic-regression training steps, per-call dispatch overhead, compiler.
 
-    graphc bench [--suite gemm,mlp,lr,dispatch] [--sizes 256,512] [--repeats R] [--threads N] [--json [PATH]]
+    graphc bench [--suite gemm,mlp,lr,dispatch,compiler] [--sizes 256,512] [--repeats R] [--threads N]
+                 [--nodes 100,1000,10000] [--rss-steps 1000] [--json [PATH]]
 
 Prints the machine (CPU, cores, thread counts, library versions, date) and one table per suite.
 --json alone prints one JSON document instead of the tables; --json PATH also writes it there.
-The workloads are described in graphc.bench.workloads; the GEMM table in graphc.bench.gemm.
+The workloads are described in graphc.bench.workloads; the GEMM table in graphc.bench.gemm; the
+compiler suite (passes on/off, arena bytes, compile time vs graph size, RSS) in graphc.bench.compiler.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import sys
 
 import numpy as np
 
-SUITES = ("gemm", "mlp", "lr", "dispatch")
+SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler")
 
 
 def machine_info(threads=None) -> dict:
@@ -63,6 +65,9 @@ def _format(suite, rows) -> str:
         return _table(rows, [("impl", "W-mlp step (784-512-256-10, batch 256, f32)", "{}"),
                              ("median_ms", "ms", "{:.2f}"), ("vs_numpy", "x numpy", "{:.2f}"),
                              ("max_rel_diff", "param diff", "{:.1e}")])
+    if suite == "compiler":
+        from .compiler import format_tables
+        return format_tables(rows)
     if suite == "lr":
         return _table(rows, [("impl", "W-lr step (30->1, 569 samples, f64)", "{}"),
                              ("median_us", "us", "{:.1f}"), ("vs_numpy", "x numpy", "{:.2f}")])
@@ -71,7 +76,7 @@ def _format(suite, rows) -> str:
                          ("us_per_call", "us/call", "{:.2f}")])
 
 
-def run_suites(suites, sizes=None, repeats=None, threads=None, log=None) -> dict:
+def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=None, rss_steps=None) -> dict:
     from . import workloads
     results = {}
     with workloads.thread_limits(threads):
@@ -88,6 +93,9 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None) -> dict
                 results[suite] = workloads.mlp_table(repeats=repeats or 20)
             elif suite == "lr":
                 results[suite] = workloads.lr_table(repeats=repeats or 20)
+            elif suite == "compiler":
+                from .compiler import compiler_suite
+                results[suite] = compiler_suite(repeats, nodes, rss_steps, threads)
             else:
                 results[suite] = workloads.dispatch_table(repeats=repeats or 20)
     return results
@@ -99,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=None, help="GEMM square sizes, comma separated (default 256,512,1024,2048)")
     p.add_argument("--repeats", type=int, default=None, help="measurements per median (default per suite)")
     p.add_argument("--threads", type=int, default=None, help="threads for graphc, NumPy's BLAS and PyTorch")
+    p.add_argument("--nodes", default=None, help="compiler suite: graph sizes in nodes (default 100,1000,10000)")
+    p.add_argument("--rss-steps", type=int, default=None, help="compiler suite: W-mlp steps for the RSS series "
+                                                                "(default 1000)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of tables (or, with PATH, also write it there)")
     args = p.parse_args(argv)
@@ -107,6 +118,7 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown suite(s) {bad}; choose from {SUITES}")
     sizes = [int(s) for s in args.sizes.split(",") if s] if args.sizes else None
+    nodes = [int(s) for s in args.nodes.split(",") if s] if args.nodes else None
     quiet = args.json == "-"
     info = machine_info(args.threads)
     if not quiet:
@@ -115,7 +127,7 @@ def main(argv=None) -> int:
         print(f"numpy {info['numpy']}, BLAS: {'; '.join(info['blas'])}; torch: {info['torch']}")
         print(f"python {info['python']}, {info['platform']}, {info['date']}")
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
-    results = run_suites(suites, sizes, args.repeats, args.threads, log)
+    results = run_suites(suites, sizes, args.repeats, args.threads, log, nodes, args.rss_steps)
     if not quiet:
         for suite, rows in results.items():
             print()
