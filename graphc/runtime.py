@@ -36,6 +36,11 @@ class Function:
                  updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None, optimize: bool = True,
                  check_finite: Optional[bool] = None):
         self._single = isinstance(outputs, Tensor)
+        if not self._single and not isinstance(outputs, (list, tuple)):
+            raise GraphError(f"compile() takes a Tensor or a list of Tensors, got {type(outputs).__name__}")
+        if updates is not None and not isinstance(updates, dict):
+            raise GraphError(f"compile(updates=...) takes a dict {{parameter: new value Tensor}}, "
+                             f"got {type(updates).__name__}")
         self.outputs = [outputs] if self._single else list(outputs)
         self.updates = list((updates or {}).items())
         if not self.outputs and not self.updates:
@@ -52,6 +57,9 @@ class Function:
                 raise node_error(new, f"the update of parameter '{p.name}' has shape {new.shape} {new.dtype}, "
                                       f"but the parameter is {p.shape} {p.dtype}")
         self._all_outputs = self.outputs + [new for _, new in self.updates]
+        if passes is not None and (isinstance(passes, str) or not isinstance(passes, (list, tuple, set, frozenset))
+                                   or not all(isinstance(n, str) for n in passes)):
+            raise GraphError(f"compile(passes=...) takes a list of pass names, e.g. ['cse', 'dce'], got {passes!r}")
         self.passes = tuple(DEFAULT_PASSES if passes is None else passes) if optimize else ()
         run_pipeline([], self.passes)  # validates the names now, not at the first call
         nodes = reachable(self._all_outputs)
@@ -65,6 +73,8 @@ class Function:
                 by_name[n.name] = n
                 self.placeholders.append(n)
         self.parameters = [n for n in nodes if n.op == "parameter"]
+        if check_finite is not None and not isinstance(check_finite, (bool, np.bool_)):
+            raise GraphError(f"compile(check_finite=...) takes True, False or None, got {check_finite!r}")
         if check_finite is None:
             check_finite = os.environ.get("GRAPHC_CHECK_FINITE", "0") not in ("", "0", "false", "no")
         self.check_finite = bool(check_finite)
@@ -101,7 +111,7 @@ class Function:
 
     def _check_feeds(self, feeds: dict) -> list:
         names = {p.name for p in self.placeholders}
-        extra = sorted(set(feeds) - names)
+        extra = sorted(set(feeds) - names, key=str)
         if extra:
             raise GraphError(f"unexpected feed(s) {extra}: this function's placeholders are {sorted(names)} "
                              f"(called at {user_source()})")
@@ -115,7 +125,7 @@ class Function:
     @staticmethod
     def _param_value(p: Tensor) -> np.ndarray:
         v = p.value
-        if not isinstance(v, np.ndarray) or v.dtype != p.dtype:
+        if type(v) is not np.ndarray or v.dtype != p.dtype:
             try:
                 v = np.asarray(v)
             except Exception:  # noqa: BLE001
@@ -124,8 +134,8 @@ class Function:
                 raise node_error(p, f"parameter value must be a numeric array, got {v.dtype}")
             v = v.astype(p.dtype)
             p.value = v
-        if not v.flags.c_contiguous:
-            v = np.ascontiguousarray(v)
+        if not v.flags.c_contiguous or not v.flags.aligned:  # misaligned: UB in the C kernels
+            v = np.require(v, requirements=("C_CONTIGUOUS", "ALIGNED"))
         return v
 
     # -- specialisation --------------------------------------------------------------------------
@@ -222,31 +232,47 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
     """Validate one feed against its placeholder: dtype kind and precision, rank, fixed sizes."""
     if isinstance(value, Tensor):
         raise node_error(p, "feeds must be arrays, not symbolic Tensors")
+    if isinstance(value, np.ma.MaskedArray):
+        raise node_error(p, f"feed '{p.name}' is a masked array; graphc would ignore its mask: pass "
+                            f"value.filled(...) or value.data")
     if not isinstance(value, np.ndarray):
-        try:
-            value = np.asarray(value, dtype=p.dtype if not isinstance(value, np.generic) else None)
+        try:  # without a dtype: a list of floats fed to an integer placeholder must not truncate
+            raw, value = value, np.asarray(value)
         except (TypeError, ValueError) as exc:
             raise node_error(p, f"feed '{p.name}' cannot be converted to {p.dtype}: {exc}") from None
+        if value.dtype.kind not in "fiub":
+            raise node_error(p, f"feed '{p.name}' cannot be converted to {p.dtype}: a {type(raw).__name__} "
+                                f"of {value.dtype} values is not numeric")
+        if value.dtype.kind == "f" and p.dtype.kind == "f" and not isinstance(raw, np.generic):
+            # Python floats carry no precision of their own
+            value = value.astype(p.dtype)
+    elif type(value) is not np.ndarray:  # np.matrix & co. change what * and reshape mean
+        value = np.asarray(value)
     if value.dtype.kind not in "fiub":
         raise node_error(p, f"feed '{p.name}' has non-numeric dtype {value.dtype}")
     want = p.dtype
-    if value.dtype != want:
-        if want.kind == "f" and value.dtype.kind == "f":
-            raise node_error(p, f"feed '{p.name}' has dtype {value.dtype} but the placeholder is {want}; "
+    have = value.dtype.newbyteorder("=")  # a byte-swapped ('>f4') feed holds the same values
+    if have != want:
+        if want.kind == "f" and have.kind == "f":
+            raise node_error(p, f"feed '{p.name}' has dtype {have} but the placeholder is {want}; "
                                 f"convert it with .astype(np.{want})")
-        if want.kind in "iu" and value.dtype.kind not in "iub":
-            raise node_error(p, f"feed '{p.name}' must hold integers ({want}), got {value.dtype}")
-        if want.kind == "f" and value.dtype.kind not in "iub":
-            raise node_error(p, f"feed '{p.name}' must hold {want}, got {value.dtype}")
-        value = value.astype(want)
+        if want.kind in "iu" and have.kind not in "iub":
+            raise node_error(p, f"feed '{p.name}' must hold integers ({want}), got {have}")
+        if want.kind == "f" and have.kind not in "iub":
+            raise node_error(p, f"feed '{p.name}' must hold {want}, got {have}")
     if value.ndim != len(p.shape):
         raise node_error(p, f"feed '{p.name}' has shape {value.shape} but the placeholder has "
                             f"{len(p.shape)} dimension(s), {fmt_shape(p.shape)}")
     for got, exp in zip(value.shape, p.shape):
         if exp is not None and got != exp:
             raise node_error(p, f"feed '{p.name}' has shape {value.shape}, expected {fmt_shape(p.shape)}")
-    if not value.flags.c_contiguous or not value.flags.aligned or not value.dtype.isnative:
-        value = np.ascontiguousarray(value, dtype=want)
+    if value.dtype != want or not value.flags.c_contiguous or not value.flags.aligned:
+        try:  # the kernels read native, aligned, C-contiguous memory (ascontiguousarray alone keeps
+            # a contiguous but misaligned array as it is: undefined behaviour in the C kernels)
+            value = np.require(value, dtype=want, requirements=("C_CONTIGUOUS", "ALIGNED"))
+        except MemoryError:  # e.g. a huge zero-stride view, whose contiguous copy does not fit
+            raise node_error(p, f"feed '{p.name}' of shape {value.shape} needs a contiguous {want} copy of "
+                                f"{value.size * want.itemsize:,} bytes, more than can be allocated") from None
     return value
 
 

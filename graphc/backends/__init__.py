@@ -30,7 +30,10 @@ def _warn_once() -> None:
 
 def resolve(name: Optional[str] = None) -> str:
     """The concrete backend ("c" or "numpy") for a requested name (None: GRAPHC_BACKEND or auto)."""
-    name = (name or os.environ.get("GRAPHC_BACKEND") or "auto").lower()
+    name = name or os.environ.get("GRAPHC_BACKEND") or "auto"
+    if not isinstance(name, str):
+        raise GraphError(f"backend must be one of {BACKENDS}, got {type(name).__name__} {name!r}")
+    name = name.lower()
     if name not in BACKENDS:
         raise GraphError(f"unknown backend {name!r}; choose one of {BACKENDS}")
     if name == "auto":
