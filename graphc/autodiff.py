@@ -10,7 +10,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import GraphError, node_error
+from .errors import GraphError, node_error, user_source
 from .graph import reachable
 from .ops import REGISTRY
 from .ops.core import cast, zeros_like
@@ -24,12 +24,17 @@ def grad(y: Tensor, wrt: Union[Tensor, Sequence[Tensor]]) -> Union[Tensor, list[
     intermediates. Non-differentiable paths (sign, comparisons, argmax, integer tensors)
     contribute zero; a tensor y does not depend on gets a zero gradient."""
     if not isinstance(y, Tensor):
-        raise GraphError(f"grad: y must be a graphc Tensor, got {type(y).__name__}")
+        raise GraphError(f"grad (called at {user_source()}): y must be a graphc Tensor, got {type(y).__name__}")
     single = isinstance(wrt, Tensor)
-    targets = [wrt] if single else list(wrt)
+    try:
+        targets = [wrt] if single else list(wrt)
+    except TypeError:
+        raise GraphError(f"grad (called at {user_source()}): wrt must be a Tensor or a list of Tensors, "
+                         f"got {type(wrt).__name__}") from None
     for t in targets:
         if not isinstance(t, Tensor):
-            raise GraphError(f"grad: wrt must hold graphc Tensors, got {type(t).__name__}")
+            raise GraphError(f"grad (called at {user_source()}): wrt must hold graphc Tensors, "
+                             f"got {type(t).__name__}")
     if y.shape != ():
         raise node_error(y, f"grad needs a scalar output, got shape {y.shape}; reduce it first "
                             "(e.g. .sum() or .mean())")

@@ -118,10 +118,16 @@ class Tensor:
 
 
 def _check_shape(shape: Iterable) -> Shape:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)):
+        raise GraphError(f"a shape is a tuple of non-negative ints or None, got {type(shape).__name__} {shape!r} "
+                         f"(at {user_source()})")
     out = []
     for d in shape:
         if d is not None and (not isinstance(d, (int, np.integer)) or d < 0):
-            raise GraphError(f"shape entries must be non-negative ints or None, got {tuple(shape)!r}")
+            raise GraphError(f"shape entries must be non-negative ints or None, got {tuple(shape)!r} "
+                             f"(at {user_source()})")
         out.append(None if d is None else int(d))
     return tuple(out)
 
@@ -129,11 +135,39 @@ def _check_shape(shape: Iterable) -> Shape:
 def placeholder(name: str, shape: Sequence[Optional[int]] = (), dtype="float32") -> Tensor:
     """An input fed at call time: `f(name=array)`. None in `shape` means any size, fixed per call."""
     if not isinstance(name, str) or not name.isidentifier():
-        raise GraphError(f"placeholder name must be a Python identifier (it is a keyword argument), got {name!r}")
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "fiub":
-        raise GraphError(f"placeholder '{name}': unsupported dtype {dtype}")
+        raise GraphError(f"placeholder name must be a Python identifier (it is a keyword argument), got {name!r} "
+                         f"(at {user_source()})")
+    dtype = _numeric_dtype(dtype, f"placeholder '{name}'")
     return Tensor("placeholder", (), {}, _check_shape(shape), dtype, name=name)
+
+
+def _numeric_dtype(dtype, what: str) -> np.dtype:
+    """np.dtype(dtype) in native byte order, or a GraphError unless it is bool, int or float."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise GraphError(f"{what} at {user_source()}: unknown dtype {dtype!r} ({exc})") from None
+    if dt.kind not in "fiub":
+        raise GraphError(f"{what} at {user_source()}: unsupported dtype {dt} "
+                         f"(graphc computes on bool, integer and float arrays)")
+    return dt.newbyteorder("=")
+
+
+def _numeric_array(value, dtype, what: str) -> np.ndarray:
+    """A fresh native-order copy of `value` as a bool/int/float array, or a GraphError."""
+    if isinstance(value, Tensor):
+        raise GraphError(f"{what} at {user_source()} takes an array value, not a symbolic {value!r}")
+    if dtype is not None:
+        dtype = _numeric_dtype(dtype, what)
+    try:
+        arr = np.array(value, dtype=dtype, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise GraphError(f"{what} at {user_source()}: cannot turn {type(value).__name__} into a numeric array "
+                         f"({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise GraphError(f"{what} at {user_source()}: cannot turn {type(value).__name__} into a numeric array "
+                         f"(got dtype {arr.dtype})")
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
 
 def parameter(value, name: Optional[str] = None, dtype=None) -> Tensor:
@@ -141,7 +175,7 @@ def parameter(value, name: Optional[str] = None, dtype=None) -> Tensor:
 
     Replace the value (`p.value = new_array`) between calls to update it; a new shape makes the
     compiled Function specialise again. Floating dtype is kept (float32 stays float32)."""
-    arr = np.array(value, dtype=dtype, copy=True)
+    arr = _numeric_array(value, dtype, "parameter" + (f" '{name}'" if name else ""))
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     return Tensor("parameter", (), {}, arr.shape, arr.dtype, name=name, value=arr)
@@ -149,7 +183,7 @@ def parameter(value, name: Optional[str] = None, dtype=None) -> Tensor:
 
 def constant(value, dtype=None, name: Optional[str] = None) -> Tensor:
     """A fixed array baked into the graph."""
-    arr = np.array(value, dtype=dtype, copy=True)
+    arr = _numeric_array(value, dtype, "constant" + (f" '{name}'" if name else ""))
     arr.setflags(write=False)
     return Tensor("constant", (), {}, arr.shape, arr.dtype, name=name, value=arr)
 
@@ -169,9 +203,13 @@ def as_tensor(x, like: Optional[Tensor] = None) -> Tensor:
         else:
             arr = np.asarray(x, dtype=np.float64 if isinstance(x, (float, np.floating)) else np.int64)
     else:
-        arr = np.asarray(x)
-        if arr.dtype == object:
-            raise GraphError(f"cannot turn {type(x).__name__} into a graph constant")
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise GraphError(f"cannot turn {type(x).__name__} into a graph constant ({exc})") from None
+        if arr.dtype.kind not in "fiub":
+            raise GraphError(f"cannot turn {type(x).__name__} into a graph constant (dtype {arr.dtype}; "
+                             f"graphc computes on bool, integer and float arrays)")
         if like is not None and like.dtype.kind == "f" and arr.dtype.kind in "fiub":
             arr = arr.astype(like.dtype)
     return constant(arr)

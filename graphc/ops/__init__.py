@@ -7,12 +7,14 @@ graphc.testing and gc.gradcheck), and the name of its C kernel, if any. The publ
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import GraphError, node_error
+from ..errors import GraphError, node_error, user_source
 from ..tensor import Tensor, as_tensor
 
 
@@ -86,3 +88,33 @@ from .linalg import *  # noqa: E402,F401,F403
 from .nn import *  # noqa: E402,F401,F403
 from .reduce import *  # noqa: E402,F401,F403
 from .shape import *  # noqa: E402,F401,F403
+
+
+def _graph_errors(fn):
+    """The public op `fn`, with argument errors (a str where a number goes, None for a shape, ...)
+    raised as GraphError naming the op and the user's line, like every other build-time error."""
+    @functools.wraps(fn)
+    def op(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GraphError as exc:
+            where = user_source()
+            if " created at " in str(exc) or where in str(exc):
+                raise
+            raise GraphError(f"{fn.__name__} called at {where}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise GraphError(f"{fn.__name__} called at {user_source()}: bad argument "
+                             f"({type(exc).__name__}: {exc})") from None
+    return op
+
+
+def _wrap_public_ops() -> None:
+    from . import conv, core, elementwise, fused, linalg, nn, reduce, shape
+    for mod in (conv, core, elementwise, fused, linalg, nn, reduce, shape):
+        for name in getattr(mod, "__all__", ()):
+            fn = globals().get(name)
+            if inspect.isfunction(fn) and fn.__module__ == mod.__name__:
+                globals()[name] = _graph_errors(fn)
+
+
+_wrap_public_ops()

@@ -69,7 +69,8 @@ register(OpDef("cast", infer=lambda i, dtype: (i[0].shape, np.dtype(dtype)),
 
 def cast(x: Tensor, dtype) -> Tensor:
     """Convert to `dtype`; the gradient flows back only into floating inputs."""
-    dtype = np.dtype(dtype)
+    from ..tensor import _numeric_dtype
+    dtype = _numeric_dtype(dtype, "cast")
     if x.dtype == dtype:
         return x
     return apply("cast", [x], dtype=dtype)
