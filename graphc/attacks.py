@@ -30,6 +30,7 @@ GradientMaskingError instead), and `return_report=True` returns an AttackReport 
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
@@ -37,8 +38,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from .autodiff import grad as gc_grad
+from .errors import GraphError
 from .runtime import compile as gc_compile
-from .tensor import placeholder
+from .tensor import Tensor, placeholder
 from .train import History, LossSpec, Trainer, accuracy, loss_tensor, model_cache, predict_logits
 
 __all__ = ["fgsm", "bim", "pgd", "evaluate", "adversarial_training", "input_gradient", "AttackReport",
@@ -104,11 +106,10 @@ def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_
 
     ℓ is the per-example loss: the gradient of the batch-mean loss times the batch size, so a row's
     gradient does not depend on which other rows share its batch."""
-    x = np.asarray(x)
+    x, y = _check_data(model, x, y)
     dtype = model.dtype
     f = _grad_fn(model, tuple(x.shape[1:]), dtype, loss, backend)
     grads, logits = [], []
-    y = np.asarray(y, np.int64)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].astype(dtype)
         g, z, _ = f(x=xb, y=y[i:i + batch_size])
@@ -119,7 +120,11 @@ def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_
 
 # -- helpers ------------------------------------------------------------------------------------
 def _flat(a: np.ndarray) -> np.ndarray:
-    return a.reshape(len(a), -1)
+    return a.reshape(len(a), math.prod(a.shape[1:]))  # not -1: an empty batch has no size to infer
+
+
+def _mean(a: np.ndarray) -> float:
+    return float(np.mean(a)) if len(a) else float("nan")  # the mean of no examples, without a warning
 
 
 def _l2(a: np.ndarray) -> np.ndarray:
@@ -175,7 +180,7 @@ def _targets(targeted: bool, target, y: np.ndarray, classes: int) -> np.ndarray:
         return (y + 1) % classes
     t = np.broadcast_to(np.asarray(target, np.int64), y.shape).copy()
     if t.size and (t.min() < 0 or t.max() >= classes):
-        raise ValueError(f"target classes must lie in [0, {classes}), got {t.min()}..{t.max()}")
+        raise GraphError(f"target classes must lie in [0, {classes}), got {t.min()}..{t.max()}")
     return t
 
 
@@ -187,22 +192,47 @@ def _masking(report: AttackReport, on_masking: str) -> None:
     warnings.warn(report.summary(), GradientMaskingWarning, stacklevel=3)
 
 
-def _check_args(model, x, y, eps, norm):
+def _check_data(model, x, y):
+    """x as a numeric array with a batch axis and y as int64 class labels, one per row, or a
+    GraphError naming the problem (never a silent truncation of float labels)."""
     if not hasattr(model, "parameters"):
-        raise TypeError(f"model must be a graphc.nn model, got {type(model).__name__}")
-    x = np.asarray(x)
-    y = np.asarray(y)
+        raise GraphError(f"model must be a graphc.nn model, got {type(model).__name__}")
+    arrays = []
+    for name, v in (("x", x), ("y", y)):
+        if isinstance(v, Tensor):
+            raise GraphError(f"{name} must be a NumPy array, not a symbolic {v!r}")
+        try:
+            v = np.asarray(v)
+        except (TypeError, ValueError) as exc:
+            raise GraphError(f"{name} cannot be converted to an array: {exc}") from None
+        if v.dtype.kind not in "fiub":
+            raise GraphError(f"{name} must hold numbers, got {type(v).__name__} of dtype {v.dtype}")
+        if v.ndim == 0:
+            raise GraphError(f"{name} must have a batch axis (one row per example), got a scalar")
+        arrays.append(v)
+    x, y = arrays
     if x.dtype.kind != "f":
         x = x.astype(np.float32)
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if y.ndim != 1:
+        raise GraphError(f"y must be a 1-d array of class labels, got shape {y.shape}")
     if y.dtype.kind not in "iu":
-        raise ValueError(f"y must hold integer class labels, got {y.dtype}")
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-    if norm not in ("inf", "2"):
-        raise ValueError(f"norm must be 'inf' or 2, got {norm!r}")
+        raise GraphError(f"y must hold integer class labels, got {y.dtype}")
+    if len(x) != len(y):
+        raise GraphError(f"x has {len(x)} rows but y has {len(y)}")
     return x, y.astype(np.int64)
+
+
+def _check_args(model, x, y, eps, norm):
+    x, y = _check_data(model, x, y)
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise GraphError(f"eps must be a finite number >= 0, got {type(eps).__name__} {eps!r}") from None
+    if not np.isfinite(eps) or eps < 0:
+        raise GraphError(f"eps must be a finite number >= 0, got {eps}")
+    if norm not in ("inf", "2"):
+        raise GraphError(f"norm must be 'inf' or 2, got {norm!r}")
+    return x, y, eps
 
 
 def _norm_name(norm) -> str:
@@ -215,10 +245,10 @@ def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: in
             targeted: bool, target, clip: Clip, seed: int, loss: LossSpec, batch_size: int,
             backend: Optional[str], keep_best: bool) -> tuple[np.ndarray, AttackReport]:
     norm = _norm_name(norm)
-    x, y = _check_args(model, x, y, eps, norm)
+    x, y, eps = _check_args(model, x, y, eps, norm)
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise GraphError(f"steps must be an int >= 1, got {steps!r}")
     steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     step = 2.5 * eps / steps if step is None else float(step)
     report = AttackReport(name, len(x), steps)
     if eps == 0 or len(x) == 0:
@@ -401,12 +431,15 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, attack: Union[str, Callable] =
     Extra keyword arguments go to the attack (e.g. steps=20, norm=2, targeted=True, seed=1).
     Gradient masking warnings are collected into the rows (zero_grad, nonfinite) instead of raised.
     """
-    x = np.asarray(x)
-    y = np.asarray(y, np.int64)
+    x, y = _check_data(model, x, y)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", "attack")
-    fn = ATTACKS.get(attack) if isinstance(attack, str) else attack
+    fn = ATTACKS.get(attack) if isinstance(attack, str) else attack if callable(attack) else None
     if fn is None:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)} or pass a callable")
+        raise GraphError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)} or pass a callable")
+    try:
+        eps = [float(e) for e in ([eps] if np.ndim(eps) == 0 else list(eps))]
+    except (TypeError, ValueError):
+        raise GraphError(f"eps must be a number or a list of numbers, got {eps!r}") from None
     if name == "pgd" and _norm_name(attack_kwargs.get("norm", "inf")) == "2":
         name = "pgd_l2"
     targeted = bool(attack_kwargs.get("targeted", False))
@@ -433,11 +466,11 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, attack: Union[str, Callable] =
         linf = np.abs(_flat(d)).max(axis=1) if d.size else np.zeros(len(x))
         l2 = _l2(d)
         report.rows.append({
-            "eps": e, "robust_acc": float(np.mean(pred == y)), "success_rate":
+            "eps": e, "robust_acc": _mean(pred == y), "success_rate":
             float(success.sum() / correct.sum()) if correct.any() else float("nan"),
             "n_success": int(success.sum()), "n_correct": int(correct.sum()),
-            "mean_linf": float(linf.mean()), "max_linf": float(linf.max()),
-            "mean_l2": float(l2.mean()), "max_l2": float(l2.max()),
+            "mean_linf": _mean(linf), "max_linf": float(linf.max()) if len(linf) else float("nan"),
+            "mean_l2": _mean(l2), "max_l2": float(l2.max()) if len(l2) else float("nan"),
             "zero_grad": 0 if rep is None else len(rep.zero_grad),
             "nonfinite": 0 if rep is None else len(rep.nonfinite)})
     return report

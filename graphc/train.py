@@ -91,8 +91,8 @@ def predict_logits(model, X: np.ndarray, batch_size: int = 1024, backend: Option
     dtype = model.dtype if hasattr(model, "dtype") else np.dtype("float32")
     X = X.astype(dtype, copy=False)
     f = _eval_fn(model, _feature_shape(X), dtype, backend)
-    if len(X) == 0:
-        return np.zeros((0, 0), dtype)
+    if len(X) == 0:  # the graph runs on an empty batch too, and knows the number of classes
+        return f(x=X)
     return np.concatenate([f(x=X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
 
 
