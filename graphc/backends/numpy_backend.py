@@ -37,6 +37,9 @@ def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
     for slot, k in plan.params:
         vals[slot] = params[k]
         leaf_ids.add(id(params[k]))
+        if plan.check_finite and params[k].dtype.kind == "f" and not np.isfinite(params[k]).all():
+            # a diverged weight is the usual source of NaN: no node "makes" it, so say so here
+            raise node_error(plan.nodes[slot], f"the parameter holds non-finite values ({_summary(params[k])})")
     with np.errstate(all="ignore"):  # NaN/inf propagate as in C; check_finite reports them
         for fwd, ins, out, free, attrs, node in steps:
             try:
