@@ -28,13 +28,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from . import ops as F
+from .errors import GraphError
 from .tensor import Tensor, parameter
 
 __all__ = ["Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout", "ReLU",
@@ -45,8 +48,15 @@ FORMAT = "graphc-model-v1"
 LAYERS: dict = {}  # class name -> class, for rebuilding a saved architecture
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be loaded: not a graphc model, truncated, pickled, or mismatched."""
+class ModelFileError(GraphError):
+    """A model file that cannot be loaded: not a graphc model, truncated, pickled, or mismatched.
+    (A GraphError, hence a ValueError: every bad input to graphc raises one.)"""
+
+
+def _fspath(path) -> str:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise ModelFileError(f"a model file path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
 
 
 def _register(cls):
@@ -162,9 +172,15 @@ class Module:
         if cls is None:
             raise ModelFileError(f"unknown layer class in model file: {cfg!r}")
         args = dict(cfg.get("args", {}))
-        if cls is Sequential:
-            return Sequential(*[Module.from_config(c) for c in args["layers"]])
-        return cls(**args)
+        try:  # the file may have been edited: its arguments are untrusted
+            if cls is Sequential:
+                return Sequential(*[Module.from_config(c) for c in args["layers"]])
+            return cls(**args)
+        except (TypeError, ValueError, KeyError, MemoryError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"model file holds invalid arguments for {cls.__name__}: "
+                                 f"{type(exc).__name__}: {exc}") from None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k != "layers")
@@ -185,9 +201,15 @@ class Module:
         >>> Module.load(p).config() == m.config()
         True
         """
-        path = os.fspath(path)
+        path = _fspath(path)
         arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.config()))}
+        named = dict(self.named_parameters())
         for k, v in self.state_dict().items():
+            if v.dtype.kind != "f" or v.shape != named[k].shape:
+                # checked before anything is written (an object array would even be pickled):
+                # an existing file at `path` stays as it was
+                raise ModelFileError(f"cannot save parameter '{k}': its value is {v.dtype} {v.shape}, "
+                                     f"the model expects a float array of shape {named[k].shape}")
             arrays["param:" + k] = v
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -208,7 +230,7 @@ class Module:
 
     @staticmethod
     def _read(path) -> tuple[dict, dict]:
-        path = os.fspath(path)
+        path = _fspath(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 if not hasattr(z, "files"):
@@ -230,7 +252,10 @@ class Module:
                 raise ModelFileError(f"{path}: refusing to load pickled data (graphc model files are "
                                      f"plain .npz archives; pickles can run code)") from None
             raise ModelFileError(f"{path}: not a valid graphc model file ({exc})") from None
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, struct.error,
+                zlib.error, NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+            # a damaged archive reaches zipfile/numpy code paths that raise all of these (a flipped
+            # flag bit reads as "encrypted" or "unsupported compression", a length as a huge shape)
             raise ModelFileError(f"{path}: corrupt or truncated model file ({type(exc).__name__}: {exc})") from None
         return cfg, state
 
@@ -242,10 +267,13 @@ class Module:
         shapes do not match the saved architecture. Called on a subclass (e.g. `MLP.load`), the
         file must hold that class."""
         cfg, state = cls._read(path)
-        model = Module.from_config(cfg)
+        try:
+            model = Module.from_config(cfg)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{_fspath(path)}: {exc}") from None
         if cls is not Module and not isinstance(model, cls):
             raise ModelFileError(f"{os.fspath(path)} holds a {type(model).__name__}, not a {cls.__name__}")
-        model.load_state_dict(state, source=os.fspath(path))
+        model.load_state_dict(state, source=_fspath(path))
         return model
 
     def load_weights(self, path: Union[str, os.PathLike]) -> Module:
