@@ -314,8 +314,9 @@ def _sign_of(x, k=0.0):
 
 
 def _maxpool_pattern(x, out_shape, attrs):
-    grad = REGISTRY["max_pool2d_grad"].forward(x, np.ones(out_shape, x.dtype), **attrs)
-    return grad != 0
+    # how many windows route their gradient to each input element: a tie can move a window's
+    # maximum between two elements that both stay maxima of other windows, so counts, not support
+    return REGISTRY["max_pool2d_grad"].forward(x, np.ones(out_shape, x.dtype), **attrs)
 
 
 def _branch(node: Tensor, vals: dict) -> Optional[np.ndarray]:

@@ -255,3 +255,15 @@ def test_graphc_imports_and_checks_without_hypothesis():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_max_pool_tie_between_elements_that_stay_maxima_is_a_kink():
+    # Both inputs stay the maximum of some window whichever way the tie breaks, so only the
+    # number of windows routed to each element changes: found by `graphc fuzz` (seed 0).
+    a = gc.placeholder("a", (1, 1, 2, 1), "float64")
+    pooled = gc.max_pool2d(a, (2, 1), stride=1, padding=(1, 0))
+    loss = (pooled * np.array([1.0, 2.0, 3.0]).reshape(1, 1, 3, 1)).sum()
+    report = gc.gradcheck(loss, {a: np.full((1, 1, 2, 1), 0.5)})
+    assert report.status == "kink", report
+    assert any(k.op == "max_pool2d" for k in report.kinks)
+    assert gc.gradcheck(loss, {a: np.array([0.5, 0.9]).reshape(1, 1, 2, 1)}).status == "pass"
