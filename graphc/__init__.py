@@ -17,74 +17,16 @@ from __future__ import annotations
 
 import networkx as _nx
 
-from .autodiff import grad
 from .backends import backend_info, set_num_threads
-from .check import GradcheckReport, gradcheck
-from .errors import GraphError
-from .graph import reachable
-from .ops import (
-    REGISTRY,
-    abs,
-    activation_grad,
-    add,
-    argmax,
-    avg_pool2d,
-    binary_cross_entropy,
-    binary_cross_entropy_probs,
-    broadcast_like,
-    cast,
-    clip,
-    concatenate,
-    conv2d,
-    div,
-    dropout,
-    equal,
-    exp,
-    expand_dims,
-    flatten,
-    greater,
-    greater_equal,
-    leaky_relu,
-    less,
-    less_equal,
-    log,
-    log_softmax,
-    matmul,
-    max,
-    max_pool2d,
-    maximum,
-    mean,
-    minimum,
-    mse,
-    mul,
-    neg,
-    nll_loss,
-    not_equal,
-    one_hot,
-    ones_like,
-    pow,
-    power,
-    relu,
-    reshape,
-    sigmoid,
-    sign,
-    size_of,
-    softmax,
-    softmax_cross_entropy,
-    sqrt,
-    squeeze,
-    stop_gradient,
-    sub,
-    sum,
-    sum_to,
-    tanh,
-    transpose,
-    where,
-    zeros_like,
-)
-from .runtime import Function, compile
-from .tensor import Tensor, as_tensor, constant, parameter, placeholder
-from .train import Trainer  # graphc.train is a callable module: gc.train(model, X, y, ...)
+from .compiler.autodiff import grad
+from .compiler.runtime import Function, compile
+from .ir.errors import GraphError
+from .ir.graph import reachable
+from .ir.tensor import Tensor, as_tensor, constant, parameter, placeholder
+from .learn.train import Trainer, accuracy, predict, predict_logits, train
+from .ops import *  # every public op function (graphc.ops.__all__)
+from .ops import REGISTRY
+from .verify.gradcheck import GradcheckReport, gradcheck
 
 __version__ = "0.1.0"
 
@@ -100,6 +42,26 @@ def to_networkx(outputs) -> _nx.DiGraph:
         for k, i in enumerate(n.inputs):
             g.add_edge(i.id, n.id, index=k)
     return g
+
+
+# Subpackages a user reaches as attributes right after `import graphc` (imported on first use,
+# so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, ...
+_LAZY = {"nn": "graphc.learn.nn", "optim": "graphc.learn.optim", "data": "graphc.learn.data",
+         "attacks": "graphc.adversarial.attacks", "testing": "graphc.verify.strategies",
+         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module = importlib.import_module(_LAZY[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -7,7 +7,7 @@ import pytest
 
 import graphc as gc
 from graphc import attacks, nn, optim
-from graphc.train import Trainer, accuracy, limit_threads, predict
+from graphc.learn.train import Trainer, accuracy, limit_threads, predict
 
 pytest.importorskip("sklearn")
 

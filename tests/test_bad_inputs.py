@@ -706,7 +706,7 @@ def _saved(tmp_path, backend):
     model = _model()
     path = tmp_path / "model.npz"
     model.save(path)
-    return model, path, path.read_bytes(), gc.train.predict_logits(model, XA, backend=backend)
+    return model, path, path.read_bytes(), gc.predict_logits(model, XA, backend=backend)
 
 
 SAVE_CASES = {
@@ -756,7 +756,7 @@ def test_save_load(backend, case, tmp_path):
     action, pattern = SAVE_CASES[case]
     if pattern is None:
         loaded = action(model, path)
-        np.testing.assert_array_equal(gc.train.predict_logits(loaded, XA, backend=backend), logits)
+        np.testing.assert_array_equal(gc.predict_logits(loaded, XA, backend=backend), logits)
     else:
         with pytest.raises(nn.ModelFileError, match=pattern) as info:
             action(model, path)
@@ -765,7 +765,7 @@ def test_save_load(backend, case, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model.npz"]
     if pattern is not None:
         assert path.read_bytes() == blob
-        np.testing.assert_array_equal(gc.train.predict_logits(nn.Module.load(path), XA, backend=backend), logits)
+        np.testing.assert_array_equal(gc.predict_logits(nn.Module.load(path), XA, backend=backend), logits)
 
 
 # -- the matrix's size ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Smoke test of `graphc bench`: it runs and its --json output parses (no timing assertions)."""
 import json
 
-from graphc.bench import main
+from graphc.tools.bench import main
 
 
 def test_bench_dispatch_json_parses(capsys):

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import graphc as gc
 from graphc.backends import C_AVAILABLE
-from graphc.graph import reachable
+from graphc.ir.graph import reachable
 from graphc.ops import apply
 from graphc.ops.fused import FUSED_BINARY, FUSED_UNARY, run_program
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import numeric_grad
 
 import graphc as gc
-from graphc.schedule import topological_order
+from graphc.compiler.schedule import topological_order
 
 THIS_FILE = os.path.basename(__file__)
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from graphc import cli, nn, viz
+from graphc import nn, viz
+from graphc.tools import cli
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -20,7 +21,7 @@ def test_graphc_demo_one_epoch_writes_its_pngs(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "graphc.cli", "demo", "--epochs", "1", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "graphc.tools.cli", "demo", "--epochs", "1", "--out", str(out),
                            "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]

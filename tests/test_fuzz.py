@@ -9,8 +9,9 @@ import time
 import pytest
 
 import graphc.backends
-from graphc import cli, fuzz
 from graphc.ops import REGISTRY
+from graphc.tools import cli
+from graphc.verify import fuzz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY = re.compile(r"graphc fuzz: (\d+) graphs tried, (\d+) nodes checked, (\d+)/(\d+) ops covered, "
@@ -119,7 +120,7 @@ def test_reproducer_of_a_fixed_bug_exits_zero(buggy_module, capsys):
 def test_two_hundred_examples_in_under_two_minutes():
     start = time.monotonic()
     env = dict(os.environ, PYTHONPATH=ROOT)
-    run = subprocess.run([sys.executable, "-m", "graphc.cli", "fuzz", "--max-examples", "200"],
+    run = subprocess.run([sys.executable, "-m", "graphc.tools.cli", "fuzz", "--max-examples", "200"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert time.monotonic() - start < 120

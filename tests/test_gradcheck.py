@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.check import DEFAULT_EPS, compare_backends
-from graphc.errors import GraphError
+from graphc.ir.errors import GraphError
 from graphc.ops import REGISTRY, apply
 from graphc.ops.linalg import matmul
+from graphc.verify.gradcheck import DEFAULT_EPS, compare_backends
 
 THIS_FILE = os.path.basename(__file__)
 

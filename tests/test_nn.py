@@ -7,7 +7,7 @@ import pytest
 
 import graphc as gc
 from graphc import nn, optim
-from graphc.train import Trainer, accuracy, limit_threads, predict_logits
+from graphc.learn.train import Trainer, accuracy, limit_threads, predict_logits
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.errors import GraphError
+from graphc.ir.errors import GraphError
 from graphc.ops import REGISTRY
 from graphc.testing import LEAVES, arrays_for, no_vjp_ops
 

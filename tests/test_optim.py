@@ -4,7 +4,7 @@ import pytest
 
 import graphc as gc
 from graphc import nn, optim
-from graphc.train import History, Trainer, accuracy, limit_threads
+from graphc.learn.train import History, Trainer, accuracy, limit_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,10 +5,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.graph import reachable
-from graphc.passes import cse, fold_constants, fuse_dense, fuse_elementwise, fuse_losses, simplify
-from graphc.runtime import specialize
-from graphc.schedule import plan_arena
+from graphc.compiler.passes import cse, fold_constants, fuse_dense, fuse_elementwise, fuse_losses, simplify
+from graphc.compiler.runtime import specialize
+from graphc.compiler.schedule import plan_arena
+from graphc.ir.graph import reachable
 
 
 def ops_of(outputs):

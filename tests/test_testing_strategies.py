@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.check import _Interpreter
 from graphc.ops import REGISTRY, Domain
 from graphc.testing import (
     GRAPH_OPS,
@@ -25,6 +24,7 @@ from graphc.testing import (
     reproducer,
     slot_domain,
 )
+from graphc.verify.gradcheck import _Interpreter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = settings(max_examples=25, deadline=None, database=None, derandomize=True,
@@ -219,8 +219,8 @@ def test_reproducer_of_a_failure_reproduces_it(buggy_module):
 
 
 def test_docstring_examples_run():
-    import graphc.check
     import graphc.testing
-    for module in (graphc.check, graphc.testing):
+    import graphc.verify.gradcheck
+    for module in (graphc.verify.gradcheck, graphc.testing):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

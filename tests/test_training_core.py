@@ -11,7 +11,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    from graphc.train import limit_threads  # tiny kernels: avoid threads spin-waiting
+    from graphc.learn.train import limit_threads  # tiny kernels: avoid threads spin-waiting
     with limit_threads(1):
         yield
 

@@ -1,4 +1,4 @@
-"""graphc.viz: every plot writes a valid PNG; graph drawings tell forward from gradient nodes."""
+"""graphc.tools.viz: every plot writes a valid PNG; graph drawings tell forward from gradient nodes."""
 import shutil
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import graphc as gc
 from graphc import attacks, data, nn, optim, viz
-from graphc.train import limit_threads
+from graphc.learn.train import limit_threads
 
 pytest.importorskip("matplotlib")
 

@@ -8,7 +8,7 @@ import os
 import warnings
 from typing import Optional
 
-from ..errors import GraphError
+from ..ir.errors import GraphError
 
 try:  # the extension is optional: installs without a compiler still work on NumPy
     from .. import _cgraphc  # type: ignore[attr-defined]

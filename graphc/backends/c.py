@@ -21,9 +21,9 @@ import math
 import numpy as np
 
 from .. import _cgraphc
-from ..errors import GraphError, node_error
+from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
+from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY
-from ..schedule import ALIGN, Plan, nbytes, plan_arena
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError, node_error
+from ..compiler.schedule import Plan
+from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY
-from ..schedule import Plan
 
 
 def compile_steps(plan: Plan, overrides: dict | None = None) -> list:

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import GraphError, node_error, user_source
-from ..tensor import Tensor, as_tensor
+from ..ir.errors import GraphError, node_error, user_source
+from ..ir.tensor import Tensor, as_tensor
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,9 @@ def _wrap_public_ops() -> None:
             fn = globals().get(name)
             if inspect.isfunction(fn) and fn.__module__ == mod.__name__:
                 globals()[name] = _graph_errors(fn)
+                PUBLIC.append(name)
 
 
+PUBLIC: list = []  # the public op functions, re-exported as gc.<name>
 _wrap_public_ops()
+__all__ = list(PUBLIC)

@@ -6,8 +6,8 @@ from typing import Optional
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..errors import GraphError
-from ..tensor import Tensor, as_tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor, as_tensor
 from . import Domain, OpDef, apply, register
 from .elementwise import _floatify
 from .reduce import sum

@@ -5,8 +5,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import GraphError
-from ..tensor import Tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor
 from . import OpDef, apply, register
 
 __all__ = ["cast", "stop_gradient", "zeros_like", "ones_like", "size_of", "sum_to", "broadcast_like",
@@ -69,7 +69,7 @@ register(OpDef("cast", infer=lambda i, dtype: (i[0].shape, np.dtype(dtype)),
 
 def cast(x: Tensor, dtype) -> Tensor:
     """Convert to `dtype`; the gradient flows back only into floating inputs."""
-    from ..tensor import _numeric_dtype
+    from ..ir.tensor import _numeric_dtype
     dtype = _numeric_dtype(dtype, "cast")
     if x.dtype == dtype:
         return x
@@ -120,10 +120,10 @@ def size_of(x: Tensor, axes=None, dtype=None) -> Tensor:
     dtype = np.dtype(dtype or (x.dtype if x.dtype.kind == "f" else np.float64))
     axes = None if axes is None else normalize_axes(axes, x.ndim)
     if axes is not None and all(x.shape[a] is not None for a in axes):
-        from ..tensor import constant
+        from ..ir.tensor import constant
         return constant(np.prod([x.shape[a] for a in axes]), dtype=dtype)
     if axes is None and known(x.shape):
-        from ..tensor import constant
+        from ..ir.tensor import constant
         return constant(np.prod(x.shape), dtype=dtype)
     return apply("size_of", [x], axes=axes, dtype=dtype)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from ..tensor import Tensor, as_tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor, as_tensor
 from . import Domain, OpDef, apply, promote, register
 from .core import broadcast_shapes, cast, unbroadcast
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
+from ..ir.errors import GraphError
 from . import OpDef, apply, register
 from .core import unbroadcast
 from .elementwise import ACTIVATIONS, _act_grad_forward, activation_grad, np_sigmoid
 from .linalg import _matmul_forward, _matmul_infer, _matmul_vjp
 from .reduce import sum
 
-__all__ = ["dense", "FUSED_UNARY", "FUSED_BINARY", "run_program"]
+__all__ = ["dense"]
 
 
 # -- dense ------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from ..tensor import Tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor
 from . import OpDef, apply, promote, register
 from .shape import expand_dims, squeeze
 

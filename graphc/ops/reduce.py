@@ -5,8 +5,8 @@ import builtins
 
 import numpy as np
 
-from ..errors import GraphError
-from ..tensor import Tensor, as_tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor, as_tensor
 from . import Domain, OpDef, apply, register
 from .core import broadcast_like, cast, normalize_axes, size_of
 from .elementwise import _floatify, equal

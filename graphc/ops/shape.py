@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from ..tensor import Tensor, as_tensor
+from ..ir.errors import GraphError
+from ..ir.tensor import Tensor, as_tensor
 from . import OpDef, apply, register
 from .core import broadcast_shapes, known, normalize_axes
 

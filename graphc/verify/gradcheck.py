@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .backends import resolve as resolve_backend
-from .errors import GraphError, node_error, user_source
-from .graph import reachable
-from .ops import REGISTRY
-from .tensor import Tensor, constant
+from ..backends import resolve as resolve_backend
+from ..ir.errors import GraphError, node_error, user_source
+from ..ir.graph import reachable
+from ..ir.tensor import Tensor, constant
+from ..ops import REGISTRY
 
 __all__ = ["gradcheck", "GradcheckReport", "Mismatch", "NodeMismatch", "KinkNote", "compare_backends",
            "DEFAULT_EPS", "DEFAULT_ATOL", "DEFAULT_RTOL"]
@@ -475,10 +475,10 @@ class _Context:
     cotangents: list = field(default_factory=list)
 
     def build_gradient(self):
-        from .autodiff import grad
-        from .ops import mul
-        from .ops import sum as gsum
-        from .runtime import compile as gcompile
+        from ..compiler.autodiff import grad
+        from ..compiler.runtime import compile as gcompile
+        from ..ops import mul
+        from ..ops import sum as gsum
         if len(self.outs64) == 1 and self.outs64[0].shape == ():
             s = self.outs64[0]
         else:
@@ -780,8 +780,8 @@ def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, 
         >>> compare_backends(gc.tanh(x).sum(), {x: np.ones(3)}, ["numpy", "numpy"]) is None
         True
     """
-    from .autodiff import grad
-    from .runtime import compile as gcompile
+    from ..compiler.autodiff import grad
+    from ..compiler.runtime import compile as gcompile
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     wrt = [t for t in values if t.dtype.kind == "f"] if wrt is None else list(wrt)
     scalar = [o for o in outs if o.shape == () and o.dtype.kind == "f"]

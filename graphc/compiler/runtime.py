@@ -9,13 +9,13 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import backends
-from .errors import GraphError, fmt_shape, node_error, user_source
-from .graph import reachable
-from .ops import REGISTRY
+from .. import backends
+from ..ir.errors import GraphError, fmt_shape, node_error, user_source
+from ..ir.graph import reachable
+from ..ir.tensor import Tensor, constant
+from ..ops import REGISTRY
 from .passes import DEFAULT_PASSES, run_pipeline
 from .schedule import Plan, make_plan, plan_arena
-from .tensor import Tensor, constant
 
 # Arena layout: elementwise kernels may write over a dead input; reshape-like ops are views.
 INPLACE_OPS = frozenset({"add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "relu",

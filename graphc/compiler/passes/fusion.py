@@ -1,9 +1,9 @@
 """Fusion passes: rewrite op patterns into the fused ops the C kernels implement."""
 from __future__ import annotations
 
-from ..graph import reachable
-from ..ops.fused import FUSED_BINARY, FUSED_UNARY
-from ..tensor import Tensor
+from ...ir.graph import reachable
+from ...ir.tensor import Tensor
+from ...ops.fused import FUSED_BINARY, FUSED_UNARY
 from .rewrite import merged_source, rewrite, users_of, with_inputs
 
 _ACTS = ("relu", "leaky_relu", "sigmoid", "tanh")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import reachable
-from ..ops import REGISTRY
-from ..tensor import Tensor, constant
+from ...ir.graph import reachable
+from ...ir.tensor import Tensor, constant
+from ...ops import REGISTRY
 from .rewrite import is_constant, rewrite
 
 FOLD_LIMIT = 1 << 20  # elements: larger constant results are computed at run time instead

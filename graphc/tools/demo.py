@@ -49,7 +49,7 @@ def _eps_list(text: str) -> list:
 
 
 def _setup(args):
-    from . import data, nn, optim
+    from ..learn import data, nn, optim
     split = data.load(args.data, seed=args.seed)
     ds = split.dataset
     hidden = [int(h) for h in str(args.hidden).split(",") if h.strip()]
@@ -59,7 +59,7 @@ def _setup(args):
 
 
 def _train(model, split, make_opt, args, title: str):
-    from .train import Trainer
+    from ..learn.train import Trainer
     opt = make_opt()
     print(f"\n== {title}: {type(model).__name__} ({model.num_parameters():,} parameters), {opt!r}, "
           f"batch {args.batch_size}, {args.epochs} epochs ==")
@@ -72,7 +72,7 @@ def _train(model, split, make_opt, args, title: str):
 def _header(args, split, extra=""):
     import graphc
 
-    from .data import describe
+    from ..learn.data import describe
     backend = graphc.backends.resolve(args.backend)
     print(f"graphc {graphc.__version__}: {describe(split)}; backend {backend}; seed {args.seed}{extra}")
 
@@ -85,7 +85,7 @@ def _finish(out: str, written: list, start: float) -> None:
 
 
 def _run_with_threads(fn, args):
-    from .train import limit_threads
+    from ..learn.train import limit_threads
     if args.threads and args.threads > 0:
         with limit_threads(args.threads):
             return fn(args)
@@ -106,8 +106,10 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _demo(args) -> int:
-    from . import attacks, nn, viz
-    from .train import Trainer
+    from ..adversarial import attacks
+    from ..learn import nn
+    from ..learn.train import Trainer
+    from . import viz
     start = time.perf_counter()
     eps = _eps_list(args.eps)
     split, model, make_opt = _setup(args)
@@ -186,8 +188,9 @@ def _demo(args) -> int:
 
 def _boundary_plots(out: str, args) -> list:
     """Logistic regression and an MLP on two moons: the course's decision-boundary figures."""
-    from . import data, nn, optim, viz
-    from .train import train
+    from ..learn import data, nn, optim
+    from ..learn.train import train
+    from . import viz
     s = data.load("moons", seed=args.seed)
     paths = []
     for name, model, opt, epochs in (
@@ -206,7 +209,8 @@ def _graph_plot(out: str) -> str:
     """The computation graph of logistic regression's loss and its gradients (forward vs backward)."""
     import graphc as gc
 
-    from . import nn, viz
+    from ..learn import nn
+    from . import viz
     model = nn.LogisticRegression(2)
     x, y = gc.placeholder("x", (None, 2)), gc.placeholder("y", (None,), "int64")
     loss = gc.softmax_cross_entropy(model(x), y)
@@ -260,7 +264,8 @@ def attack_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _attack_cmd(args) -> int:
-    from . import attacks, nn
+    from ..adversarial import attacks
+    from ..learn import nn
     start = time.perf_counter()
     eps = _eps_list(args.eps)
     split, model, make_opt = _setup(args)

@@ -33,7 +33,7 @@ DEFAULT_PASSES = tuple(PIPELINE)
 def run_pipeline(outputs: list, passes=DEFAULT_PASSES) -> list:
     unknown = set(passes) - set(PIPELINE)
     if unknown:
-        from ..errors import GraphError
+        from ...ir.errors import GraphError
         raise GraphError(f"unknown pass(es) {sorted(unknown)}; available: {list(PIPELINE)}")
     for name, fn in PIPELINE.items():
         if name in passes:

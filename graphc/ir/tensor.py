@@ -215,4 +215,4 @@ def as_tensor(x, like: Optional[Tensor] = None) -> Tensor:
     return constant(arr)
 
 
-from . import ops as _F  # noqa: E402  (ops build Tensors; Tensor methods call ops)
+from .. import ops as _F  # noqa: E402  (ops build Tensors; Tensor methods call ops)

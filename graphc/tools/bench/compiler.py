@@ -34,8 +34,8 @@ import numpy as np
 
 import graphc as gc
 
-from ..graph import reachable
-from ..schedule import plan_arena
+from ...compiler.schedule import plan_arena
+from ...ir.graph import reachable
 from .workloads import (
     MLP_SIZES,
     PAUSE_S,
@@ -303,10 +303,10 @@ def rss_child(steps: int = RSS_STEPS, threads=None, lr: float = 0.01) -> dict:
 
 def rss_series(steps: int = RSS_STEPS, threads=None) -> dict:
     """RSS after steps 1, 10, 100, ..., `steps` of the passes-on W-mlp step, in a fresh interpreter."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))  # holds graphc/
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = ("import json, sys; from graphc.bench.compiler import rss_child; "
+    code = ("import json, sys; from graphc.tools.bench.compiler import rss_child; "
             "print(json.dumps(rss_child(int(sys.argv[1]), int(sys.argv[2]) or None)))")
     proc = subprocess.run([sys.executable, "-c", code, str(int(steps)), str(int(threads or 0))],
                           capture_output=True, text=True, env=env, check=False)

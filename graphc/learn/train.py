@@ -25,15 +25,14 @@ import contextlib
 import os
 import sys
 import time
-import types
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import ops as F
-from .autodiff import grad
-from .runtime import compile as gc_compile
-from .tensor import Tensor, placeholder
+from .. import ops as F
+from ..compiler.autodiff import grad
+from ..compiler.runtime import compile as gc_compile
+from ..ir.tensor import Tensor, placeholder
 
 __all__ = ["Trainer", "History", "train", "predict_logits", "predict", "accuracy", "loss_tensor", "model_cache",
            "limit_threads"]
@@ -324,7 +323,7 @@ def limit_threads(n: int = 1):
 
     Small models run thousands of tiny kernels; multi-threaded OpenBLAS and OpenMP spin-wait for
     each other and can be 10-50x slower on them when the cores are shared with other work."""
-    from .backends import backend_info, set_num_threads
+    from ..backends import backend_info, set_num_threads
     before = backend_info().get("threads", 0) if backend_info().get("c_available") else None
     if before is not None:
         set_num_threads(n)
@@ -368,13 +367,3 @@ def train(model, X: np.ndarray, y: np.ndarray, epochs: int = 10, optimizer: Any 
     trainer = Trainer(model, optimizer, loss=loss, batch_size=batch_size, backend=backend, seed=seed,
                       progress=progress, verbose=verbose)
     return trainer.fit(X, y, epochs, X_test=X_test, y_test=y_test, adversary=adversary)
-
-
-class _CallableModule(types.ModuleType):
-    """Lets `graphc.train` be both this module and the train() function: gc.train(model, X, y)."""
-
-    def __call__(self, *args, **kwargs) -> History:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -5,8 +5,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..graph import consumers, reachable
-from ..tensor import Tensor
+from ...ir.graph import consumers, reachable
+from ...ir.tensor import Tensor
 
 Rule = Callable[[Tensor], Optional[Tensor]]
 

@@ -10,11 +10,11 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import GraphError, node_error, user_source
-from .graph import reachable
-from .ops import REGISTRY
-from .ops.core import cast, zeros_like
-from .tensor import Tensor, constant
+from ..ir.errors import GraphError, node_error, user_source
+from ..ir.graph import reachable
+from ..ir.tensor import Tensor, constant
+from ..ops import REGISTRY
+from ..ops.core import cast, zeros_like
 
 
 def grad(y: Tensor, wrt: Union[Tensor, Sequence[Tensor]]) -> Union[Tensor, list[Tensor]]:

@@ -25,8 +25,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .graph import reachable
-from .tensor import Tensor
+from ..ir.graph import reachable
+from ..ir.tensor import Tensor
 
 __all__ = ["plot_history", "plot_decision_boundary", "plot_adversarial_examples", "plot_robustness",
            "draw_graph", "graph_to_dot", "classify_nodes", "is_png"]
@@ -97,7 +97,7 @@ def plot_decision_boundary(model, X: np.ndarray, y: np.ndarray, path=None, title
 
     Binary models are shaded by p(y=1|x) with the 0.5 contour drawn; a LogisticRegression also gets
     its boundary line wᵀx + b = 0 (dashed), as in the course figures."""
-    from .train import predict_logits
+    from ..learn.train import predict_logits
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or X.shape[1] != 2:
         raise ValueError(f"decision boundaries are drawn for 2-D inputs, got X of shape {X.shape}")
@@ -146,7 +146,7 @@ def plot_adversarial_examples(model, x_clean: np.ndarray, x_adv: np.ndarray, y: 
                               backend: Optional[str] = None) -> Any:
     """A grid: clean images (row 1), adversarial images (row 2), the perturbation δ (row 3), each
     titled with the model's prediction (green when correct, red when wrong)."""
-    from .train import predict
+    from ..learn.train import predict
     x_clean, x_adv, y = np.asarray(x_clean)[:n], np.asarray(x_adv)[:n], np.asarray(y)[:n]
     n = len(x_clean)
     if image_shape is None:

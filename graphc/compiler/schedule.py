@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from .errors import GraphError
-from .graph import reachable
-from .tensor import Tensor
+from ..ir.errors import GraphError
+from ..ir.graph import reachable
+from ..ir.tensor import Tensor
 
 LEAVES = ("placeholder", "parameter", "constant")
 

@@ -101,7 +101,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _backends(spec: str) -> list[str]:
-    from .backends import C_AVAILABLE
+    from ..backends import C_AVAILABLE
     wanted = [b.strip().lower() for b in spec.split(",") if b.strip()]
     out = []
     for b in wanted:
@@ -125,7 +125,7 @@ def run_fuzz(*, max_examples: Optional[int], seconds: Optional[float], seed: int
     from hypothesis import HealthCheck, find, settings
     from hypothesis.errors import Flaky, NoSuchExample
 
-    from .testing import GraphCheck, check_graph, graphs, prune
+    from .strategies import GraphCheck, check_graph, graphs, prune
 
     stats = FuzzStats()
     start = time.monotonic()
@@ -211,8 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError:
         print("graphc fuzz needs hypothesis: pip install hypothesis (or graphc[test])", file=sys.stderr)
         return 2
-    from .ops import REGISTRY
-    from .testing import LEAVES, reproducer
+    from ..ops import REGISTRY
+    from .strategies import LEAVES, reproducer
 
     backends = _backends(args.backend)
     ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
