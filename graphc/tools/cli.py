@@ -6,11 +6,14 @@ import sys
 
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS = {
-    "demo": ("graphc.tools.demo", "demo_main", "train an MLP on digits, attack it (FGSM/PGD), adversarially train, plot"),
+    "demo": ("graphc.tools.demo", "demo_main",
+             "train an MLP on digits, attack it (FGSM/PGD), adversarially train, plot"),
     "train": ("graphc.tools.demo", "train_main", "train a model on a bundled dataset"),
     "attack": ("graphc.tools.demo", "attack_main", "train (or load) a model and measure robust accuracy"),
-    "fuzz": ("graphc.verify.fuzz", "main", "random-graph gradient fuzzing: C vs NumPy vs finite differences"),
-    "bench": ("graphc.tools.bench", "main", "benchmarks: GEMM, MLP/logistic-regression steps, dispatch overhead"),
+    "fuzz": ("graphc.verify.fuzz", "main",
+             "random-graph gradient fuzzing: C vs NumPy vs finite differences"),
+    "bench": ("graphc.tools.bench", "main",
+              "benchmarks: GEMM, MLP/logistic-regression steps, dispatch overhead"),
     "info": ("graphc.tools.cli", "info_main", "print the backend in use, SIMD level and thread count"),
 }
 
