@@ -6,7 +6,7 @@ Lowering (once per Plan, in `make_runner`):
     *external*: outputs are written straight into fresh arrays, never copied.
   * Each step with a C kernel for its op, dtypes and shapes becomes one or a few instructions
     in a flat int64 array (format in csrc/exec.h); float attributes go to a double array,
-    constants to a byte pool. The rules are the table `_LOWER` below.
+    constants to a byte pool. The rules are `LOWERINGS` below, picked by each OpDef's `lowering`.
   * Steps without a C lowering stay NumPy steps: the code is cut into segments around them and
     they read and write the arena through ndarray views at the planned offsets.
 
@@ -23,7 +23,7 @@ import numpy as np
 from .. import _cgraphc
 from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
 from ..ir.errors import GraphError, node_error
-from ..ops import REGISTRY
+from ..ops import REGISTRY, memory_traits
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
 
@@ -51,11 +51,6 @@ FUSED_OPS = {"neg": lib.GC_F_NEG, "exp": lib.GC_F_EXP, "log": lib.GC_F_LOG, "sqr
              "sigmoid_grad": lib.GC_F_SIGMOID_GRAD, "tanh_grad": lib.GC_F_TANH_GRAD}
 FUSED_BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "relu_grad", "leaky_relu_grad",
                 "sigmoid_grad", "tanh_grad"}
-
-# Ops that are a new shape over the same contiguous bytes: no instruction, a shared buffer.
-ALIASES = frozenset({"reshape", "expand_dims", "squeeze", "reshape_like", "stop_gradient"})
-# Ops whose kernels allow out == in (same index), so the arena may write them over a dying input.
-INPLACE = frozenset(set(UNARY) | set(BINARY) | {"activation_grad", "softmax", "fused_elementwise"})
 
 _NO_REF = -1
 _EMPTY_ARENA = np.zeros(ALIGN, np.uint8)  # the arena of plans whose intermediates hold no bytes
@@ -455,16 +450,18 @@ def _fused(lw, k, step):
     return True
 
 
-_LOWER = {
-    "matmul": _gemm, "dense": _gemm, "activation_grad": _act_grad, "sum": _reduce, "max": _reduce,
-    "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose,
-    "softmax": _softmax, "softmax_grad": _softmax, "softmax_cross_entropy": _sce,
-    "softmax_cross_entropy_grad": _sce, "binary_cross_entropy": _bce,
-    "conv2d": _conv, "conv2d_input_grad": _conv, "conv2d_weight_grad": _conv,
-    "cast": _cast, "zeros_like": _fill, "ones_like": _fill, "fused_elementwise": _fused,
-    **{op: _pool for op in _POOL}, **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
-    **{op: _alias for op in ALIASES},
+# lowering rules by the name an OpDef gives in its `lowering` field
+LOWERINGS = {
+    "gemm": _gemm, "unary": _unary, "binary": _binary, "act_grad": _act_grad, "reduce": _reduce,
+    "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose, "softmax": _softmax,
+    "sce": _sce, "bce": _bce, "conv": _conv, "pool": _pool, "cast": _cast, "fill": _fill, "fused": _fused,
+    "alias": _alias,
 }
+
+
+def _rule(op: str):
+    lowering = REGISTRY[op].lowering
+    return LOWERINGS[lowering] if lowering else None
 
 
 # -- building the runner -------------------------------------------------------------------------
@@ -475,15 +472,16 @@ class Lowered:
         self.plan = plan
         steps = plan.steps
         leaves = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
-        alias_slots = {st.out for st in steps if st.node.op in ALIASES}
+        inplace_ops, aliasing = memory_traits()
+        alias_slots = {st.out for st in steps if st.node.op in aliasing}
         direct: dict = {}  # output slot written straight into outs[j]
         for j, s in enumerate(plan.outputs):
             if s not in leaves and s not in alias_slots and s not in direct:
                 direct[s] = j
         external = frozenset(leaves | set(direct))
-        self.arena = plan_arena(plan, reuse=reuse, inplace_ops=INPLACE, aliasing=ALIASES, external=external)
+        self.arena = plan_arena(plan, reuse=reuse, inplace_ops=inplace_ops, aliasing=aliasing, external=external)
         if not self._inplace_is_elementwise(plan, self.arena):  # never trust a planner bug with memory
-            self.arena = plan_arena(plan, reuse=reuse, aliasing=ALIASES, external=external)
+            self.arena = plan_arena(plan, reuse=reuse, aliasing=aliasing, external=external)
         lw = self.lw = _Lowering(plan)
         # the pointer table: used feeds, parameters, then the outputs
         self.feed_ext = [(e, k) for e, (_, k) in enumerate(plan.feeds)]
@@ -510,12 +508,12 @@ class Lowered:
         self.numpy_steps = []
         start = 0
         for k, step in enumerate(steps):
-            rule = _LOWER.get(step.node.op)
+            rule = _rule(step.node.op)
             before = len(lw.words)
             if rule is not None and rule(lw, k, step):
                 continue
             del lw.words[before:]
-            if step.node.op in ALIASES:  # pragma: no cover - aliases always lower
+            if step.node.op in aliasing:  # pragma: no cover - aliases always lower
                 raise AssertionError("alias step without a lowering")
             if len(lw.words) > start:
                 self.program.append(("c", start, len(lw.words)))

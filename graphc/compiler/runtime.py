@@ -13,16 +13,9 @@ from .. import backends
 from ..ir.errors import GraphError, fmt_shape, node_error, user_source
 from ..ir.graph import reachable
 from ..ir.tensor import Tensor, constant
-from ..ops import REGISTRY
+from ..ops import REGISTRY, memory_traits
 from .passes import DEFAULT_PASSES, run_pipeline
 from .schedule import Plan, make_plan, plan_arena
-
-# Arena layout: elementwise kernels may write over a dead input; reshape-like ops are views.
-INPLACE_OPS = frozenset({"add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "relu",
-                         "leaky_relu", "power", "maximum", "minimum", "activation_grad", "fused_elementwise"})
-ALIASING_OPS = frozenset({"reshape", "reshape_like", "expand_dims", "squeeze", "stop_gradient"})
-# Shape-plumbing ops that are the identity once shapes are concrete and equal.
-_IDENTITY_WHEN_SAME_SHAPE = ("sum_to", "broadcast_like", "reshape_like")
 
 
 class Function:
@@ -168,8 +161,8 @@ class Function:
         """How this Function's plans are laid out in memory (see schedule.plan_arena)."""
         plan = plan or self._last_plan
         external = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
-        return dict(reuse=True, inplace_ops=INPLACE_OPS, aliasing=ALIASING_OPS,
-                    external=external | set(plan.outputs))
+        inplace_ops, aliasing = memory_traits()
+        return dict(reuse=True, inplace_ops=inplace_ops, aliasing=aliasing, external=external | set(plan.outputs))
 
     def explain(self) -> str:
         """The plan of the most recent call: steps in order with op, shapes, fused groups and the
@@ -211,7 +204,7 @@ def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor
             new = node
         else:
             ins = [clone[i.id] for i in node.inputs]
-            if node.op in _IDENTITY_WHEN_SAME_SHAPE and ins[0].shape == ins[1].shape:
+            if REGISTRY[node.op].same_shape_identity and ins[0].shape == ins[1].shape:
                 clone[node.id] = ins[0]
                 continue
             try:

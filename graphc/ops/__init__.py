@@ -34,19 +34,72 @@ class Domain:
 
 @dataclass(frozen=True)
 class OpDef:
+    """Everything graphc knows about one op. Every other layer reads its tables from here.
+
+    Semantics: `infer` (shape+dtype rule), `forward` (NumPy), `vjp` (built from graphc ops, so
+    gradients are graphs), `differentiable` (False: gradients through it are zero).
+
+    Memory traits, read by the arena planner (both `Function.explain()` and the C backend):
+    `inplace` (its kernels may write the output over a same-size input, index for index) and
+    `alias` (the output is input 0's bytes in a new shape: a view, no kernel).
+
+    C lowering: `lowering` names the rule in graphc.backends.c.LOWERINGS that emits it ("unary",
+    "binary", "gemm", ...); elementwise kernels find their C code by convention from `kernel(attrs)`
+    (GC_U_<NAME>, GC_B_<NAME>, GC_F_<NAME>), with `kernel_param` the attribute passed as the
+    kernel's float parameter. `fusible`: may be an instruction of a fused_elementwise program;
+    `variants` names the kernels one op stands for, by attribute values (activation_grad's
+    relu_grad, sigmoid_grad, ...). `dense_act`: may be the GEMM's epilogue activation.
+
+    Verification: `domain` (one Domain per input: fuzz range, kinks, distinct values), `branch`
+    ((out, *inputs, **attrs) -> an array that changes exactly when the op switches branch; default:
+    the sign of each input minus each kink), `fuzz` (the graphc.testing case kind that draws its
+    inputs), `value_preserving` / `monotonic` (a kink after it applies before it; distinct values
+    stay distinct), `no_vjp` (why a differentiable op has no VJP of its own)."""
     name: str
     infer: Callable  # (inputs: list[Tensor], **attrs) -> (shape, dtype)
     forward: Callable  # (*arrays, **attrs) -> ndarray
     vjp: Optional[Callable] = None  # (g, out, *inputs, **attrs) -> list[Tensor | None], one per input
     domain: tuple = ()  # one Domain per input (missing entries: Domain())
-    differentiable: bool = True  # False: gradients through it are zero (sign, comparisons, ...)
+    differentiable: bool = True
     elementwise: bool = False
-    c_kernel: Optional[str] = None
     arity: Optional[int] = None  # None = variadic
-    tags: frozenset = field(default_factory=frozenset)
+    # memory
+    inplace: bool = False
+    alias: bool = False
+    same_shape_identity: bool = False  # (x, like) shape plumbing: the identity once both shapes are equal
+    # C lowering
+    lowering: Optional[str] = None
+    kernel_param: Optional[str] = None
+    fusible: bool = False
+    variants: dict = field(default_factory=dict)  # kernel name -> the attribute values it stands for
+    dense_act: bool = False
+    # verification
+    branch: Optional[Callable] = None
+    fuzz: Optional[str] = None
+    value_preserving: bool = False
+    monotonic: bool = False
+    no_vjp: str = ""
 
     def input_domain(self, i: int) -> Domain:
         return self.domain[i] if i < len(self.domain) else Domain()
+
+    def kernel(self, attrs: dict) -> str:
+        """The name of the elementwise kernel computing a node of this op with these attributes."""
+        for name, fixed in self.variants.items():
+            if all(attrs.get(k) == v for k, v in fixed.items()):
+                return name
+        return self.name
+
+    def kernel_attrs(self, kernel: str, param: float) -> dict:
+        """The attributes a fused instruction (kernel, param) stands for (inverse of `kernel`)."""
+        attrs = dict(self.variants.get(kernel, {}))
+        if self.kernel_param:
+            attrs[self.kernel_param] = param
+        return attrs
+
+    def kernel_value(self, attrs: dict) -> float:
+        """The float parameter its kernels take (leaky slope, exponent, ...), 0 when none."""
+        return float(attrs.get(self.kernel_param) or 0.0) if self.kernel_param else 0.0
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -56,7 +109,28 @@ def register(op: OpDef) -> OpDef:
     if op.name in REGISTRY:
         raise ValueError(f"op {op.name!r} registered twice")
     REGISTRY[op.name] = op
+    _FUSED_KERNELS.clear()
     return op
+
+
+_FUSED_KERNELS: dict = {}
+
+
+def fused_kernels() -> dict:
+    """kernel name -> (OpDef, fixed attributes) for every instruction a fused_elementwise
+    program may hold (derived from the registry's `fusible` ops and their `variants`)."""
+    if not _FUSED_KERNELS:
+        for op in REGISTRY.values():
+            if op.fusible:
+                for name, fixed in (op.variants or {op.name: {}}).items():
+                    _FUSED_KERNELS[name] = (op, fixed)
+    return _FUSED_KERNELS
+
+
+def memory_traits() -> tuple:
+    """(in-place ops, aliasing ops): the arena planner's view of the registry."""
+    return (frozenset(n for n, op in REGISTRY.items() if op.inplace),
+            frozenset(n for n, op in REGISTRY.items() if op.alias))
 
 
 def apply(name: str, inputs, name_hint: Optional[str] = None, **attrs) -> Tensor:

@@ -51,9 +51,15 @@ _UNARY = {
     "power": (lambda x, p: np.power(x, np.asarray(p, x.dtype)),
               lambda g, out, x, p: [g * (p * power(x, p - 1))], POSITIVE),
 }
+_UNARY_TRAITS = dict(infer=_float_same, arity=1, elementwise=True, inplace=True, lowering="unary", fusible=True,
+                     fuzz="unary")
+_KERNEL_PARAM = {"leaky_relu": "alpha", "power": "p"}
+_MONOTONE = {"neg", "exp", "log", "sqrt", "sigmoid", "tanh", "leaky_relu", "power"}  # strictly, on their domain
+_GEMM_EPILOGUE = {"relu", "leaky_relu", "sigmoid", "tanh"}  # activations the GEMM applies in its epilogue
 for _name, (_fwd, _vjp, _dom) in _UNARY.items():
-    register(OpDef(_name, infer=_float_same, forward=_fwd, vjp=_vjp, domain=(_dom,), arity=1, elementwise=True))
-register(OpDef("sign", infer=_float_same, forward=np.sign, differentiable=False, arity=1, elementwise=True))
+    register(OpDef(_name, forward=_fwd, vjp=_vjp, domain=(_dom,), kernel_param=_KERNEL_PARAM.get(_name),
+                   monotonic=_name in _MONOTONE, dense_act=_name in _GEMM_EPILOGUE, **_UNARY_TRAITS))
+register(OpDef("sign", forward=np.sign, differentiable=False, domain=(Domain(kinks=(0.0,)),), **_UNARY_TRAITS))
 
 
 def neg(x) -> Tensor:
@@ -140,8 +146,14 @@ def _act_grad_infer(inputs, act, alpha=0.0):
     return broadcast_shapes(y.shape, g.shape), np.result_type(y.dtype, g.dtype)
 
 
+def _act_grad_branch(out, y, g, act, alpha=0.0):
+    return np.sign(np.asarray(y, np.float64)) if act in ("relu", "leaky_relu") else None
+
+
 register(OpDef("activation_grad", infer=_act_grad_infer, forward=_act_grad_forward, vjp=_act_grad_vjp,
-               arity=2, elementwise=True))
+               arity=2, elementwise=True, inplace=True, lowering="act_grad", fusible=True, kernel_param="alpha",
+               variants={f"{a}_grad": {"act": a} for a in ACTIVATIONS if a != "identity"},
+               branch=_act_grad_branch, fuzz="activation_grad"))
 
 
 def activation_grad(y: Tensor, g: Tensor, act: str, alpha: float = 0.0) -> Tensor:
@@ -175,7 +187,8 @@ _BINARY = {
                 (Domain(distinct=True), Domain(distinct=True))),
 }
 for _name, (_fwd, _vjp, _dom) in _BINARY.items():
-    register(OpDef(_name, infer=_binary_infer, forward=_fwd, vjp=_vjp, domain=_dom, arity=2, elementwise=True))
+    register(OpDef(_name, infer=_binary_infer, forward=_fwd, vjp=_vjp, domain=_dom, arity=2, elementwise=True,
+                   inplace=True, lowering="binary", fusible=_name != "pow", fuzz="binary"))
 
 
 def add(a, b) -> Tensor:
@@ -222,7 +235,8 @@ def _compare_infer(inputs):
 _COMPARE = {"less": np.less, "less_equal": np.less_equal, "greater": np.greater,
             "greater_equal": np.greater_equal, "equal": np.equal, "not_equal": np.not_equal}
 for _name, _fwd in _COMPARE.items():
-    register(OpDef(_name, infer=_compare_infer, forward=_fwd, differentiable=False, arity=2, elementwise=True))
+    register(OpDef(_name, infer=_compare_infer, forward=_fwd, differentiable=False, arity=2, elementwise=True,
+                   fuzz="binary"))
 
 
 def less(a, b) -> Tensor:
@@ -262,7 +276,8 @@ def _where_vjp(g, out, c, a, b):
     return [None, unbroadcast(where(c, g, zero), a), unbroadcast(where(c, zero, g), b)]
 
 
-register(OpDef("where", infer=_where_infer, forward=np.where, vjp=_where_vjp, arity=3, elementwise=True))
+register(OpDef("where", infer=_where_infer, forward=np.where, vjp=_where_vjp, arity=3, elementwise=True,
+               fuzz="where"))
 
 
 def where(cond, a, b) -> Tensor:
@@ -298,8 +313,13 @@ def _clip_infer(inputs, lo, hi):
     return _float_same(inputs)
 
 
+def _clip_branch(out, x, lo, hi):
+    parts = [np.sign(np.asarray(x, np.float64) - b) for b in (lo, hi) if b is not None]
+    return np.stack(parts) if parts else None
+
+
 register(OpDef("clip", infer=_clip_infer, forward=_clip_forward, vjp=_clip_vjp, arity=1, elementwise=True,
-               domain=(Domain(kinks=(-1.0, 1.0)),)))
+               domain=(Domain(kinks=(-1.0, 1.0)),), branch=_clip_branch, fuzz="unary"))
 
 
 def clip(x, lo=None, hi=None) -> Tensor:

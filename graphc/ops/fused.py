@@ -60,7 +60,12 @@ def _dense_vjp(g, out, x, w, *b, trans_a, trans_b, act, alpha):
     return grads + ([unbroadcast(sum(gz, 0), b[0])] if b else [])
 
 
-register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, c_kernel="gemm"))
+def _dense_branch(out, x, w, *b, act, **_):
+    return np.sign(np.asarray(out, np.float64)) if act in ("relu", "leaky_relu") else None
+
+
+register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, lowering="gemm", fuzz="matmul",
+               branch=_dense_branch))
 
 
 def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False, trans_b=False):
@@ -116,4 +121,5 @@ def _fused_forward(*inputs, program, shape, dtype):
     return np.broadcast_to(out, shape) if out.shape != tuple(shape) else out
 
 
-register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True))
+register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True, inplace=True,
+               lowering="fused", fuzz="fused_elementwise", no_vjp="made by the fusion pass after differentiation"))

@@ -43,9 +43,11 @@ def _max_vjp(g, out, x, axes, keepdims):
 
 
 register(OpDef("sum", infer=_reduce_infer, forward=lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
-               vjp=lambda g, out, x, axes, keepdims: [broadcast_like(_kept(g, axes, keepdims), x)], arity=1))
+               vjp=lambda g, out, x, axes, keepdims: [broadcast_like(_kept(g, axes, keepdims), x)], arity=1,
+               lowering="reduce", fuzz="reduce"))
 register(OpDef("max", infer=_reduce_infer, forward=_max_forward, vjp=_max_vjp, arity=1,
-               domain=(Domain(distinct=True),)))
+               domain=(Domain(distinct=True),), lowering="reduce", fuzz="reduce", value_preserving=True,
+               branch=lambda out, x, axes, keepdims: x == np.max(x, axis=axes, keepdims=True)))
 
 
 def _attrs(x: Tensor, axis, keepdims):
@@ -80,7 +82,7 @@ def _argmax_infer(inputs, axis):
 
 
 register(OpDef("argmax", infer=_argmax_infer, forward=lambda x, axis: np.argmax(x, axis=axis).astype(np.int64),
-               differentiable=False, arity=1))
+               differentiable=False, arity=1, fuzz="reduce"))
 
 
 def argmax(x, axis: int = -1) -> Tensor:
