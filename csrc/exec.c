@@ -274,19 +274,19 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         REQUIRE(x && y);
         return TWIN(gc_softmax, a[0], a[1], x, y, (int)a[4]);
     }
-    case GC_OP_SOFTMAX_BWD: {
+    case GC_OP_SOFTMAX_GRAD: {
         NEED(6);
         void *y = PTR(2), *g = PTR(3), *dx = PTR(4);
         REQUIRE(y && g && dx);
         return TWIN(gc_softmax_backward, a[0], a[1], y, g, dx, (int)a[5]);
     }
-    case GC_OP_SCE_FWD: {
+    case GC_OP_SOFTMAX_CROSS_ENTROPY: {
         NEED(5);
         void *logits = PTR(2), *labels = PTR(3), *loss = PTR(4);
         REQUIRE(logits && labels && loss);
         return TWIN(gc_softmax_ce_fwd, a[0], a[1], logits, labels, loss);
     }
-    case GC_OP_SCE_BWD: {
+    case GC_OP_SOFTMAX_CROSS_ENTROPY_GRAD: {
         NEED(6);
         void *logits = PTR(2), *labels = PTR(3), *g = PTR(4), *dl = PTR(5);
         REQUIRE(logits && labels && g && dl);
@@ -294,48 +294,48 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         const double gv = f64 ? *(const double *)g : (double)*(const float *)g;
         return TWIN(gc_softmax_ce_bwd, a[0], a[1], logits, labels, gv, dl);
     }
-    case GC_OP_BCE_FWD: {
+    case GC_OP_BINARY_CROSS_ENTROPY: {
         NEED(4);
         void *z = PTR(1), *t = PTR(2), *loss = PTR(3);
         REQUIRE(z && t && loss);
         return TWIN(gc_bce_logits_fwd, a[0], z, t, loss);
     }
-    case GC_OP_CONV_FWD: {
+    case GC_OP_CONV2D: {
         NEED(15);
         void *x = PTR(11), *w = PTR(12), *bias = PTR(13), *y = PTR(14);
         REQUIRE(x && w && y);
         return TWIN(gc_conv2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x, w,
                     bias, y);
     }
-    case GC_OP_CONV_BWD_INPUT: {
+    case GC_OP_CONV2D_INPUT_GRAD: {
         NEED(14);
         void *w = PTR(11), *gy = PTR(12), *gx = PTR(13);
         REQUIRE(w && gy && gx);
         return TWIN(gc_conv2d_bwd_input, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], w,
                     gy, gx);
     }
-    case GC_OP_CONV_BWD_WEIGHT: {
+    case GC_OP_CONV2D_WEIGHT_GRAD: {
         NEED(14);
         void *x = PTR(11), *gy = PTR(12), *gw = PTR(13);
         REQUIRE(x && gy && gw);
         return TWIN(gc_conv2d_bwd_weight, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x,
                     gy, gw);
     }
-    case GC_OP_MAXPOOL_FWD: case GC_OP_AVGPOOL_FWD: {
+    case GC_OP_MAX_POOL2D: case GC_OP_AVG_POOL2D: {
         NEED(12);
         void *x = PTR(10), *y = PTR(11);
         REQUIRE(x && y);
-        if (op == GC_OP_MAXPOOL_FWD)
+        if (op == GC_OP_MAX_POOL2D)
             return TWIN(gc_maxpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
         return TWIN(gc_avgpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
     }
-    case GC_OP_MAXPOOL_BWD: {
+    case GC_OP_MAX_POOL2D_GRAD: {
         NEED(13);
         void *x = PTR(10), *gy = PTR(11), *gx = PTR(12);
         REQUIRE(x && gy && gx);
         return TWIN(gc_maxpool2d_bwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, gy, gx);
     }
-    case GC_OP_AVGPOOL_BWD: {
+    case GC_OP_AVG_POOL2D_GRAD: {
         NEED(12);
         void *gy = PTR(10), *gx = PTR(11);
         REQUIRE(gy && gx);

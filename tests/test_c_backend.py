@@ -16,8 +16,8 @@ from hypothesis.extra import numpy as hnp
 import graphc as gc
 from graphc.backends import C_AVAILABLE
 from graphc.ir.graph import reachable
-from graphc.ops import apply
-from graphc.ops.fused import FUSED_BINARY, FUSED_UNARY, run_program
+from graphc.ops import apply, fused_kernels
+from graphc.ops.fused import run_program
 
 pytestmark = pytest.mark.skipif(not C_AVAILABLE, reason="the C extension is not built")
 
@@ -260,7 +260,18 @@ def test_fused_dense_epilogues():
 
 
 # -- fused_elementwise --------------------------------------------------------------------------------
-_PARAMS = {"leaky_relu": [0.1, 0.3], "power": [2.0, 3.0, 0.5, -1.0], "leaky_relu_grad": [0.1]}
+_PARAMS = {"power": [2.0, 3.0, 0.5, -1.0]}  # other kernels with a parameter: _DEFAULT_PARAMS
+_DEFAULT_PARAMS = [0.1, 0.3, 1.5]
+
+
+def _fused_ops(arity):
+    """The fused kernels of that many operands, from the registry."""
+    return sorted(k for k, (op, _) in fused_kernels().items() if op.arity == arity)
+
+
+def _params(kernel):
+    op, _ = fused_kernels()[kernel]
+    return _PARAMS.get(kernel, _DEFAULT_PARAMS) if op.kernel_param else [None]
 
 
 @st.composite
@@ -276,12 +287,12 @@ def fused_programs(draw):
         if kind == "const":
             program.append(("const", (), draw(st.sampled_from([0.5, -2.0, 3.0]))))
         elif kind == "unary":
-            op = draw(st.sampled_from(sorted(FUSED_UNARY)))
-            program.append((op, (draw(st.integers(0, nvals - 1)),), draw(st.sampled_from(_PARAMS.get(op, [None])))))
+            op = draw(st.sampled_from(_fused_ops(1)))
+            program.append((op, (draw(st.integers(0, nvals - 1)),), draw(st.sampled_from(_params(op)))))
         else:
-            op = draw(st.sampled_from(sorted(FUSED_BINARY)))
+            op = draw(st.sampled_from(_fused_ops(2)))
             args = (draw(st.integers(0, nvals - 1)), draw(st.integers(0, nvals - 1)))
-            program.append((op, args, draw(st.sampled_from(_PARAMS.get(op, [None])))))
+            program.append((op, args, draw(st.sampled_from(_params(op)))))
         nvals += 1
     seed = draw(st.integers(0, 2**16))
     return dt, shape, full, tuple(program), seed

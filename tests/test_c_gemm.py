@@ -26,7 +26,8 @@ ffi, lib = _mod.ffi, _mod.lib
 if not hasattr(lib, "gc_sgemm"):
     pytest.skip("C extension has no GEMM", allow_module_level=True)
 
-IDENTITY, RELU, LEAKY, SIGMOID, TANH = 0, 1, 2, 3, 4
+IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU = (lib.GC_ACT_IDENTITY, lib.GC_ACT_RELU, lib.GC_ACT_LEAKY_RELU,
+                                             lib.GC_ACT_SIGMOID, lib.GC_ACT_TANH, lib.GC_ACT_ELU)
 CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
@@ -75,6 +76,8 @@ def act_ref(z, act, p):
             return 1.0 / (1.0 + np.exp(-z))
         if act == TANH:
             return np.tanh(z)
+        if act == ELU:
+            return np.where(z > 0, z, p * np.expm1(np.minimum(z, 0)))
     return z
 
 
@@ -112,7 +115,7 @@ SIZES = st.one_of(st.integers(0, 20),
        transA=st.booleans(), transB=st.booleans(),
        pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
        beta=st.sampled_from([0.0, 1.0]), with_bias=st.booleans(),
-       act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH]),
+       act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU]),
        simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
 def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, with_bias, act, simd,
                                  threads, seed):
@@ -239,7 +242,7 @@ SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-3, -1e-3, 0.3, -0.3, 0.5, -
            700.0, -700.0, 800.0, -800.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
 
 
-@pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY])
+@pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY, ELU])
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N", [(40, 5), (192, 200)])  # the direct path and the packed path

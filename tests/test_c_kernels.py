@@ -1,7 +1,7 @@
 """Tests of the C kernels in csrc/kernels*.c (header csrc/kernels.h) against NumPy references.
 
 Imports the real extension, graphc._cgraphc (skipped when it is not built). To test a module
-built elsewhere, e.g. `python csrc/build_cffi.py /tmp/kdev _k_dev gemm,kernels,kernels_math`,
+built elsewhere, e.g. `python csrc/build_cffi.py /tmp/kdev _k_dev gemm,kernels`,
 set GRAPHC_TEST_CMODULE=/tmp/kdev:_k_dev.
 
 Error measure: max |got - ref| / max |ref| (infinity norm relative to the output), with NaN and
@@ -9,6 +9,7 @@ inf required at the same places; tolerances 1e-5 for float32 and 1e-12 for float
 kernels are also checked against central finite differences in float64.
 """
 import importlib
+import math
 import os
 import sys
 import threading
@@ -126,6 +127,29 @@ def _sigmoid_ref(x):
     return np.where(x >= 0, 1, e) / (1 + e)
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+# PyTorch's definitions (torch.nn.functional), in float64
+def _softplus_ref(x, beta):
+    with np.errstate(over="ignore"):
+        return np.where(x * beta > 20, x, np.log1p(np.exp(x * beta)) / beta)
+
+
+def _elu_ref(x, alpha):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _gelu_ref(x):
+    with np.errstate(invalid="ignore"):
+        return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _gelu_tanh_ref(x):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
 MATH_REFS = {"exp": np.exp, "log": np.log, "sigmoid": _sigmoid_ref, "tanh": np.tanh}
 MATH_TOL = {F32: 5e-7, F64: 1e-15}
 
@@ -227,11 +251,15 @@ UNARY = {
     "GC_U_TANH": lambda x, p: np.tanh(x),
     "GC_U_RELU": lambda x, p: np.maximum(x, 0),
     "GC_U_LEAKY_RELU": lambda x, p: np.where(x < 0, x * p, x),
-    "GC_U_SQUARE": lambda x, p: x * x,
-    "GC_U_RECIPROCAL": lambda x, p: 1 / x,
-    "GC_U_POW_SCALAR": lambda x, p: np.power(x, p),
+    "GC_U_POWER": lambda x, p: np.power(x, p),
+    "GC_U_SOFTPLUS": lambda x, p: _softplus_ref(x, p),
+    "GC_U_ELU": lambda x, p: _elu_ref(x, p),
+    "GC_U_GELU": lambda x, p: _gelu_ref(x),
+    "GC_U_GELU_TANH": lambda x, p: _gelu_tanh_ref(x),
+    "GC_U_SILU": lambda x, p: x * _sigmoid_ref(x),
+    "GC_U_ERF": lambda x, p: _erf(x),
 }
-POSITIVE_ONLY = {"GC_U_LOG", "GC_U_SQRT", "GC_U_POW_SCALAR", "GC_U_RECIPROCAL"}
+POSITIVE_ONLY = {"GC_U_LOG", "GC_U_SQRT", "GC_U_POWER"}
 
 
 def _unary_input(rng, op, n, dt):
@@ -278,6 +306,7 @@ ACTS = {
     "GC_ACT_LEAKY_RELU": (lambda x, p: np.where(x > 0, x, p * x), lambda y, g, p: g * np.where(y > 0, 1, p)),
     "GC_ACT_SIGMOID": (lambda x, p: _sigmoid_ref(x), lambda y, g, p: g * y * (1 - y)),
     "GC_ACT_TANH": (lambda x, p: np.tanh(x), lambda y, g, p: g * (1 - y * y)),
+    "GC_ACT_ELU": (_elu_ref, lambda y, g, p: g * np.where(y > 0, 1, y + p)),
 }
 
 
@@ -315,7 +344,7 @@ def test_act_backward_finite_differences(act):
 
 BINARY = {
     "GC_B_ADD": np.add, "GC_B_SUB": np.subtract, "GC_B_MUL": np.multiply, "GC_B_DIV": np.divide,
-    "GC_B_POW": np.power, "GC_B_MAX": np.maximum, "GC_B_MIN": np.minimum,
+    "GC_B_POW": np.power, "GC_B_MAXIMUM": np.maximum, "GC_B_MINIMUM": np.minimum,
 }
 
 
@@ -395,7 +424,7 @@ def test_binary_fast_paths_and_in_place(case, dt):
 def test_binary_nan_and_bad_args(dt):
     a = np.array([np.nan, 1.0, np.nan, 2.0], dtype=dt)
     b = np.array([1.0, np.nan, np.nan, 3.0], dtype=dt)
-    for op in ("GC_B_MAX", "GC_B_MIN"):
+    for op in ("GC_B_MAXIMUM", "GC_B_MINIMUM"):
         out = run_binary(op, a, b)
         assert np.array_equal(np.isnan(out), [True, True, True, False])
     shp = ffi.new("int64_t[]", [1] * 9)
