@@ -107,6 +107,9 @@ int gc_softmax_backward_f64(int64_t rows, int64_t cols, const double *y, const d
 
 /* ---- fused losses, mean over the batch; float32 sums are accumulated in double ----
  * Softmax cross-entropy with integer labels: loss = mean_r(logsumexp(logits[r]) - logits[r, label_r]).
+ * A row whose max logit is not finite (NaN, +inf, or all -inf) makes the loss NaN and its gradient
+ * row NaN, as in NumPy and PyTorch; -inf logits in a row with a finite max are exact zeros of the
+ * softmax (a -inf logit at the label gives a +inf loss).
  * All labels are checked before anything else is read or written: returns (r + 1) for the first
  * row whose label is outside [0, cols) (saturating at INT_MAX), else 0. rows == 0: *loss = NaN (mean of nothing), returns 0. */
 int gc_softmax_ce_fwd_f32(int64_t rows, int64_t cols, const float *logits, const int64_t *labels, float *loss);

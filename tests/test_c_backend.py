@@ -368,6 +368,30 @@ def test_outputs_are_fresh_and_never_alias_inputs_or_each_other():
             assert not np.shares_memory(a, b)
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_non_finite_logits_give_numpys_nan_and_inf(dt, bad):
+    """A non-finite logit must not hide behind a finite result (issue 15 item 3: the C gradient row
+    of softmax cross-entropy was [-0, 0, 0] for a +inf logit at the label, NumPy's and PyTorch's
+    is NaN). Softmax, log-softmax, the fused loss and its gradient, and BCE from logits, row by row
+    and as one batch, against the NumPy backend: NaN and inf in the same places."""
+    rows = [([bad, 0.0, 1.0], 0), ([bad, 0.0, 1.0], 1), ([0.0, 1.0, bad], 0), ([bad, bad, 0.0], 2),
+            ([0.5, -1.0, 2.0], 1)]
+    x = gc.placeholder("x", (None, 3), dt)
+    y = gc.placeholder("y", (None,), "int64")
+    t = gc.placeholder("t", (None, 3), dt)
+    loss = gc.softmax_cross_entropy(x, y)
+    bce = gc.binary_cross_entropy(x, t)
+    outs = [loss, gc.grad(loss, [x])[0], gc.softmax(x), gc.log_softmax(x), bce, gc.grad(bce, [x])[0]]
+    batches = [[r] for r in rows] + [rows]
+    for batch in batches:
+        X = np.array([r for r, _ in batch], dt)
+        Y = np.array([label for _, label in batch], np.int64)
+        T = np.tile(np.array([0.0, 1.0, 0.25], dt), (len(batch), 1))
+        with np.errstate(all="ignore"):
+            both(outs, dict(x=X, y=Y, t=T))
+
+
 def test_label_out_of_range_names_the_op_and_line():
     x = gc.placeholder("x", (None, 3), "float32")
     y = gc.placeholder("y", (None,), "int64")

@@ -885,6 +885,48 @@ def test_bce_finite_differences_and_edges():
     assert np.isnan(run_bce_fwd(np.zeros(0), np.zeros(0)))
 
 
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_losses_and_softmax_with_non_finite_inputs_follow_numpy(dt, bad):
+    """NumPy's max-shifted formulas (graphc's NumPy backend): a row whose max is NaN or +inf, or that
+    is all -inf, is NaN in softmax, log-softmax and the cross-entropy gradient, and makes the loss
+    NaN; a -inf logit below a finite max is an exact 0 of the softmax. BCE from logits follows its
+    stable formula max(z, 0) - z t + log1p(exp(-|z|)) and sigmoid(z) - t."""
+    for row, label in [([bad, 0.0, 1.0], 0), ([bad, 0.0, 1.0], 2), ([0.0, 1.0, bad], 0), ([bad, bad, bad], 1)]:
+        x = np.array([row], dt)
+        labels = np.array([label], np.int64)
+        with np.errstate(all="ignore"):
+            xd = x.astype(np.float64)
+            z = xd - np.max(xd, axis=1, keepdims=True)
+            e = np.exp(z)
+            p = e / e.sum(axis=1, keepdims=True)
+            want_loss = np.mean(np.log(e.sum(axis=1)) - z[0, label])
+            want_grad = p.copy()
+            want_grad[0, label] -= 1
+            want_log = z - np.log(e.sum(axis=1, keepdims=True))
+        rc, loss = run_ce_fwd(x, labels)
+        assert rc == 0
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=str((row, label)))  # NaN/inf must match
+        rc, grad = run_ce_bwd(x, labels, 1.0)
+        assert rc == 0
+        assert np.array_equal(np.isnan(grad), np.isnan(want_grad)), (row, label, grad)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+        for log, want in ((0, p), (1, want_log)):
+            y = np.empty_like(x)
+            assert kfn("gc_softmax", dt)(1, 3, ptr(x), ptr(y), log) == 0
+            np.testing.assert_allclose(y, want, rtol=1e-6)  # NaN and inf must match too
+    z = np.array([bad, -bad, bad, 0.5], dt)
+    t = np.array([1.0, 0.0, 0.0, 0.5], dt)
+    with np.errstate(all="ignore"):
+        zd, td = z.astype(np.float64), t.astype(np.float64)
+        want_loss = bce_ref(zd, td)
+        want_grad = (_sigmoid_ref(zd) - td) / z.size
+    np.testing.assert_allclose(run_bce_fwd(z, t), want_loss, rtol=1e-6)
+    dz = np.empty_like(z)
+    assert kfn("gc_bce_logits_bwd", dt)(z.size, ptr(z), ptr(t), 1.0, ptr(dz)) == 0
+    np.testing.assert_allclose(dz, want_grad, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------
 # conv2d
 # ------------------------------------------------------------------------------------------
