@@ -157,7 +157,35 @@ static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) { return (i
 #undef OTHER_DT
 #undef TOL
 
+/* ---- GC_OP_COPY for every element size: 1, 2, 4, 8 bytes (typed loops) and 3 (the generic one),
+ * with an inner stride of 2 elements, an inner stride 0 (broadcast) and an outer stride 0 ---- */
+#define REF(kind, v) ((int64_t)(((int64_t)(v) << 2) | (kind)))
+static void test_copy_element_sizes(void) {
+    const int64_t R = 5, C = 7;
+    for (int64_t es = 1; es <= 8; es++) {
+        if (es != 1 && es != 2 && es != 3 && es != 4 && es != 8) continue;
+        uint8_t *x = xmalloc((size_t)(R * 2 * C * es)), *y = xmalloc((size_t)(R * C * es));
+        for (int64_t i = 0; i < R * 2 * C * es; i++) x[i] = (uint8_t)(i * 7 + 3);
+        /* (inner stride, outer stride) in elements: every other element, broadcast column, broadcast row */
+        const int64_t strides[3][2] = {{2, 2 * C}, {0, 2 * C}, {1, 0}};
+        for (int k = 0; k < 3; k++) {
+            void *ext[2] = {x, y};
+            const int64_t code[] = {GC_OP_COPY, 12, 0, GC_DT_BOOL, es, 2, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 1),
+                                    R, C, strides[k][1], strides[k][0]};
+            check_int("copy status", gc_exec(code, 12, NULL, 0, NULL, ext, NULL), 0);
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t b = 0; b < es; b++)
+                        check_int("copy byte", y[(r * C + c) * es + b],
+                                  x[(r * strides[k][1] + c * strides[k][0]) * es + b]);
+        }
+        free(x);
+        free(y);
+    }
+}
+
 int main(void) {
+    test_copy_element_sizes();
     for (int threads = 1; threads <= 2; threads++) {
         gc_set_num_threads(threads);
         for (int simd = 1; simd >= 0; simd--) {
