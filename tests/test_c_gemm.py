@@ -10,7 +10,10 @@ from csrc/gemm.c (e.g. `python csrc/build_cffi.py /tmp/gemmdev _gemm_dev gemm`) 
 import importlib
 import mmap
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 import threading
 
 import numpy as np
@@ -355,3 +358,27 @@ def test_simd_switch():
             flags = next((line.split() for line in f if line.startswith("flags")), [])
         # 1 only where the CPU has AVX2+FMA (a build may still choose the portable path only)
         assert lib.gc_simd_level() <= int("avx2" in flags and "fma" in flags)
+
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
+    """csrc/tests/gemm_in_team.c: two threads of the caller's OpenMP team run serial GEMMs with
+    different numbers of K blocks. A barrier on the GEMM's serial path binds to that team and hangs
+    (fixed in 5430ddc; this harness hangs on the code before it). Built with the C compiler and
+    run with a timeout, since a deadlock cannot be caught inside this process."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    if not shutil.which(cc.split()[0]):
+        pytest.skip(f"no C compiler ({cc})")
+    exe = tmp_path / "gemm_in_team"
+    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-I", CSRC,
+                                         os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
+                                         "-lm", "-o", str(exe)], capture_output=True, text=True)
+    if build.returncode:
+        pytest.skip(f"cannot build the OpenMP harness: {build.stderr.strip()[:300]}")
+    try:
+        run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("GEMMs called from inside an OpenMP team deadlocked (no exit within 120 s)")
+    assert run.returncode == 0 and "2 outer threads, 0 wrong results" in run.stdout, run.stdout + run.stderr
