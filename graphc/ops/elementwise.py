@@ -13,7 +13,6 @@ __all__ = ["neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu"
            "less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "activation_grad",
            "ACTIVATIONS"]
 
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 POSITIVE = Domain("positive", low=0.2, high=4.0)
 
 
@@ -59,6 +58,8 @@ _GEMM_EPILOGUE = {"relu", "leaky_relu", "sigmoid", "tanh"}  # activations the GE
 for _name, (_fwd, _vjp, _dom) in _UNARY.items():
     register(OpDef(_name, forward=_fwd, vjp=_vjp, domain=(_dom,), kernel_param=_KERNEL_PARAM.get(_name),
                    monotonic=_name in _MONOTONE, dense_act=_name in _GEMM_EPILOGUE, **_UNARY_TRAITS))
+# what dense(..., act=) and activation_grad(..., act=) accept: the GEMM epilogue's activations
+ACTIVATIONS = ("identity",) + tuple(n for n in _UNARY if n in _GEMM_EPILOGUE)
 register(OpDef("sign", forward=np.sign, differentiable=False, domain=(Domain(kinks=(0.0,)),), **_UNARY_TRAITS))
 
 
