@@ -109,22 +109,24 @@ def register(op: OpDef) -> OpDef:
     if op.name in REGISTRY:
         raise ValueError(f"op {op.name!r} registered twice")
     REGISTRY[op.name] = op
-    _FUSED_KERNELS.clear()
     return op
 
 
-_FUSED_KERNELS: dict = {}
+_fused_cache: list = [None, {}]  # [registry fingerprint, table]
 
 
 def fused_kernels() -> dict:
     """kernel name -> (OpDef, fixed attributes) for every instruction a fused_elementwise
     program may hold (derived from the registry's `fusible` ops and their `variants`)."""
-    if not _FUSED_KERNELS:
+    fingerprint = tuple(map(id, REGISTRY.values()))  # tests register and remove ops on the fly
+    if _fused_cache[0] != fingerprint:
+        table = {}
         for op in REGISTRY.values():
             if op.fusible:
                 for name, fixed in (op.variants or {op.name: {}}).items():
-                    _FUSED_KERNELS[name] = (op, fixed)
-    return _FUSED_KERNELS
+                    table[name] = (op, fixed)
+        _fused_cache[:] = [fingerprint, table]
+    return _fused_cache[1]
 
 
 def memory_traits() -> tuple:

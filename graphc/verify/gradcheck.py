@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..backends import resolve as resolve_backend
+from ..backends.numpy_backend import run_node
 from ..ir.errors import GraphError, node_error, user_source
 from ..ir.graph import reachable
 from ..ir.tensor import Tensor, constant
@@ -261,14 +262,7 @@ class _Interpreter:
 
     @staticmethod
     def step(node: Tensor, vals: dict) -> np.ndarray:
-        opdef = REGISTRY[node.op]
-        try:
-            r = opdef.forward(*[vals[i.id] for i in node.inputs], **node.attrs)
-        except GraphError as exc:
-            raise node_error(node, str(exc)) from None
-        except (ValueError, IndexError, TypeError) as exc:
-            raise node_error(node, f"{type(exc).__name__}: {exc}") from None
-        return np.asarray(r, dtype=node.dtype)
+        return run_node(node, [vals[i.id] for i in node.inputs])
 
     def run(self, leaf_values: dict, frozen: Optional[dict] = None) -> dict:
         """All values; with `frozen` (values at the checked point), stop_gradient nodes keep theirs."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...ir.graph import reachable
 from ...ir.tensor import Tensor
 from ...ops import REGISTRY, fused_kernels
+from ...ops.elementwise import ACTIVATIONS
 from .rewrite import Rules, merged_source, rewrite, users_of, with_inputs
 
 
@@ -60,6 +61,11 @@ def binary_cross_entropy_grad(node):
     return _fused("mul", [diff, scale], {}, node, [node])
 
 
+def _epilogue(op: str) -> bool:
+    """op is an activation the GEMM applies in its epilogue (a copy under another name is not)."""
+    return REGISTRY[op].dense_act and op in ACTIVATIONS
+
+
 def fuse_dense(outputs: list) -> list:
     """act(matmul(x, W) + b) -> dense(x, W, b, act), also without the bias or the activation.
 
@@ -80,13 +86,13 @@ def fuse_dense(outputs: list) -> list:
 
     def rule(node: Tensor, orig: Tensor):
         act, alpha, inner, inner_orig, replaced = "identity", 0.0, node, orig, [node]
-        if REGISTRY[node.op].dense_act:
+        if _epilogue(node.op):
             act, alpha = node.op, node.attrs.get("alpha", 0.0)
             inner, inner_orig = node.inputs[0], orig.inputs[0]
             if not private(inner_orig):
                 return None
             replaced = [inner, node]
-        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and REGISTRY[users[orig.id][0].op].dense_act:
+        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and _epilogue(users[orig.id][0].op):
             return None  # the activation above will take this add along
         mm, bias = inner, None
         if inner.op == "add":
