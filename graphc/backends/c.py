@@ -171,7 +171,7 @@ def _unary(lw, k, step):
 def _act_grad(lw, k, step):
     node = step.node
     y, g = node.inputs
-    if not _floats(node) or y.shape != g.shape:
+    if not _floats(node) or y.shape != g.shape or node.attrs["act"] not in ACT_CODE:
         return False
     if _prod(node.shape):
         lw.emit(lib.GC_OP_ACT_BWD, k, node.dtype, ACT_CODE[node.attrs["act"]], _prod(node.shape),

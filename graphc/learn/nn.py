@@ -429,7 +429,54 @@ class LeakyReLU(Module):
         return F.leaky_relu(x, self._config["alpha"])
 
 
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity}
+@_register
+class Softplus(Module):
+    """log(1 + exp(beta·x)) / beta (x itself where beta·x > 20), as torch.nn.Softplus."""
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self._config = dict(beta=float(beta))
+
+    def forward(self, x, training=False, seed=None):
+        return F.softplus(x, self._config["beta"])
+
+
+@_register
+class ELU(Module):
+    """x for x > 0, alpha·(exp(x) − 1) otherwise, as torch.nn.ELU."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self._config = dict(alpha=float(alpha))
+
+    def forward(self, x, training=False, seed=None):
+        return F.elu(x, self._config["alpha"])
+
+
+@_register
+class GELU(Module):
+    """x·Φ(x) (approximate="none") or its tanh approximation (approximate="tanh"), as torch.nn.GELU."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise GraphError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self._config = dict(approximate=approximate)
+
+    def forward(self, x, training=False, seed=None):
+        return F.gelu(x, self._config["approximate"])
+
+
+@_register
+class SiLU(Module):
+    """x·sigmoid(x), as torch.nn.SiLU."""
+
+    def forward(self, x, training=False, seed=None):
+        return F.silu(x)
+
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity,
+               "softplus": Softplus, "elu": ELU, "gelu": GELU, "silu": SiLU}
 
 
 @_register

@@ -60,8 +60,8 @@ def _dense_branch(out, x, w, *b, act, **_):
     return np.sign(np.asarray(out, np.float64)) if act in ("relu", "leaky_relu") else None
 
 
-register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, lowering="gemm", fuzz="matmul",
-               branch=_dense_branch))
+register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, lowering="gemm", fuzz="dense",
+               branch=_dense_branch, made_by="passes"))
 
 
 def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False, trans_b=False):
@@ -98,4 +98,5 @@ def _fused_forward(*inputs, program, shape, dtype):
 
 
 register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True, inplace=True,
-               lowering="fused", fuzz="fused_elementwise", no_vjp="made by the fusion pass after differentiation"))
+               lowering="fused", fuzz="fused_elementwise", no_vjp="made by the fusion pass after differentiation",
+               made_by="passes"))

@@ -82,7 +82,7 @@ def _argmax_infer(inputs, axis):
 
 
 register(OpDef("argmax", infer=_argmax_infer, forward=lambda x, axis: np.argmax(x, axis=axis).astype(np.int64),
-               differentiable=False, arity=1, fuzz="reduce"))
+               differentiable=False, arity=1, fuzz="argmax", domain=(Domain(distinct=True),)))
 
 
 def argmax(x, axis: int = -1) -> Tensor:

@@ -303,68 +303,55 @@ class _Interpreter:
 
 
 # -- kinks: which branch of a non-smooth op each element is on ------------------------------------
-def _sign_of(x, k=0.0):
-    return np.sign(np.asarray(x, dtype=F64) - k)
-
-
-def _maxpool_pattern(x, out_shape, attrs):
-    # how many windows route their gradient to each input element: a tie can move a window's
-    # maximum between two elements that both stay maxima of other windows, so counts, not support
-    return REGISTRY["max_pool2d_grad"].forward(x, np.ones(out_shape, x.dtype), **attrs)
+def _kink_parts(opdef, node: Tensor, ins: list) -> list:
+    """sign(input - kink) for every declared kink of every float input, then sign(a - b) for a
+    binary op whose ties matter: what the registry declares about where the op is not smooth."""
+    parts = [np.sign(np.asarray(v, F64) - k) for i, v in enumerate(ins) if np.asarray(v).dtype.kind == "f"
+             for k in opdef.input_domain(i, node.attrs).kinks]
+    if opdef.elementwise and len(ins) == 2 and opdef.input_domain(0, node.attrs).distinct:
+        parts.append(np.sign(np.asarray(ins[0], F64) - ins[1]))
+    return parts
 
 
 def _branch(node: Tensor, vals: dict) -> Optional[np.ndarray]:
     """An array that changes exactly when the op switches branch (None: the op is smooth)."""
-    op, a = node.op, node.attrs
+    opdef = REGISTRY.get(node.op)
     ins = [vals[i.id] for i in node.inputs]
-    if op in ("relu", "leaky_relu", "abs", "sign"):
-        return _sign_of(ins[0])
-    if op == "clip":
-        parts = [_sign_of(ins[0], b) for b in (a.get("lo"), a.get("hi")) if b is not None]
-        return np.stack(parts) if parts else None
-    if op in ("maximum", "minimum"):
-        return _sign_of(np.asarray(ins[0], F64) - ins[1])
-    if op == "max":
-        return ins[0] == np.max(ins[0], axis=a["axes"], keepdims=True)
-    if op == "max_pool2d":
-        return _maxpool_pattern(ins[0], vals[node.id].shape, a)
-    if op == "max_pool2d_grad":
-        return _maxpool_pattern(ins[0], ins[1].shape, a)
-    if a.get("act") in ("relu", "leaky_relu"):  # activation_grad reads y; dense reads its output
-        return _sign_of(ins[0] if op == "activation_grad" else vals[node.id])
+    if opdef is not None and opdef.branch is not None:
+        return opdef.branch(vals[node.id], *ins, **node.attrs)
     if node.dtype.kind != "f" and any(i.dtype.kind == "f" for i in node.inputs):
         return vals[node.id]  # comparisons, argmax, casts to integers: piecewise constant
-    opdef = REGISTRY.get(op)
-    if opdef is not None:  # ops registered elsewhere: their declared kinks and distinct inputs
-        parts = [_sign_of(v, k).ravel() for i, v in enumerate(ins)
-                 for k in opdef.input_domain(i).kinks if np.asarray(v).dtype.kind == "f"]
-        if opdef.elementwise and len(ins) == 2 and opdef.input_domain(0).distinct:
-            parts.append(_sign_of(np.asarray(ins[0], F64) - ins[1]).ravel())
-        if parts:
-            return np.concatenate(parts)
-    return None
+    if opdef is None:
+        return None
+    parts = _kink_parts(opdef, node, ins)
+    if not parts:
+        return None
+    shape = np.broadcast_shapes(*(p.shape for p in parts))
+    return np.stack([np.broadcast_to(p, shape) for p in parts])  # [which kink or tie, *element]
 
 
 def _describe_branch_change(node: Tensor, before: np.ndarray, after: np.ndarray, vals: dict) -> str:
-    op = node.op
     where = np.argwhere(np.asarray(before != after).reshape(np.shape(before)))
     pos = tuple(int(i) for i in where[0]) if len(where) else ()
-    if op in ("max", "max_pool2d", "max_pool2d_grad"):
-        return f"the position of the maximum changes (a tie or near-tie) near element {list(pos)}"
-    if op in ("maximum", "minimum"):
-        return f"its inputs (nearly) tie at element {list(pos)}"
-    if op == "clip":
-        x = vals[node.inputs[0].id]
-        idx = pos[1:]
-        v = float(np.asarray(x)[idx]) if idx else float(np.asarray(x).reshape(-1)[0])
-        return f"input {v:.6g} at {list(idx)} lies at a bound (lo={node.attrs.get('lo')}, hi={node.attrs.get('hi')})"
+    opdef = REGISTRY.get(node.op)
+    if opdef is not None and opdef.branch is not None:
+        return f"it switches branch at element {list(pos)} ({opdef.name}'s own branch rule)"
     if node.dtype.kind != "f":
         return f"its discrete output flips at element {list(pos)} (the function jumps there)"
-    if op in ("relu", "leaky_relu", "abs", "sign"):
-        x = np.asarray(vals[node.inputs[0].id])
-        v = float(x[pos]) if x.ndim else float(x)
-        return f"input {v:.6g} at {list(pos)} lies at its kink 0"
-    return f"it switches branch at element {list(pos)}"
+    if opdef is None or not pos:
+        return f"it switches branch at element {list(pos)}"
+    which, elem = pos[0], pos[1:]
+    kinks = [(i, k) for i, v in enumerate(node.inputs) if v.dtype.kind == "f"
+             for k in opdef.input_domain(i, node.attrs).kinks]
+    if which >= len(kinks):
+        return f"its inputs (nearly) tie at element {list(elem)}"
+    i, k = kinks[which]
+    x = np.asarray(vals[node.inputs[i].id])
+    try:
+        v = float(x[elem[len(elem) - x.ndim:]] if x.ndim else x)
+    except IndexError:
+        v = float("nan")
+    return f"input {i} = {v:.6g} at {list(elem)} lies at its kink {k:g}"
 
 
 # -- the check ------------------------------------------------------------------------------------
