@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, as_tensor
-from . import Domain, OpDef, apply, promote, register
+from . import REGISTRY, Domain, OpDef, apply, promote, register
 from .core import broadcast_shapes, cast, unbroadcast
 
 __all__ = ["neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power",
@@ -36,53 +37,49 @@ def np_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-# name: (forward, vjp(g, out, x, **attrs), domain of x)
-_UNARY = {
-    "neg": (np.negative, lambda g, out, x: [-g], Domain()),
-    "exp": (np.exp, lambda g, out, x: [g * out], Domain("bounded", low=-3, high=3)),
-    "log": (np.log, lambda g, out, x: [g / x], POSITIVE),
-    "sqrt": (np.sqrt, lambda g, out, x: [g * 0.5 / out], POSITIVE),
-    "abs": (np.abs, lambda g, out, x: [g * sign(x)], Domain(kinks=(0.0,))),
-    "sigmoid": (np_sigmoid, lambda g, out, x: [activation_grad(out, g, "sigmoid")], Domain()),
-    "tanh": (np.tanh, lambda g, out, x: [activation_grad(out, g, "tanh")], Domain()),
-    "relu": (lambda x: np.maximum(x, 0), lambda g, out, x: [activation_grad(out, g, "relu")],
-             Domain(kinks=(0.0,))),
-    # the slope is read from the input: with alpha < 0 the output's sign no longer tells the side
-    "leaky_relu": (lambda x, alpha: np.where(x > 0, x, x * np.asarray(alpha, x.dtype)),
-                   lambda g, out, x, alpha: [activation_grad(x, g, "leaky_relu", alpha)],
-                   Domain(kinks=(0.0,))),
-    "softplus": (lambda x, beta: _softplus_forward(x, beta), lambda g, out, x, beta: [g * sigmoid(x * beta)],
-                 Domain()),
-    "elu": (lambda x, alpha: _elu_forward(x, alpha), lambda g, out, x, alpha: [activation_grad(out, g, "elu", alpha)],
-            Domain(kinks=(0.0,))),
-    "gelu": (lambda x, approximate: _gelu_forward(x, approximate),
-             lambda g, out, x, approximate: [g * _gelu_derivative(x, approximate)], Domain()),
-    "silu": (lambda x: x * np_sigmoid(x), lambda g, out, x: [g * _silu_derivative(x)], Domain()),
-    "erf": (lambda x: _np_erf(x), lambda g, out, x: [g * (exp(x * x * -1.0) * _TWO_OVER_SQRT_PI)], Domain()),
-    "power": (lambda x, p: np.power(x, np.asarray(p, x.dtype)),
-              lambda g, out, x, p: [g * (p * power(x, p - 1))], POSITIVE),
-}
-_UNARY_TRAITS = dict(infer=_float_same, arity=1, elementwise=True, inplace=True, lowering="unary", fusible=True,
-                     fuzz="unary")
-_KERNEL_PARAM = {"leaky_relu": "alpha", "power": "p", "softplus": "beta", "elu": "alpha"}
-_MONOTONE = {"neg", "exp", "log", "sqrt", "sigmoid", "tanh", "leaky_relu", "power", "softplus", "elu", "erf"}
-_VARIANTS = {"gelu": {"gelu": {"approximate": "none"}, "gelu_tanh": {"approximate": "tanh"}}}
-# attribute values the fuzzer draws (edges included: zero and negative slopes, zero exponents)
-_FUZZ_ATTRS = {"leaky_relu": {"alpha": (0.1, 0.01, 0.3, 0.0, -0.5)}, "power": {"p": (-1.5, -1.0, 0.5, 2.0, 3.0)},
-               "softplus": {"beta": (1.0, 0.5, 2.0)}, "elu": {"alpha": (1.0, 0.5, 2.0)},
-               "gelu": {"approximate": ("none", "tanh")}}
-_GEMM_EPILOGUE = {"relu", "leaky_relu", "sigmoid", "tanh"}  # activations the GEMM applies in its epilogue
-_FUZZ_WEIGHT = {"tanh": 2}
-for _name, (_fwd, _vjp, _dom) in _UNARY.items():
-    register(OpDef(_name, forward=_fwd, vjp=_vjp, domain=(_dom,), kernel_param=_KERNEL_PARAM.get(_name),
-                   variants=_VARIANTS.get(_name, {}), fuzz_attrs=_FUZZ_ATTRS.get(_name, {}),
-                   monotonic=_name in _MONOTONE, dense_act=_name in _GEMM_EPILOGUE,
-                   fuzz_weight=_FUZZ_WEIGHT.get(_name, 1), **_UNARY_TRAITS))
+def _unary(name: str, forward, vjp, domain: Optional[Domain] = None, **traits) -> None:
+    """Register a unary elementwise op: fusible, in place, lowered to gc_unary's GC_U_<NAME>."""
+    register(OpDef(name, forward=forward, vjp=vjp, domain=(domain or Domain(),), infer=_float_same, arity=1,
+                   elementwise=True, inplace=True, lowering="unary", fusible=True, fuzz="unary", **traits))
+
+
+# One registration per op: forward, VJP (from graphc ops), domain, and its traits. `kernel_param`
+# is the attribute its C kernels take; `fuzz_attrs` the values graphc fuzz draws (edges
+# included); `monotonic`: strictly increasing on its domain; `dense_act`: the GEMM epilogue has it.
+_unary("neg", np.negative, lambda g, out, x: [-g], monotonic=True)
+_unary("exp", np.exp, lambda g, out, x: [g * out], Domain("bounded", low=-3, high=3), monotonic=True)
+_unary("log", np.log, lambda g, out, x: [g / x], POSITIVE, monotonic=True)
+_unary("sqrt", np.sqrt, lambda g, out, x: [g * 0.5 / out], POSITIVE, monotonic=True)
+_unary("abs", np.abs, lambda g, out, x: [g * sign(x)], Domain(kinks=(0.0,)))
+_unary("sign", np.sign, None, Domain(kinks=(0.0,)), differentiable=False)
+_unary("sigmoid", np_sigmoid, lambda g, out, x: [activation_grad(out, g, "sigmoid")], monotonic=True,
+       dense_act=True)
+_unary("tanh", np.tanh, lambda g, out, x: [activation_grad(out, g, "tanh")], monotonic=True, dense_act=True,
+       fuzz_weight=2)
+_unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: [activation_grad(out, g, "relu")],
+       Domain(kinks=(0.0,)), dense_act=True)
+# the slope is read from the input: with alpha < 0 the output's sign no longer tells the side
+_unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * np.asarray(alpha, x.dtype)),
+       lambda g, out, x, alpha: [activation_grad(x, g, "leaky_relu", alpha)], Domain(kinks=(0.0,)),
+       kernel_param="alpha", fuzz_attrs={"alpha": (0.1, 0.01, 0.3, 0.0, -0.5)}, dense_act=True)
+_unary("softplus", lambda x, beta: _softplus_forward(x, beta), lambda g, out, x, beta: [g * sigmoid(x * beta)],
+       kernel_param="beta", fuzz_attrs={"beta": (1.0, 0.5, 2.0)}, monotonic=True)
+_unary("elu", lambda x, alpha: _elu_forward(x, alpha),
+       lambda g, out, x, alpha: [activation_grad(out, g, "elu", alpha)], Domain(kinks=(0.0,)),
+       kernel_param="alpha", fuzz_attrs={"alpha": (1.0, 0.5, 2.0)}, monotonic=True)
+_unary("gelu", lambda x, approximate: _gelu_forward(x, approximate),
+       lambda g, out, x, approximate: [g * _gelu_derivative(x, approximate)],
+       variants={"gelu": {"approximate": "none"}, "gelu_tanh": {"approximate": "tanh"}},
+       fuzz_attrs={"approximate": ("none", "tanh")})
+_unary("silu", lambda x: x * np_sigmoid(x), lambda g, out, x: [g * _silu_derivative(x)])
+_unary("erf", lambda x: _np_erf(x), lambda g, out, x: [g * (exp(x * x * -1.0) * _TWO_OVER_SQRT_PI)], monotonic=True)
+_unary("power", lambda x, p: np.power(x, np.asarray(p, x.dtype)), lambda g, out, x, p: [g * (p * power(x, p - 1))],
+       POSITIVE, kernel_param="p", fuzz_attrs={"p": (-1.5, -1.0, 0.5, 2.0, 3.0)}, monotonic=True)
+
 # what dense(..., act=) accepts: the GEMM epilogue's activations
-ACTIVATIONS = ("identity",) + tuple(n for n in _UNARY if n in _GEMM_EPILOGUE)
+ACTIVATIONS = ("identity",) + tuple(n for n, op in REGISTRY.items() if op.dense_act)
 # what activation_grad(y, g, act) accepts: activations whose derivative follows from their output
 OUTPUT_GRAD_ACTS = ACTIVATIONS + ("elu",)
-register(OpDef("sign", forward=np.sign, differentiable=False, domain=(Domain(kinks=(0.0,)),), **_UNARY_TRAITS))
 
 
 def neg(x) -> Tensor:

@@ -61,9 +61,11 @@ def binary_cross_entropy_grad(node):
     return _fused("mul", [diff, scale], {}, node, [node])
 
 
-def _epilogue(op: str) -> bool:
-    """op is an activation the GEMM applies in its epilogue (a copy under another name is not)."""
-    return REGISTRY[op].dense_act and op in ACTIVATIONS
+def _epilogue(node: Tensor) -> bool:
+    """node is an activation the GEMM applies in its epilogue (a copy under another name is not).
+    dense's VJP reads the activation's output, which tells the side of the kink only for a slope
+    alpha >= 0: a leaky ReLU with a negative slope stays a separate op."""
+    return REGISTRY[node.op].dense_act and node.op in ACTIVATIONS and node.attrs.get("alpha", 0.0) >= 0
 
 
 def fuse_dense(outputs: list) -> list:
@@ -86,13 +88,13 @@ def fuse_dense(outputs: list) -> list:
 
     def rule(node: Tensor, orig: Tensor):
         act, alpha, inner, inner_orig, replaced = "identity", 0.0, node, orig, [node]
-        if _epilogue(node.op):
+        if _epilogue(node):
             act, alpha = node.op, node.attrs.get("alpha", 0.0)
             inner, inner_orig = node.inputs[0], orig.inputs[0]
             if not private(inner_orig):
                 return None
             replaced = [inner, node]
-        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and _epilogue(users[orig.id][0].op):
+        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and _epilogue(users[orig.id][0]):
             return None  # the activation above will take this add along
         mm, bias = inner, None
         if inner.op == "add":
