@@ -9,7 +9,7 @@ import numpy as np
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, as_tensor
 from . import REGISTRY, Domain, OpDef, apply, promote, register
-from .core import broadcast_shapes, cast, unbroadcast
+from .core import broadcast_shapes, cast, unbroadcast, zeros_like
 
 __all__ = ["neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power",
            "softplus", "elu", "gelu", "silu", "erf",
@@ -73,7 +73,8 @@ _unary("gelu", lambda x, approximate: _gelu_forward(x, approximate),
        fuzz_attrs={"approximate": ("none", "tanh")})
 _unary("silu", lambda x: x * np_sigmoid(x), lambda g, out, x: [g * _silu_derivative(x)])
 _unary("erf", lambda x: _np_erf(x), lambda g, out, x: [g * (exp(x * x * -1.0) * _TWO_OVER_SQRT_PI)], monotonic=True)
-_unary("power", lambda x, p: np.power(x, np.asarray(p, x.dtype)), lambda g, out, x, p: [g * (p * power(x, p - 1))],
+_unary("power", lambda x, p: np.power(x, np.asarray(p, x.dtype)),
+       lambda g, out, x, p: [g * (p * power(x, p - 1)) if p != 0 else zeros_like(g)],
        POSITIVE, kernel_param="p", fuzz_attrs={"p": (-1.5, -1.0, 0.5, 2.0, 3.0)}, monotonic=True)
 
 # what dense(..., act=) accepts: the GEMM epilogue's activations
@@ -282,6 +283,16 @@ def _binary_infer(inputs):
     return broadcast_shapes(a.shape, b.shape), np.result_type(a.dtype, b.dtype)
 
 
+def _pow_vjp(g, out, a, b):
+    """PyTorch's masks: d/da is 0 where b == 0 (not 0 * a^-1), d/db is 0 where a == 0 and b >= 0
+    (not a^b log a = 0 * -inf); both are NaN-free limits of the true derivative."""
+    zero = as_tensor(0, like=g)
+    da = where(equal(b, zero), zero, b * pow(a, b - 1))
+    a_log_a = out * log(a)
+    db = where(equal(a, zero), where(greater_equal(b, zero), zero, a_log_a), a_log_a)
+    return [unbroadcast(g * da, a), unbroadcast(g * db, b)]
+
+
 def _max_vjp(g, out, a, b, greater):
     first = cast(greater(a, b), g.dtype) + 0.5 * cast(equal(a, b), g.dtype)  # ties split evenly
     return [unbroadcast(g * first, a), unbroadcast(g * (1 - first), b)]
@@ -293,8 +304,7 @@ _BINARY = {
     "mul": (np.multiply, lambda g, out, a, b: [unbroadcast(g * b, a), unbroadcast(g * a, b)], ()),
     "div": (np.divide, lambda g, out, a, b: [unbroadcast(g / b, a), unbroadcast(-g * out / b, b)],
             (Domain(), Domain("nonzero", low=0.5, high=3.0))),
-    "pow": (np.power, lambda g, out, a, b: [unbroadcast(g * b * pow(a, b - 1), a),
-                                            unbroadcast(g * out * log(a), b)],
+    "pow": (np.power, lambda g, out, a, b: _pow_vjp(g, out, a, b),
             (POSITIVE, Domain("bounded", low=-2, high=2))),
     "maximum": (np.maximum, lambda g, out, a, b: _max_vjp(g, out, a, b, greater),
                 (Domain(distinct=True), Domain(distinct=True))),
