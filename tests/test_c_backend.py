@@ -288,7 +288,13 @@ def _fused_of_arity(n: int) -> list:
     return sorted(k for k, (op, _) in fused_kernels().items() if op.arity == n)
 
 
-_PARAMS = {"leaky_relu": [0.1, 0.3], "power": [2.0, 3.0, 0.5, -1.0], "leaky_relu_grad": [0.1]}
+def _params(kernel: str) -> list:
+    """Values of the kernel's float parameter: the registry's fuzz values for it (None: no parameter)."""
+    op, _ = fused_kernels()[kernel]
+    if not op.kernel_param:
+        return [None]
+    spec = op.fuzz_attrs if isinstance(op.fuzz_attrs, dict) else {}
+    return list(spec.get(op.kernel_param, (0.1, 1.0)))
 
 
 @st.composite
@@ -305,11 +311,11 @@ def fused_programs(draw):
             program.append(("const", (), draw(st.sampled_from([0.5, -2.0, 3.0]))))
         elif kind == "unary":
             op = draw(st.sampled_from(_fused_of_arity(1)))
-            program.append((op, (draw(st.integers(0, nvals - 1)),), draw(st.sampled_from(_PARAMS.get(op, [None])))))
+            program.append((op, (draw(st.integers(0, nvals - 1)),), draw(st.sampled_from(_params(op)))))
         else:
             op = draw(st.sampled_from(_fused_of_arity(2)))
             args = (draw(st.integers(0, nvals - 1)), draw(st.integers(0, nvals - 1)))
-            program.append((op, args, draw(st.sampled_from(_PARAMS.get(op, [None])))))
+            program.append((op, args, draw(st.sampled_from(_params(op)))))
         nvals += 1
     seed = draw(st.integers(0, 2**16))
     return dt, shape, full, tuple(program), seed
