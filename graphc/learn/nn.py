@@ -40,7 +40,8 @@ from .. import ops as F
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, parameter
 
-__all__ = ["Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout", "ReLU",
+__all__ = ["manual_seed", "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout",
+           "ReLU", "Softplus", "ELU", "GELU", "SiLU",
            "Sigmoid", "Tanh", "LeakyReLU", "Identity", "Sequential", "LogisticRegression", "SoftmaxRegression",
            "MLP", "SmallCNN", "ModelFileError", "he_normal", "xavier_uniform", "LAYERS"]
 
@@ -75,6 +76,23 @@ def xavier_uniform(shape: Sequence[int], fan_in: int, fan_out: int, rng: np.rand
     """U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010), for tanh/sigmoid/linear."""
     a = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-a, a, size=tuple(shape)).astype(dtype)
+
+
+_SEEDS = [np.random.default_rng(0)]  # draws the seeds of layers built without one
+
+
+def manual_seed(seed: int) -> None:
+    """Restart the generator that seeds layers built without `seed=` (as torch.manual_seed).
+
+    Every such layer draws its own seed from it, so two same-shape layers start different, and a
+    program that builds its models in the same order gets the same weights on every run (the
+    generator starts at seed 0 when graphc is imported)."""
+    _SEEDS[0] = np.random.default_rng(int(seed))
+
+
+def _seed(seed: Optional[int]) -> int:
+    """The seed a layer uses: its own, or the next one from the manual_seed generator."""
+    return int(_SEEDS[0].integers(0, 2**31 - 1)) if seed is None else int(seed)
 
 
 def _init(init: str, shape, fan_in: int, fan_out: int, seed: int, dtype) -> np.ndarray:
@@ -291,8 +309,9 @@ class Linear(Module):
     init: "he" (default; for ReLU nets), "xavier" (tanh/sigmoid/linear outputs) or "zeros"."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he",
-                 seed: int = 0, dtype: str = "float32"):
+                 seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), out_features=int(out_features), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
         w = _init(init, (in_features, out_features), in_features, out_features, seed, dtype)
@@ -311,8 +330,10 @@ class Conv2d(Module):
     """2-d convolution on NCHW inputs; weight (out, in, k, k), He-initialised by default."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 0, bias: bool = True, init: str = "he", seed: int = 0, dtype: str = "float32"):
+                 padding: int = 0, bias: bool = True, init: str = "he", seed: Optional[int] = None,
+                 dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_channels=int(in_channels), out_channels=int(out_channels),
                             kernel_size=int(kernel_size), stride=int(stride), padding=int(padding), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
@@ -538,8 +559,9 @@ class LogisticRegression(Module):
     ((None, 2), (None,))
     """
 
-    def __init__(self, in_features: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), seed=int(seed), dtype=str(np.dtype(dtype)))
         self.weight = self._params["weight"] = parameter(np.zeros((in_features, 1), dtype), name="weight")
         self.bias = self._params["bias"] = parameter(np.zeros(1, dtype), name="bias")
@@ -561,7 +583,8 @@ class LogisticRegression(Module):
 class SoftmaxRegression(_Wrapper):
     """Multiclass logistic regression: logits = x W + b (Xavier-initialised)."""
 
-    def __init__(self, in_features: int, classes: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, classes: int, seed: Optional[int] = None, dtype: str = "float32"):
+        seed = _seed(seed)
         self._args = dict(in_features=int(in_features), classes=int(classes), seed=int(seed),
                           dtype=str(np.dtype(dtype)))
         super().__init__(Linear(in_features, classes, init="xavier", seed=seed, dtype=dtype))
@@ -578,8 +601,9 @@ class MLP(_Wrapper):
     9610
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: int = 0, dropout: float = 0.0,
-                 dtype: str = "float32"):
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: Optional[int] = None,
+                 dropout: float = 0.0, dtype: str = "float32"):
+        seed = _seed(seed)
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"MLP needs at least [in, out] sizes, got {sizes}")
@@ -608,8 +632,9 @@ class SmallCNN(_Wrapper):
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, classes: int = 10,
-                 channels: Sequence[int] = (16, 32), seed: int = 0, flat_input: bool = False,
+                 channels: Sequence[int] = (16, 32), seed: Optional[int] = None, flat_input: bool = False,
                  dtype: str = "float32"):
+        seed = _seed(seed)
         c1, c2 = (int(c) for c in channels)
         self._args = dict(in_channels=int(in_channels), image_size=int(image_size), classes=int(classes),
                           channels=[c1, c2], seed=int(seed), flat_input=bool(flat_input), dtype=str(np.dtype(dtype)))
