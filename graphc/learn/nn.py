@@ -118,17 +118,38 @@ class Module:
         self._children: dict[str, Module] = {}
         self._config: dict[str, Any] = {}
         self._cache: dict = {}  # compiled Functions built on this model (Trainer, attacks)
+        self.training = False  # model(x) builds the evaluation graph unless train() was called
 
     # graph building
     def forward(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
-        """Build the graph of this model on input `x`; returns the output (logits) Tensor."""
+    def __call__(self, x: Tensor, training: Optional[bool] = None, seed: Union[Tensor, int, None] = None) -> Tensor:
+        """Build the graph of this model on input `x`; returns the output (logits) Tensor.
+
+        training: dropout active (True) or not (False); None follows the model's mode, set by
+        train() / eval() (a new model is in eval mode; gc.train and the Trainer build their
+        training graph explicitly, and predict/accuracy always evaluate with dropout off)."""
+        if training is None:
+            training = self.training
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} is called on a graphc Tensor (e.g. gc.placeholder), "
                             f"got {type(x).__name__}; use graphc.train.predict for arrays")
         return self.forward(x, training=training, seed=seed)
+
+    # modes
+    def train(self, mode: bool = True) -> Module:
+        """Put this model and its layers in training mode (dropout active in graphs built by
+        model(x)); returns the model, as torch.nn.Module.train does."""
+        for m in self.modules():
+            if m.training != bool(mode):
+                m.training = bool(mode)
+                m._cache.clear()  # compiled graphs of the other mode
+        return self
+
+    def eval(self) -> Module:
+        """Put this model and its layers in evaluation mode (dropout off); returns the model."""
+        return self.train(False)
 
     # parameters
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
