@@ -29,6 +29,7 @@ from .. import _cgraphc
 from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
 from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY, memory_traits
+from .numpy_backend import run_node
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
 
@@ -648,8 +649,7 @@ def _mixed_runner(lo: Lowered):
     plan = lo.plan
     specs = _out_specs(lo)
     steps = plan.steps
-    np_steps = {k: (REGISTRY[steps[k].node.op].forward, steps[k].inputs, steps[k].out, steps[k].node.attrs,
-                    steps[k].node) for k in lo.numpy_steps}
+    np_steps = {k: (steps[k].inputs, steps[k].out, steps[k].node) for k in lo.numpy_steps}
     segs = iter(lo.segments_code)
     program = [("c", next(segs)) if item[0] == "c" else ("np", np_steps[item[1]]) for item in lo.program]
     fconst, nfc, pool = lo.fconst_ptr, len(lo.fconst), lo.pool_ptr
@@ -675,14 +675,8 @@ def _mixed_runner(lo: Lowered):
                     if rc:
                         _raise(lo, rc, feeds, params, outs, arena)
                     continue
-                fwd, ins, out, attrs, node = what
-                vals = [_value(lo, s, feeds, params, outs, arena, pad) for s in ins]
-                try:
-                    r = fwd(*vals, **attrs)
-                except GraphError as exc:
-                    raise node_error(node, str(exc)) from None
-                except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
-                    raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+                ins, out, node = what
+                r = run_node(node, [_value(lo, s, feeds, params, outs, arena, pad) for s in ins])
                 np.copyto(_value(lo, out, feeds, params, outs, arena, pad), r, casting="unsafe")
         return outs
 
