@@ -305,6 +305,32 @@ def test_fused_dense_epilogues():
         both(outs + gc.grad(loss, [x, w, b]), dict(x=rng.standard_normal((9, 6)).astype(dt)), optimize=False)
 
 
+NEW_ACTIVATIONS = {"softplus": lambda t: gc.softplus(t, beta=2.0), "elu": lambda t: gc.elu(t, alpha=0.7),
+                   "gelu": gc.gelu, "gelu_tanh": lambda t: gc.gelu(t, approximate="tanh"), "silu": gc.silu,
+                   "erf": gc.erf}
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("optimize", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("name", sorted(NEW_ACTIVATIONS))
+def test_new_activations_run_in_c_alone_and_inside_fused_chains(name, optimize, dt):
+    """Forward and gradient of each activation added with the op table: its own C kernel
+    (optimize=False) or an instruction of a fused_elementwise program, never a NumPy step."""
+    x = gc.placeholder("x", (None, 33), dt)
+    y = NEW_ACTIVATIONS[name](x * 2.0 - 0.5)
+    g = gc.grad(gc.sum(y * y), [x])[0]
+    X = np.random.default_rng(4).standard_normal((64, 33)).astype(dt) * 3
+    fc, _ = both([y, g], dict(x=X), optimize=optimize)
+    run = runner_of(fc)
+    assert run.numpy_steps == [] and run.segments == 1, fc.explain()
+    if optimize:  # an inner link of a chain: one fused program holds it
+        z = (NEW_ACTIVATIONS[name](x * 2.0 - 0.5) + 1.0) * x
+        fz, _ = both(z, dict(x=X))
+        kernels = [op for st in fz._last_plan.steps if st.node.op == "fused_elementwise"
+                   for op, _, _ in st.node.attrs["program"]]
+        assert name in kernels and len(fz._last_plan.steps) == 1, fz.explain()
+
+
 # -- fused_elementwise --------------------------------------------------------------------------------
 
 def _fused_of_arity(n: int) -> list:

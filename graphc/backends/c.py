@@ -295,7 +295,7 @@ def _softmax(lw, k, step):
     node = step.node
     if not _floats(node) or node.attrs["axis"] != node.ndim - 1:
         return False
-    if node.op == "softmax_grad" and node.inputs[0].shape != node.inputs[1].shape:
+    if len(node.inputs) == 2 and node.inputs[0].shape != node.inputs[1].shape:  # softmax_grad(y, g)
         return False
     if _prod(node.shape):
         cols = node.shape[-1]
@@ -716,7 +716,7 @@ def _raise(lo: Lowered, rc: int, feeds, params, outs, arena):
         raise GraphError(f"internal error in the C plan interpreter (status {status}, step {step})")
     st = lo.plan.steps[step]
     node = st.node
-    if node.op.startswith("softmax_cross_entropy") and status > 0:
+    if REGISTRY[node.op].lowering == "sce" and status > 0:  # the first bad label row + 1
         pad = _arena_pad(arena) if arena is not None else 0
         labels = _value(lo, st.inputs[1], feeds, params, outs, arena, pad)
         classes = node.inputs[0].shape[1]
