@@ -35,8 +35,8 @@ from ..ops import REGISTRY, Domain, apply
 from ..ops.elementwise import ACTIVATIONS
 from .gradcheck import GradcheckReport, compare_backends, gradcheck
 
-__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "COMPOSITES", "fuzz_attrs", "graphs", "RandomGraph",
-           "GRAPH_OPS", "reproducer", "prune",
+__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "COMPOSITES", "fuzz_attrs", "graphs",
+           "RandomGraph", "GRAPH_OPS", "reproducer", "prune",
            "check_graph", "GraphCheck", "slot_domain", "LEAVES", "no_vjp_ops", "FLOAT_DTYPES"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
