@@ -455,6 +455,39 @@ def _case_fused_elementwise(draw, dt, op, ms):
         {"program": program, "shape": shape, "dtype": dt}
 
 
+def _case_pad(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape)
+    return [_vals(draw, op, 0, shape, dt)], {"pads": pads, "value": draw(st.sampled_from([0.0, -1.5]))}
+
+
+def _case_slice(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    index = []
+    for d in shape:
+        start, stop = draw(st.integers(-d, d - 1)), draw(st.one_of(st.none(), st.integers(-d, d)))
+        step = draw(st.sampled_from([1, 1, 2, -1, -2]))
+        assume(len(range(*slice(start, stop, step).indices(d))) > 0)
+        index.append((start, stop, step))
+    index = tuple(index)
+    x = _vals(draw, op, 0, shape, dt)
+    if op == "slice_grad":
+        out = x[tuple(slice(*t) for t in index)]
+        return [_vals(draw, op, 0, out.shape, dt), x], {"index": index}
+    return [x], {"index": index}
+
+
+def _case_grouped_conv(draw, dt, op, ms):
+    groups = draw(st.integers(2, 3))
+    (n, c, h, w), (o, _, kh, kw), (_, _, oh, ow), stride, padding = _conv_geometry(draw, ms)
+    xs, ws, ys = (n, c * groups, h, w), (o * groups, c, kh, kw), (n, o * groups, oh, ow)
+    attrs = {"stride": stride, "padding": padding, "groups": groups}
+    x, wv = _vals(draw, op, 0, xs, dt), _vals(draw, op, 1, ws, dt)
+    if op == "grouped_conv2d":
+        return [x, wv] + ([_vals(draw, op, 2, (ws[0],), dt)] if draw(st.booleans()) else []), attrs
+    return [x, wv, _vals(draw, op, 2, ys, dt)], attrs
+
+
 _UNARY_OPS = ("neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power", "clip",
               "cast", "stop_gradient", "zeros_like", "ones_like", "size_of")
 _BINARY_OPS = ("add", "sub", "mul", "div", "pow", "maximum", "minimum") + _COMPARISONS
@@ -479,6 +512,9 @@ OP_CASES: dict[str, Callable] = {
     "conv2d": _case_conv, "conv2d_input_grad": _case_conv, "conv2d_weight_grad": _case_conv,
     "max_pool2d": _case_pool, "max_pool2d_grad": _case_pool, "avg_pool2d": _case_pool, "avg_pool2d_grad": _case_pool,
     "fused_elementwise": _case_fused_elementwise,
+    "pad": _case_pad, "slice": _case_slice, "slice_grad": _case_slice,
+    "grouped_conv2d": _case_grouped_conv, "grouped_conv2d_input_grad": _case_grouped_conv,
+    "grouped_conv2d_weight_grad": _case_grouped_conv,
 }
 """op name -> case function (draw, dtype, op, max_side) -> (inputs, attrs). Add one for a new op."""
 
