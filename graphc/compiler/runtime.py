@@ -221,10 +221,36 @@ def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor
     return [clone[o.id] for o in outputs]
 
 
+_DLPACK_CPU = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory): readable by the CPU in place
+
+
+def _dlpack_feed(p: Tensor, value) -> np.ndarray:
+    """A NumPy view of an array from another library (PyTorch, JAX, CuPy, ...) through DLPack:
+    CPU memory is read in place (a copy is made later only where dtype or layout need one)."""
+    kind = type(value).__name__
+    try:
+        device = value.__dlpack_device__() if hasattr(value, "__dlpack_device__") else (1, 0)
+    except Exception as exc:  # noqa: BLE001 - a foreign library's own error, reported as a feed error
+        raise node_error(p, f"feed '{p.name}' ({kind}) does not say where its data lives: {exc}") from None
+    if int(device[0]) not in _DLPACK_CPU:
+        raise node_error(p, f"feed '{p.name}' is a {kind} on device {device[0]!s}:{device[1]}; graphc runs on the CPU: "
+                            f"move it there first (PyTorch: x.cpu(); JAX: jax.device_get(x); CuPy: x.get())")
+    if getattr(value, "requires_grad", False):
+        raise node_error(p, f"feed '{p.name}' is a {kind} that requires grad; feed x.detach() (graphc computes "
+                            f"gradients with gc.grad on its own graph)")
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise node_error(p, f"feed '{p.name}' ({kind}) cannot be read through DLPack: {exc} (convert it to a "
+                            f"NumPy-compatible dtype, e.g. float32, first)") from None
+
+
 def _check_feed(p: Tensor, value) -> np.ndarray:
     """Validate one feed against its placeholder: dtype kind and precision, rank, fixed sizes."""
     if isinstance(value, Tensor):
         raise node_error(p, "feeds must be arrays, not symbolic Tensors")
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
+        value = _dlpack_feed(p, value)
     if isinstance(value, np.ma.MaskedArray):
         raise node_error(p, f"feed '{p.name}' is a masked array; graphc would ignore its mask: pass "
                             f"value.filled(...) or value.data")
