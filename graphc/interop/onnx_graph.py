@@ -30,7 +30,7 @@ from ..ir.tensor import Tensor, constant
 DTYPES = {1: np.dtype("float32"), 2: np.dtype("uint8"), 3: np.dtype("int8"), 4: np.dtype("uint16"),
           5: np.dtype("int16"), 6: np.dtype("int32"), 7: np.dtype("int64"), 9: np.dtype("bool"),
           11: np.dtype("float64"), 12: np.dtype("uint32"), 13: np.dtype("uint64")}
-MIN_OPSET = 7  # older opsets broadcast differently (explicit `broadcast` attributes)
+MIN_OPSET = 6  # opsets 1-5 predate most op versions graphc implements (each node's op version is checked)
 
 
 def dtype_name(elem_type: int) -> str:
@@ -289,27 +289,8 @@ class GraphImporter:
         return [self.initializer(o) if env[o] is None else env[o] for o in outputs]
 
     def apply(self, node: onnx.NodeProto, ins: list) -> list:
-        domain = node.domain or ""
-        if domain not in ("", "ai.onnx"):
-            raise GraphError(f"ONNX node '{node.name}' ({node.op_type}, domain {domain}) is not supported: graphc "
-                             f"imports the default ONNX domain only")
-        rule = RULES.get(node.op_type)
-        version = since_version(node.op_type, self.opset)
-        ctx = NodeContext(self, node, ins, version)
-        if rule is None:
-            raise ctx.refuse(f"op {node.op_type} is not supported by graphc's importer "
-                             f"(supported: {', '.join(sorted(RULES))})")
-        if version not in rule.versions:
-            raise ctx.refuse(f"{node.op_type}-{version} (the version opset {self.opset} selects) is not supported; "
-                             f"graphc implements {node.op_type} versions {sorted(rule.versions)}")
-        unknown = sorted(set(ctx.attrs) - rule.attrs)
-        if unknown:
-            raise ctx.refuse(f"attribute(s) {unknown} not supported")
-        for name in node.output[1:]:
-            if name and node.op_type not in MULTI_OUTPUT:
-                raise ctx.refuse(f"output {name!r} is requested; graphc computes only the first output of "
-                                 f"{node.op_type}")
-        outs = rule.fn(ctx)
+        rule, ctx = check_node(self, node, ins)
+        outs = [o if o is None or isinstance(o, Tensor) else np.asarray(o) for o in rule.fn(ctx)]
         for name, value in zip(node.output, outs):
             if name:
                 self.check(ctx, name, value)
@@ -335,6 +316,31 @@ class GraphImporter:
                     and all(a is None or b is None or a == b for a, b in zip(dims[1:], shape[1:]))):
                 raise ctx.refuse(f"graphc would compute output '{name}' with shape {tuple(shape)}, ONNX infers "
                                  f"{tuple(dims)}")
+
+
+def check_node(graph: GraphImporter, node: onnx.NodeProto, ins: list) -> tuple:
+    """(rule, context) for a node graphc supports: op, op version and attributes; else GraphError."""
+    domain = node.domain or ""
+    if domain not in ("", "ai.onnx"):
+        raise GraphError(f"ONNX node '{node.name}' ({node.op_type}, domain {domain}) is not supported: graphc "
+                         f"imports the default ONNX domain only")
+    rule = RULES.get(node.op_type)
+    version = since_version(node.op_type, graph.opset)
+    ctx = NodeContext(graph, node, ins, version)
+    if rule is None:
+        raise ctx.refuse(f"op {node.op_type} is not supported by graphc's importer "
+                         f"(supported: {', '.join(sorted(RULES))})")
+    if version not in rule.versions:
+        raise ctx.refuse(f"{node.op_type}-{version} (the version opset {graph.opset} selects) is not supported; "
+                         f"graphc implements {node.op_type} versions {sorted(rule.versions)}")
+    unknown = sorted(set(ctx.attrs) - rule.attrs)
+    if unknown:
+        raise ctx.refuse(f"attribute(s) {unknown} not supported")
+    for name in node.output[1:]:
+        if name and node.op_type not in MULTI_OUTPUT:
+            raise ctx.refuse(f"output {name!r} is requested; graphc computes only the first output of "
+                             f"{node.op_type}")
+    return rule, ctx
 
 
 MULTI_OUTPUT = {"Split", "Dropout", "BatchNormalization"}  # rules that compute several outputs

@@ -109,7 +109,7 @@ def _identity(ctx):
     return [ctx.inputs[0]]
 
 
-@rule("Cast", versions=(6, 9, 13, 19, 21, 23, 24, 25), attrs=("to", "saturate"))
+@rule("Cast", versions=(6, 9, 13, 19, 21, 23, 24, 25, 28), attrs=("to", "saturate", "round_mode"))
 def _cast(ctx):
     to = numpy_dtype(ctx.attr("to"), ctx.where)
     v = ctx.inputs[0]
@@ -119,13 +119,10 @@ def _cast(ctx):
                 raise ctx.refuse(f"cannot cast batch-dependent sizes to {to}")
             return [v]
         return [v.astype(to)]
-    if v.dtype.kind == "f" and to.kind in "iu":
-        # ONNX casts float -> int by truncation toward zero, as NumPy's astype does
-        pass
-    return [F.cast(v, to) if v.dtype != to else v]
+    return [F.cast(v, to) if v.dtype != to else v]  # float -> int truncates toward zero in both
 
 
-@rule("CastLike", versions=(15, 19, 21, 23, 24, 25), attrs=("saturate",))
+@rule("CastLike", versions=(15, 19, 21, 23, 24, 25), attrs=("saturate", "round_mode"))
 def _cast_like(ctx):
     to = ctx.inputs[1].dtype
     v = ctx.inputs[0]
@@ -189,7 +186,9 @@ def _resolve(ctx, dims: list, out: list, target) -> list:
 def _flatten(ctx):
     dims = ctx.sym_shape(0)
     axis = ctx.attr("axis", 1)
-    axis = _norm_axis(ctx, axis, len(dims) + 1)
+    axis = axis + len(dims) if axis < 0 else axis  # in [-r, r]: -1 is the last axis
+    if not 0 <= axis <= len(dims):
+        raise ctx.refuse(f"axis {ctx.attr('axis')} is out of range for a {len(dims)}-d input")
     return [_reshape_to(ctx, ctx.inputs[0], [prod(dims[:axis]), prod(dims[axis:])])]
 
 
@@ -400,9 +399,29 @@ def _range(ctx):
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 
 
-@rule("Add", "Sub", "Mul", "Div", versions=(7, 13, 14))
+def _legacy_broadcast(ctx, a, b):
+    """Before opset 7, B broadcast to A only with broadcast=1, its axes aligned from `axis`."""
+    if ctx.version >= 7:
+        return b
+    if not ctx.attr("broadcast", 0):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ctx.refuse(f"shapes {tuple(a.shape)} and {tuple(b.shape)} differ and broadcast=0")
+        return b
+    axis = ctx.attr("axis")
+    if axis is None or b.ndim == 0:
+        return b
+    axis = _norm_axis(ctx, axis, a.ndim)
+    trailing = a.ndim - axis - b.ndim
+    if trailing < 0:
+        raise ctx.refuse(f"B {tuple(b.shape)} does not fit A {tuple(a.shape)} from axis {axis}")
+    shape = tuple(b.shape) + (1,) * trailing
+    return b.reshape(shape) if isinstance(b, np.ndarray) else F.reshape(b, shape)
+
+
+@rule("Add", "Sub", "Mul", "Div", versions=(6, 7, 13, 14), attrs=("axis", "broadcast"))
 def _binary(ctx):
     a, b = ctx.inputs[:2]
+    ctx.inputs[1] = b = _legacy_broadcast(ctx, a, b)
     static = isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
     if static and (a.dtype.kind in "iuO" and b.dtype.kind in "iuO"):  # shape arithmetic
         if ctx.op == "Div":
@@ -491,9 +510,10 @@ def _gelu(ctx):
     return [F.gelu(ctx.tensor(0), approximate=approximate)]
 
 
-@rule("Pow", versions=(7, 12, 13, 15))
+@rule("Pow", versions=(1, 7, 12, 13, 15), attrs=("axis", "broadcast"))
 def _pow(ctx):
     x = ctx.tensor(0)
+    ctx.inputs[1] = _legacy_broadcast(ctx, ctx.inputs[0], ctx.inputs[1]) if ctx.version < 7 else ctx.inputs[1]
     if x.dtype.kind != "f":
         raise ctx.refuse(f"Pow of {x.dtype} values (graphc computes powers of floats)")
     if ctx.is_static(1) and ctx.inputs[1].size == 1 and not has_sym(ctx.inputs[1]):
@@ -505,9 +525,14 @@ def _pow(ctx):
     return [F.pow(x, y if y.dtype == x.dtype else F.cast(y, x.dtype))]
 
 
-@rule("PRelu", versions=(7, 9, 16))
+@rule("PRelu", versions=(6, 7, 9, 16))
 def _prelu(ctx):
     x, slope = ctx.tensor(0), ctx.tensor(1)
+    if ctx.version < 7 and slope.ndim == 1 and slope.shape[0] not in (1, None) and x.ndim > 2:
+        # PRelu-6 (PyTorch's old exports): one slope per channel, axis 1
+        if slope.shape[0] != x.shape[1]:
+            raise ctx.refuse(f"{slope.shape[0]} slopes for {x.shape[1]} channels")
+        slope = F.reshape(slope, (-1,) + (1,) * (x.ndim - 2))
     return [F.where(F.less(x, 0.0), x * slope, x)]
 
 
@@ -540,7 +565,7 @@ def _clip(ctx):
     return [out]
 
 
-@rule("Sum", "Max", "Min", "Mean", versions=(8, 12, 13))
+@rule("Sum", "Max", "Min", "Mean", versions=(6, 8, 12, 13))
 def _variadic(ctx):
     xs = [ctx.tensor(i) for i in range(len(ctx.inputs)) if ctx.has(i)]
     if len({x.dtype for x in xs}) > 1:
@@ -590,7 +615,7 @@ def _where(ctx):
 
 
 # -- matrix products ------------------------------------------------------------------------------------
-@rule("Gemm", versions=(7, 9, 11, 13), attrs=("alpha", "beta", "transA", "transB"))
+@rule("Gemm", versions=(6, 7, 9, 11, 13), attrs=("alpha", "beta", "transA", "transB", "broadcast"))
 def _gemm(ctx):
     a, b = ctx.tensor(0), ctx.tensor(1)
     if a.ndim != 2 or b.ndim != 2:
@@ -603,6 +628,8 @@ def _gemm(ctx):
         y = y * alpha
     if ctx.has(2) and beta != 0.0:
         c = ctx.tensor(2)
+        if ctx.version < 7 and not ctx.attr("broadcast", 0) and c.shape != y.shape:
+            raise ctx.refuse(f"C {c.shape} must be {y.shape} without broadcast=1")
         y = y + (c if beta == 1.0 else c * beta)
     return [y]
 
@@ -662,22 +689,40 @@ def _reduce(ctx):
         if x.dtype == np.bool_:
             raise ctx.refuse("ReduceSum of bool values")
         return [F.sum(x, axes, keep)]
-    if any(x.shape[a] == 0 for a in axes):
-        raise ctx.refuse("max/min over an empty axis")
+    if any(x.shape[a] == 0 for a in axes):  # ONNX: the identity of max (min) over no elements
+        shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape) if keep or k not in axes)
+        if any(d is None for d in shape):
+            raise ctx.refuse("max/min over an empty axis of a tensor with sizes known only at call time")
+        if x.dtype == np.bool_:
+            fill = ctx.op == "ReduceMin"
+        elif x.dtype.kind == "f":
+            fill = -np.inf if ctx.op == "ReduceMax" else np.inf
+        else:
+            info = np.iinfo(x.dtype)
+            fill = info.min if ctx.op == "ReduceMax" else info.max
+        return [np.full(shape, fill, x.dtype)]
     if ctx.op == "ReduceMax":
         return [F.max(x, axes, keep)]
+    if x.dtype == np.bool_:  # min of booleans: not max(not x)
+        false = constant(np.asarray(False))
+        return [F.equal(F.max(F.equal(x, false), axes, keep), false)]
     if x.dtype.kind != "f":
         raise ctx.refuse(f"ReduceMin of {x.dtype} values (computed as -max(-x) on floats)")
     return [-F.max(-x, axes, keep)]
 
 
-@rule("ArgMax", versions=(11, 12, 13), attrs=("axis", "keepdims", "select_last_index"))
+@rule("ArgMax", versions=(1, 11, 12, 13), attrs=("axis", "keepdims", "select_last_index"))
 def _argmax(ctx):
     x = ctx.tensor(0)
-    if ctx.attr("select_last_index", 0):
-        raise ctx.refuse("select_last_index=1 (graphc's argmax returns the first maximum)")
     axis = _norm_axis(ctx, ctx.attr("axis", 0), x.ndim)
-    out = F.argmax(x, axis)
+    if ctx.attr("select_last_index", 0):  # the last maximum: the first one of the reversed axis
+        if x.shape[axis] is None:
+            raise ctx.refuse("select_last_index=1 on an axis whose size is known only at call time")
+        index = [(None, None, 1)] * x.ndim
+        index[axis] = (None, None, -1)
+        out = (x.shape[axis] - 1) - F.argmax(F.slice(x, index), axis)
+    else:
+        out = F.argmax(x, axis)
     return [F.expand_dims(out, (axis,)) if ctx.attr("keepdims", 1) else out]
 
 
@@ -691,8 +736,12 @@ def _global_pool(ctx):
 
 
 # -- dropout, batch norm, LRN ----------------------------------------------------------------------------
-@rule("Dropout", versions=(7, 10, 12, 13, 22), attrs=("ratio", "seed"), static=(2,))
+@rule("Dropout", versions=(6, 7, 10, 12, 13, 22), attrs=("ratio", "seed", "is_test"), static=(2,))
 def _dropout(ctx):
+    if ctx.version < 7 and not ctx.attr("is_test", 0):
+        raise ctx.refuse("is_test=0 (training dropout): graphc imports models for inference")
+    if ctx.has(2) and ctx.node.input[2] in ctx.graph.graph_inputs:
+        raise ctx.refuse("training_mode is a graph input: graphc imports Dropout for inference (the identity)")
     if ctx.has(2):
         training = ctx.static(2, "training_mode")
         if bool(np.asarray(training).reshape(-1)[0]):
@@ -705,8 +754,11 @@ def _dropout(ctx):
     return outs
 
 
-@rule("BatchNormalization", versions=(7, 9, 14, 15), attrs=("epsilon", "momentum", "spatial", "training_mode"))
+@rule("BatchNormalization", versions=(6, 7, 9, 14, 15),
+      attrs=("epsilon", "momentum", "spatial", "training_mode", "is_test"))
 def _batch_norm(ctx):
+    if ctx.version < 7 and not ctx.attr("is_test", 0):
+        raise ctx.refuse("is_test=0 (training mode): graphc imports batch normalisation for inference")
     if ctx.attr("training_mode", 0):
         raise ctx.refuse("training_mode=1 (graphc imports batch normalisation for inference)")
     if not ctx.attr("spatial", 1):
@@ -854,7 +906,7 @@ def _pool(ctx):
     return [F.squeeze(y, (2,)) if squeeze else y]
 
 
-@rule("Pad", versions=(2, 11, 13, 18, 19, 21, 23, 24, 25), attrs=("mode", "pads", "value"), static=(1, 2, 3))
+@rule("Pad", versions=(2, 11, 13, 18, 19, 21, 23, 24, 25), attrs=("mode", "pads", "value"), static=(1, 3))
 def _pad(ctx):
     mode = ctx.attr("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -867,7 +919,10 @@ def _pad(ctx):
         axes = list(range(ndim))
     else:
         pads = ctx.ints(1, "pads")
-        value = ctx.static(2, "constant_value").reshape(-1)[0] if ctx.has(2) else 0
+        value = 0
+        if ctx.has(2):
+            value = ctx.inputs[2] if isinstance(ctx.inputs[2], Tensor) and ctx.node.input[2] in \
+                ctx.graph.graph_inputs else ctx.static(2, "constant_value").reshape(-1)[0]
         axes = ctx.ints(3, "axes") if ctx.has(3) else list(range(ndim))
     axes = [_norm_axis(ctx, a, ndim, "axes") for a in axes]
     if len(pads) != 2 * len(axes):
@@ -879,6 +934,11 @@ def _pad(ctx):
     crop = [(-min(b, 0), -min(e, 0)) for b, e in full]
     if isinstance(v, np.ndarray):
         out = np.pad(v, grow, constant_values=value)
+    elif isinstance(value, Tensor):  # fill computed at call time: pick it outside the input's region
+        if any(d is None for d in v.shape):
+            raise ctx.refuse("a computed fill value on sizes known only at call time")
+        inside = np.pad(np.ones(v.shape, np.bool_), grow)
+        out = F.where(constant(inside), F.pad(v, grow), F.reshape(value, ()))
     else:
         if value != 0 and v.dtype.kind != "f":
             raise ctx.refuse(f"a non-zero fill value for {v.dtype} values")
@@ -888,3 +948,32 @@ def _pad(ctx):
         out = _apply_slice(ctx, out, index)
     return [out]
 
+
+
+@rule("Tile", versions=(6, 13), static=(1,))
+def _tile(ctx):
+    v = ctx.inputs[0]
+    repeats = ctx.ints(1, "repeats")
+    if len(repeats) != v.ndim or min(repeats, default=1) < 0:
+        raise ctx.refuse(f"repeats {repeats} for a {v.ndim}-d input")
+    if isinstance(v, np.ndarray):
+        return [np.tile(v, repeats)]
+    out = v
+    for axis, r in enumerate(repeats):
+        if r == 0:
+            raise ctx.refuse("a repeat count of 0")
+        if r > 1:
+            out = F.concatenate([out] * r, axis)
+    return [out]
+
+
+@rule("InstanceNormalization", versions=(1, 6, 22), attrs=("epsilon",))
+def _instance_norm(ctx):
+    x, scale, bias = ctx.tensor(0), ctx.tensor(1), ctx.tensor(2)
+    if x.dtype.kind != "f" or x.ndim < 3:
+        raise ctx.refuse(f"needs a floating (N, C, ...) input, got {x.ndim}-d {x.dtype}")
+    axes = tuple(range(2, x.ndim))
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    centred = x - F.mean(x, axes, True)
+    var = F.mean(centred * centred, axes, True)
+    return [centred / F.sqrt(var + ctx.attr("epsilon", 1e-5)) * F.reshape(scale, shape) + F.reshape(bias, shape)]
