@@ -23,6 +23,7 @@ from .compiler.runtime import Function, compile
 from .ir.errors import GraphError
 from .ir.graph import reachable
 from .ir.tensor import Tensor, as_tensor, constant, parameter, placeholder
+from .learn.nn import manual_seed
 from .learn.train import Trainer, accuracy, predict, predict_logits, train
 from .ops import *  # every public op function (graphc.ops.__all__)
 from .ops import REGISTRY

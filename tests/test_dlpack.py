@@ -52,7 +52,7 @@ def test_torch_feeds_give_the_same_results_as_numpy_feeds():
 def test_a_tensor_that_requires_grad_is_refused_with_advice():
     x = gc.placeholder("x", (None, 3))
     f = gc.compile(x.sum())
-    with pytest.raises(gc.GraphError, match=r"feed 'x' is a Tensor that requires grad; feed x.detach\(\)"):
+    with pytest.raises(gc.GraphError, match=r"feed .x. is a Tensor that requires grad; pass x.detach\(\)"):
         f(x=torch.ones(2, 3, requires_grad=True))
     assert f(x=torch.ones(2, 3, requires_grad=True).detach()) == 6
 

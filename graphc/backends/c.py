@@ -24,6 +24,7 @@ from .. import _cgraphc
 from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
 from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY, memory_traits
+from .numpy_backend import run_node
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
 
@@ -157,6 +158,8 @@ def _unary(lw, k, step):
     node = step.node
     if not _floats(node):
         return False
+    if node.op not in UNARY:  # an op without a kernel of its own (e.g. a user's copy of an op)
+        return False
     op, attr = UNARY[node.op]
     param = node.attrs[attr] if attr else 0.0
     if _prod(node.shape):
@@ -168,7 +171,7 @@ def _unary(lw, k, step):
 def _act_grad(lw, k, step):
     node = step.node
     y, g = node.inputs
-    if not _floats(node) or y.shape != g.shape:
+    if not _floats(node) or y.shape != g.shape or node.attrs["act"] not in ACT_CODE:
         return False
     if _prod(node.shape):
         lw.emit(lib.GC_OP_ACT_BWD, k, node.dtype, ACT_CODE[node.attrs["act"]], _prod(node.shape),
@@ -179,7 +182,7 @@ def _act_grad(lw, k, step):
 
 def _binary(lw, k, step):
     node = step.node
-    if not _floats(node):
+    if not _floats(node) or node.op not in BINARY:
         return False
     a, b = node.inputs
     shape = node.shape
@@ -647,8 +650,7 @@ def _mixed_runner(lo: Lowered):
     plan = lo.plan
     specs = _out_specs(lo)
     steps = plan.steps
-    np_steps = {k: (REGISTRY[steps[k].node.op].forward, steps[k].inputs, steps[k].out, steps[k].node.attrs,
-                    steps[k].node) for k in lo.numpy_steps}
+    np_steps = {k: (steps[k].inputs, steps[k].out, steps[k].node) for k in lo.numpy_steps}
     segs = iter(lo.segments_code)
     program = [("c", next(segs)) if item[0] == "c" else ("np", np_steps[item[1]]) for item in lo.program]
     fconst, nfc, pool = lo.fconst_ptr, len(lo.fconst), lo.pool_ptr
@@ -674,14 +676,8 @@ def _mixed_runner(lo: Lowered):
                     if rc:
                         _raise(lo, rc, feeds, params, outs, arena)
                     continue
-                fwd, ins, out, attrs, node = what
-                vals = [_value(lo, s, feeds, params, outs, arena, pad) for s in ins]
-                try:
-                    r = fwd(*vals, **attrs)
-                except GraphError as exc:
-                    raise node_error(node, str(exc)) from None
-                except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
-                    raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+                ins, out, node = what
+                r = run_node(node, [_value(lo, s, feeds, params, outs, arena, pad) for s in ins])
                 np.copyto(_value(lo, out, feeds, params, outs, arena, pad), r, casting="unsafe")
         return outs
 

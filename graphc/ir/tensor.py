@@ -8,6 +8,7 @@ Nothing is global: a graph is the closure of its outputs.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -53,6 +54,11 @@ class Tensor:
 
     def __hash__(self) -> int:
         return self.id
+
+    def __array__(self, dtype=None, copy=None):
+        raise GraphError(f"{self!r} is symbolic: it has no values until a compiled Function runs it "
+                         f"(gc.compile(tensor)(**feeds) returns arrays), so NumPy cannot convert it "
+                         f"(at {user_source()})")
 
     def __eq__(self, other):  # elementwise, as in NumPy; identity is `is`
         return _F.equal(self, other)
@@ -138,7 +144,19 @@ def placeholder(name: str, shape: Sequence[Optional[int]] = (), dtype="float32")
         raise GraphError(f"placeholder name must be a Python identifier (it is a keyword argument), got {name!r} "
                          f"(at {user_source()})")
     dtype = _numeric_dtype(dtype, f"placeholder '{name}'")
-    return Tensor("placeholder", (), {}, _check_shape(shape), dtype, name=name)
+    t = Tensor("placeholder", (), {}, _check_shape(shape), dtype, name=name)
+    _PLACEHOLDERS.add(t)
+    return t
+
+
+# Live placeholders (weakly held): a feed dict may then name placeholders that a Function's
+# outputs do not reach (one dict for a loss and its predictions) without hiding typos.
+_PLACEHOLDERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def placeholder_exists(name: str) -> bool:
+    """Is some live placeholder called `name`?"""
+    return any(t.name == name for t in list(_PLACEHOLDERS))
 
 
 def _numeric_dtype(dtype, what: str) -> np.dtype:

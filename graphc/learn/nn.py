@@ -40,7 +40,8 @@ from .. import ops as F
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, parameter
 
-__all__ = ["Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout", "ReLU",
+__all__ = ["manual_seed", "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout",
+           "ReLU", "Softplus", "ELU", "GELU", "SiLU",
            "Sigmoid", "Tanh", "LeakyReLU", "Identity", "Sequential", "LogisticRegression", "SoftmaxRegression",
            "MLP", "SmallCNN", "ModelFileError", "he_normal", "xavier_uniform", "LAYERS"]
 
@@ -78,6 +79,23 @@ def xavier_uniform(shape: Sequence[int], fan_in: int, fan_out: int, rng: np.rand
     return rng.uniform(-a, a, size=tuple(shape)).astype(dtype)
 
 
+_SEEDS = [np.random.default_rng(0)]  # draws the seeds of layers built without one
+
+
+def manual_seed(seed: int) -> None:
+    """Restart the generator that seeds layers built without `seed=` (as torch.manual_seed).
+
+    Every such layer draws its own seed from it, so two same-shape layers start different, and a
+    program that builds its models in the same order gets the same weights on every run (the
+    generator starts at seed 0 when graphc is imported)."""
+    _SEEDS[0] = np.random.default_rng(int(seed))
+
+
+def _seed(seed: Optional[int]) -> int:
+    """The seed a layer uses: its own, or the next one from the manual_seed generator."""
+    return int(_SEEDS[0].integers(0, 2**31 - 1)) if seed is None else int(seed)
+
+
 def _init(init: str, shape, fan_in: int, fan_out: int, seed: int, dtype) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if init == "he":
@@ -101,17 +119,38 @@ class Module:
         self._children: dict[str, Module] = {}
         self._config: dict[str, Any] = {}
         self._cache: dict = {}  # compiled Functions built on this model (Trainer, attacks)
+        self.training = False  # model(x) builds the evaluation graph unless train() was called
 
     # graph building
     def forward(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
-        """Build the graph of this model on input `x`; returns the output (logits) Tensor."""
+    def __call__(self, x: Tensor, training: Optional[bool] = None, seed: Union[Tensor, int, None] = None) -> Tensor:
+        """Build the graph of this model on input `x`; returns the output (logits) Tensor.
+
+        training: dropout active (True) or not (False); None follows the model's mode, set by
+        train() / eval() (a new model is in eval mode; gc.train and the Trainer build their
+        training graph explicitly, and predict/accuracy always evaluate with dropout off)."""
+        if training is None:
+            training = self.training
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} is called on a graphc Tensor (e.g. gc.placeholder), "
                             f"got {type(x).__name__}; use graphc.train.predict for arrays")
         return self.forward(x, training=training, seed=seed)
+
+    # modes
+    def train(self, mode: bool = True) -> Module:
+        """Put this model and its layers in training mode (dropout active in graphs built by
+        model(x)); returns the model, as torch.nn.Module.train does."""
+        for m in self.modules():
+            if m.training != bool(mode):
+                m.training = bool(mode)
+                m._cache.clear()  # compiled graphs of the other mode
+        return self
+
+    def eval(self) -> Module:
+        """Put this model and its layers in evaluation mode (dropout off); returns the model."""
+        return self.train(False)
 
     # parameters
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
@@ -297,8 +336,9 @@ class Linear(Module):
     init: "he" (default; for ReLU nets), "xavier" (tanh/sigmoid/linear outputs) or "zeros"."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he",
-                 seed: int = 0, dtype: str = "float32"):
+                 seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), out_features=int(out_features), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
         # drawn as (in, out) and transposed: a seed gives the same network as before the layout change
@@ -331,8 +371,10 @@ class Conv2d(Module):
     """2-d convolution on NCHW inputs; weight (out, in, k, k), He-initialised by default."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 0, bias: bool = True, init: str = "he", seed: int = 0, dtype: str = "float32"):
+                 padding: int = 0, bias: bool = True, init: str = "he", seed: Optional[int] = None,
+                 dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_channels=int(in_channels), out_channels=int(out_channels),
                             kernel_size=int(kernel_size), stride=int(stride), padding=int(padding), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
@@ -449,7 +491,54 @@ class LeakyReLU(Module):
         return F.leaky_relu(x, self._config["alpha"])
 
 
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity}
+@_register
+class Softplus(Module):
+    """log(1 + exp(beta·x)) / beta (x itself where beta·x > 20), as torch.nn.Softplus."""
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self._config = dict(beta=float(beta))
+
+    def forward(self, x, training=False, seed=None):
+        return F.softplus(x, self._config["beta"])
+
+
+@_register
+class ELU(Module):
+    """x for x > 0, alpha·(exp(x) − 1) otherwise, as torch.nn.ELU."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self._config = dict(alpha=float(alpha))
+
+    def forward(self, x, training=False, seed=None):
+        return F.elu(x, self._config["alpha"])
+
+
+@_register
+class GELU(Module):
+    """x·Φ(x) (approximate="none") or its tanh approximation (approximate="tanh"), as torch.nn.GELU."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise GraphError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self._config = dict(approximate=approximate)
+
+    def forward(self, x, training=False, seed=None):
+        return F.gelu(x, self._config["approximate"])
+
+
+@_register
+class SiLU(Module):
+    """x·sigmoid(x), as torch.nn.SiLU."""
+
+    def forward(self, x, training=False, seed=None):
+        return F.silu(x)
+
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity,
+               "softplus": Softplus, "elu": ELU, "gelu": GELU, "silu": SiLU}
 
 
 @_register
@@ -511,8 +600,9 @@ class LogisticRegression(Module):
     ((None, 2), (None,))
     """
 
-    def __init__(self, in_features: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), seed=int(seed), dtype=str(np.dtype(dtype)))
         self.weight = self._params["weight"] = parameter(np.zeros((in_features, 1), dtype), name="weight")
         self.bias = self._params["bias"] = parameter(np.zeros(1, dtype), name="bias")
@@ -534,7 +624,8 @@ class LogisticRegression(Module):
 class SoftmaxRegression(_Wrapper):
     """Multiclass logistic regression: logits = x W + b (Xavier-initialised)."""
 
-    def __init__(self, in_features: int, classes: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, classes: int, seed: Optional[int] = None, dtype: str = "float32"):
+        seed = _seed(seed)
         self._args = dict(in_features=int(in_features), classes=int(classes), seed=int(seed),
                           dtype=str(np.dtype(dtype)))
         super().__init__(Linear(in_features, classes, init="xavier", seed=seed, dtype=dtype))
@@ -551,8 +642,9 @@ class MLP(_Wrapper):
     9610
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: int = 0, dropout: float = 0.0,
-                 dtype: str = "float32"):
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: Optional[int] = None,
+                 dropout: float = 0.0, dtype: str = "float32"):
+        seed = _seed(seed)
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"MLP needs at least [in, out] sizes, got {sizes}")
@@ -581,8 +673,9 @@ class SmallCNN(_Wrapper):
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, classes: int = 10,
-                 channels: Sequence[int] = (16, 32), seed: int = 0, flat_input: bool = False,
+                 channels: Sequence[int] = (16, 32), seed: Optional[int] = None, flat_input: bool = False,
                  dtype: str = "float32"):
+        seed = _seed(seed)
         c1, c2 = (int(c) for c in channels)
         self._args = dict(in_channels=int(in_channels), image_size=int(image_size), classes=int(classes),
                           channels=[c1, c2], seed=int(seed), flat_input=bool(flat_input), dtype=str(np.dtype(dtype)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from ..ir.tensor import Tensor, as_tensor
 class Domain:
     """Where an op's inputs may be drawn for fuzzing and gradient checks.
 
-    kind: "real", "positive" (log, sqrt), "nonzero" (division), "unit" (-1, 1) ...;
+    kind: "real", "positive" (log, sqrt), "nonzero" (division), "unit" (-1, 1), "bounded" (values,
+    even computed ones, must stay in [low, high]: exp's argument, an exponent);
     kinks: points where the op is not differentiable (relu: 0), kept away from by strategies
     and reported by gradcheck; distinct: values must be unique (ties in max / max-pool)."""
     kind: str = "real"
@@ -54,12 +55,14 @@ class OpDef:
     ((out, *inputs, **attrs) -> an array that changes exactly when the op switches branch; default:
     the sign of each input minus each kink), `fuzz` (the graphc.testing case kind that draws its
     inputs), `value_preserving` / `monotonic` (a kink after it applies before it; distinct values
-    stay distinct), `no_vjp` (why a differentiable op has no VJP of its own)."""
+    stay distinct), `no_vjp` (why a differentiable op has no VJP of its own), `fuzz_attrs` and
+    `fuzz_weight` (what attribute values and how often random graphs draw it), `made_by` (ops
+    that only gradients or the compiler create: random graphs reach them through grad or passes)."""
     name: str
     infer: Callable  # (inputs: list[Tensor], **attrs) -> (shape, dtype)
     forward: Callable  # (*arrays, **attrs) -> ndarray
     vjp: Optional[Callable] = None  # (g, out, *inputs, **attrs) -> list[Tensor | None], one per input
-    domain: tuple = ()  # one Domain per input (missing entries: Domain())
+    domain: Any = ()  # one Domain per input (missing entries: Domain()), or a callable(**attrs) giving them
     differentiable: bool = True
     elementwise: bool = False
     arity: Optional[int] = None  # None = variadic
@@ -76,12 +79,16 @@ class OpDef:
     # verification
     branch: Optional[Callable] = None
     fuzz: Optional[str] = None
+    fuzz_attrs: Any = field(default_factory=dict)  # attr -> candidate values, or callable(draw, shape, dtype)
+    fuzz_weight: int = 1  # how often random graphs draw it, relative to other ops
     value_preserving: bool = False
     monotonic: bool = False
     no_vjp: str = ""
+    made_by: str = ""  # "vjp": only gradients create it; "passes": only the compiler does
 
-    def input_domain(self, i: int) -> Domain:
-        return self.domain[i] if i < len(self.domain) else Domain()
+    def input_domain(self, i: int, attrs: Optional[dict] = None) -> Domain:
+        domains = self.domain(**(attrs or {})) if callable(self.domain) else self.domain
+        return domains[i] if i < len(domains) else Domain()
 
     def kernel(self, attrs: dict) -> str:
         """The name of the elementwise kernel computing a node of this op with these attributes."""
@@ -109,22 +116,24 @@ def register(op: OpDef) -> OpDef:
     if op.name in REGISTRY:
         raise ValueError(f"op {op.name!r} registered twice")
     REGISTRY[op.name] = op
-    _FUSED_KERNELS.clear()
     return op
 
 
-_FUSED_KERNELS: dict = {}
+_fused_cache: list = [None, {}]  # [registry fingerprint, table]
 
 
 def fused_kernels() -> dict:
     """kernel name -> (OpDef, fixed attributes) for every instruction a fused_elementwise
     program may hold (derived from the registry's `fusible` ops and their `variants`)."""
-    if not _FUSED_KERNELS:
+    fingerprint = tuple(map(id, REGISTRY.values()))  # tests register and remove ops on the fly
+    if _fused_cache[0] != fingerprint:
+        table = {}
         for op in REGISTRY.values():
             if op.fusible:
                 for name, fixed in (op.variants or {op.name: {}}).items():
-                    _FUSED_KERNELS[name] = (op, fixed)
-    return _FUSED_KERNELS
+                    table[name] = (op, fixed)
+        _fused_cache[:] = [fingerprint, table]
+    return _fused_cache[1]
 
 
 def memory_traits() -> tuple:

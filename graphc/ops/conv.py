@@ -102,9 +102,11 @@ def _weight_grad_vjp(gg, out, x, w, gy, stride, padding):
 
 register(OpDef("conv2d", infer=_conv_infer, forward=_conv_forward, vjp=_conv_vjp, lowering="conv", fuzz="conv"))
 register(OpDef("conv2d_input_grad", infer=lambda i, stride, padding: (i[0].shape, i[0].dtype),
-               forward=_conv_input_grad_forward, vjp=_input_grad_vjp, arity=3, lowering="conv", fuzz="conv"))
+               forward=_conv_input_grad_forward, vjp=_input_grad_vjp, arity=3, lowering="conv", fuzz="conv",
+               made_by="vjp"))
 register(OpDef("conv2d_weight_grad", infer=lambda i, stride, padding: (i[1].shape, i[1].dtype),
-               forward=_conv_weight_grad_forward, vjp=_weight_grad_vjp, arity=3, lowering="conv", fuzz="conv"))
+               forward=_conv_weight_grad_forward, vjp=_weight_grad_vjp, arity=3, lowering="conv", fuzz="conv",
+               made_by="vjp"))
 
 
 def conv2d(x, w, b=None, stride=1, padding=0) -> Tensor:
@@ -171,14 +173,15 @@ register(OpDef("max_pool2d", infer=_pool_infer, forward=_maxpool_forward, arity=
                domain=(Domain(distinct=True),), lowering="pool", fuzz="pool", value_preserving=True,
                branch=lambda out, x, **a: _maxpool_routing(x, out.shape, a)))
 register(OpDef("max_pool2d_grad", infer=lambda i, **a: (i[0].shape, i[0].dtype), forward=_maxpool_grad_forward,
-               arity=2, lowering="pool", fuzz="pool", no_vjp="a backward op: its own VJP is not needed for "
+               arity=2, lowering="pool", fuzz="pool", made_by="vjp",
+               no_vjp="a backward op: its own VJP is not needed for "
                "first and second derivatives of max_pool2d (the routing is piecewise constant)",
                branch=lambda out, x, gy, **a: _maxpool_routing(x, gy.shape, a)))
 register(OpDef("avg_pool2d", infer=_pool_infer, forward=_avgpool_forward, arity=1,
                vjp=lambda g, out, x, **a: [apply("avg_pool2d_grad", [x, g], **a)], lowering="pool", fuzz="pool"))
 register(OpDef("avg_pool2d_grad", infer=lambda i, **a: (i[0].shape, i[0].dtype), forward=_avgpool_grad_forward,
                vjp=lambda gg, out, x, gy, **a: [None, apply("avg_pool2d", [gg], **a)], arity=2, lowering="pool",
-               fuzz="pool"))
+               fuzz="pool", made_by="vjp"))
 
 
 def _pool_attrs(kernel, stride: Optional[object], padding):

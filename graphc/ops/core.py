@@ -66,7 +66,8 @@ def _cast_vjp(g, out, x, dtype):
 
 register(OpDef("cast", infer=lambda i, dtype: (i[0].shape, np.dtype(dtype)),
                forward=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, arity=1, elementwise=True,
-               lowering="cast", fuzz="unary", value_preserving=True))
+               lowering="cast", fuzz="unary", value_preserving=True,
+               fuzz_attrs={"dtype": (np.dtype(np.float32), np.dtype(np.float64))}))
 
 
 def cast(x: Tensor, dtype) -> Tensor:
@@ -90,10 +91,10 @@ def stop_gradient(x: Tensor) -> Tensor:
 
 register(OpDef("zeros_like", infer=lambda i, dtype=None: (i[0].shape, np.dtype(dtype or i[0].dtype)),
                forward=lambda x, dtype=None: np.zeros(x.shape, dtype or x.dtype),
-               differentiable=False, arity=1, lowering="fill", fuzz="unary"))
+               differentiable=False, arity=1, lowering="fill", fuzz="unary", fuzz_attrs={"dtype": (None,)}))
 register(OpDef("ones_like", infer=lambda i, dtype=None: (i[0].shape, np.dtype(dtype or i[0].dtype)),
                forward=lambda x, dtype=None: np.ones(x.shape, dtype or x.dtype),
-               differentiable=False, arity=1, lowering="fill", fuzz="unary"))
+               differentiable=False, arity=1, lowering="fill", fuzz="unary", fuzz_attrs={"dtype": (None,)}))
 
 
 def zeros_like(x: Tensor, dtype=None) -> Tensor:
@@ -115,7 +116,7 @@ def _size_forward(x, axes, dtype):
     return np.asarray(np.prod([x.shape[a] for a in axes]), dtype=dtype)
 
 
-register(OpDef("size_of", infer=_size_infer, forward=_size_forward, differentiable=False, arity=1, fuzz="unary"))
+register(OpDef("size_of", infer=_size_infer, forward=_size_forward, differentiable=False, arity=1, fuzz="size_of"))
 
 
 def size_of(x: Tensor, axes=None, dtype=None) -> Tensor:
@@ -149,7 +150,7 @@ def _sum_to_infer(inputs):
 
 register(OpDef("sum_to", infer=_sum_to_infer, forward=lambda g, like: sum_to_shape(g, like.shape),
                vjp=lambda g, out, x, like: [broadcast_like(g, x), None], arity=2, lowering="sum_to",
-               same_shape_identity=True, fuzz="sum_to"))
+               same_shape_identity=True, fuzz="sum_to", made_by="vjp"))
 
 
 def _broadcast_like_infer(inputs):
@@ -160,7 +161,7 @@ def _broadcast_like_infer(inputs):
 register(OpDef("broadcast_like", infer=_broadcast_like_infer,
                forward=lambda x, like: np.broadcast_to(x, np.broadcast_shapes(x.shape, like.shape)),
                vjp=lambda g, out, x, like: [sum_to(g, x), None], arity=2, lowering="broadcast_like",
-               same_shape_identity=True, fuzz="broadcast_like", value_preserving=True))
+               same_shape_identity=True, fuzz="broadcast_like", value_preserving=True, made_by="vjp"))
 
 
 def sum_to(g: Tensor, like: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ def _reshape_like_infer(inputs):
 
 register(OpDef("reshape_like", infer=_reshape_like_infer, forward=lambda g, like: np.reshape(g, like.shape),
                vjp=lambda gg, out, g, like: [apply("reshape_like", [gg, g]), None], arity=2, alias=True,
-               lowering="alias", same_shape_identity=True, fuzz="reshape", value_preserving=True))
+               lowering="alias", same_shape_identity=True, fuzz="reshape_like", value_preserving=True, made_by="vjp"))
 
 
 def reshape(x, shape) -> Tensor:
@@ -173,7 +173,8 @@ def _concat_slice_infer(inputs, axis, index):
 register(OpDef("concatenate", infer=_concat_infer,
                forward=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp, fuzz="concatenate",
                value_preserving=True))
-register(OpDef("concat_slice", infer=_concat_slice_infer, forward=_concat_slice_forward, fuzz="concatenate",
+register(OpDef("concat_slice", infer=_concat_slice_infer, forward=_concat_slice_forward, fuzz="concat_slice",
+               made_by="vjp",
                no_vjp="the backward of concatenate; its own VJP is not implemented (no second derivative "
                       "through concatenate)"))
 
