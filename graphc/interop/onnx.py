@@ -28,8 +28,16 @@ from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, constant, parameter, placeholder
 from ..learn import nn
 from . import onnx_rules  # noqa: F401 - registers the importer's rules
-from .onnx_graph import (DTYPES, MIN_OPSET, RULES, GraphImporter, default_opset, dtype_name, initializer_array,
-                         needed_nodes)
+from .onnx_graph import (
+    DTYPES,
+    MIN_OPSET,
+    RULES,
+    GraphImporter,
+    default_opset,
+    dtype_name,
+    initializer_array,
+    needed_nodes,
+)
 
 __all__ = ["load", "save", "save_graph", "backend", "OnnxModel", "ImportNote", "read_model", "SUPPORTED_OPS"]
 
@@ -284,11 +292,6 @@ def load(f, logits: bool = True, output: Optional[str] = None) -> OnnxModel:
     return OnnxModel(f, output=output, logits=logits)
 
 
-def __getattr__(name: str):
-    if name == "backend":
-        from . import onnx_backend
-        return onnx_backend
-    if name in ("save", "save_graph"):
-        from . import onnx_export
-        return getattr(onnx_export, name)
-    raise AttributeError(f"module 'graphc.onnx' has no attribute {name!r}")
+# the rest of the public API (at the end: the backend reads read_model from this module)
+from . import onnx_backend as backend  # noqa: E402
+from .onnx_export import save, save_graph  # noqa: E402

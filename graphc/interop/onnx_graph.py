@@ -12,7 +12,7 @@ known shape differs from what ONNX says the node produces is refused (GraphError
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Optional
 
@@ -46,8 +46,10 @@ def numpy_dtype(elem_type: int, what: str) -> np.dtype:
 
 @dataclass(frozen=True)
 class Sym:
-    """A size known only at call time: coeff × N, with N the batch size."""
+    """A size known only at call time: coeff × N, with N the batch size. `source` is (tensor, axis)
+    when the size was read off a tensor (Shape), so a tensor of that size can be built."""
     coeff: Fraction
+    source: Optional[tuple] = field(default=None, compare=False, hash=False)
 
     def __mul__(self, other):
         if isinstance(other, (int, np.integer)) and not isinstance(other, bool):
@@ -74,7 +76,7 @@ class Sym:
     __rfloordiv__ = __rtruediv__
 
     def __add__(self, other):
-        if isinstance(other, (int, np.integer)) and other == 0:
+        if isinstance(other, (int, np.integer)) and not isinstance(other, bool) and other == 0:
             return self
         if isinstance(other, Sym):
             return Sym(self.coeff + other.coeff)
@@ -236,7 +238,7 @@ class GraphImporter:
                 if d is not None:
                     dims.append(d)
                 elif a * probes[1] == b * probes[0]:
-                    dims.append(Sym(Fraction(a, probes[0])))
+                    dims.append(Sym(Fraction(a, probes[0]), source=(t, k)))
                 else:
                     where = ctx.where if ctx else "ONNX import"
                     raise GraphError(f"{where}: axis {k} of a {tuple(t.shape)} tensor is not proportional to the "

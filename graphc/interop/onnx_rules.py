@@ -68,17 +68,35 @@ def _constant(ctx):
     raise ctx.refuse(f"constant kind {sorted(a)} is not supported (sparse and string constants)")
 
 
+def _batch_shaped(ctx, dims: list) -> Tensor:
+    """A tensor of shape `dims` whose batch-dependent sizes (Syms read off tensors) are known only at
+    call time: broadcast from those tensors (only its shape matters)."""
+    base = constant(np.zeros([1 if isinstance(d, Sym) else int(d) for d in dims], np.bool_))
+    for k, d in enumerate(dims):
+        if not isinstance(d, Sym):
+            continue
+        if d.source is None:
+            raise ctx.refuse(f"the shape {dims} depends on the batch size in a way graphc cannot build")
+        src, axis = d.source
+        index = [(0, 1, 1)] * src.ndim
+        index[axis] = (None, None, 1)
+        line = F.reshape(F.slice(src, index), [1] * k + [-1] + [1] * (len(dims) - k - 1))
+        base = F.broadcast_like(base, line)
+    return base
+
+
 @rule("ConstantOfShape", versions=(9, 20, 21, 23, 24, 25), attrs=("value",), static=(0,))
 def _constant_of_shape(ctx):
     shape = ctx.ints(0, "shape")
-    if any(isinstance(d, Sym) for d in shape):
-        raise ctx.refuse(f"the shape {shape} depends on the batch size; graphc builds ConstantOfShape when importing")
-    if any(d < 0 for d in shape):
+    if any(not isinstance(d, Sym) and d < 0 for d in shape):
         raise ctx.refuse(f"negative size in shape {shape}")
     t = ctx.attr("value")
     value = np.zeros(1, np.float32) if t is None else numpy_helper.to_array(t)
     if t is not None:
         numpy_dtype(t.data_type, ctx.where)
+    if any(isinstance(d, Sym) for d in shape):  # e.g. zeros of the batch's size, made at call time
+        fill = constant(np.full([1] * len(shape), value.reshape(-1)[0], dtype=value.dtype))
+        return [F.broadcast_like(fill, _batch_shaped(ctx, shape))]
     return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
 
 
@@ -375,9 +393,9 @@ def _gather(ctx):
 @rule("Expand", versions=(8, 13), static=(1,))
 def _expand(ctx):
     shape = ctx.ints(1, "shape")
-    if any(isinstance(d, Sym) for d in shape):
-        raise ctx.refuse(f"expanding to the batch-dependent shape {shape}")
     v = ctx.inputs[0]
+    if any(isinstance(d, Sym) for d in shape):
+        return [F.broadcast_like(ctx.tensor(0), _batch_shaped(ctx, shape))]
     try:
         out_shape = np.broadcast_shapes(tuple(d if d is not None else 1 for d in v.shape), tuple(shape))
     except ValueError:
