@@ -180,13 +180,15 @@ class OnnxModel(nn.Module):
     PyTorch state_dict's keys line up); constants stay constants. `notes` says what was cut or
     skipped; `input_shape` is the input's shape with the batch axis None; `summary()` describes it."""
 
-    def __init__(self, model: Union[str, bytes, onnx.ModelProto], output: Optional[str] = None, logits: bool = True):
+    def __init__(self, model: Union[str, bytes, onnx.ModelProto], output: Optional[str] = None, logits: bool = True,
+                 stripped: bool = False):
         super().__init__()
-        if isinstance(model, str) and not os.path.exists(model):
-            try:  # the base64 form kept in a saved graphc model file
-                model = base64.b64decode(model.encode("ascii"), validate=True)
-            except ValueError:
-                pass
+        if stripped:  # rebuilt from a saved graphc model file: the parameters' values come from the file
+            proto = _parse(base64.b64decode(str(model).encode("ascii")), "the saved ONNX graph")
+            for t in proto.graph.initializer:
+                if not _has_data(t) and t.data_type in DTYPES:
+                    t.raw_data = np.zeros(tuple(t.dims), DTYPES[t.data_type]).tobytes()
+            model = proto
         self.proto = read_model(model)
         self.opset = default_opset(self.proto)
         newest = onnx.defs.onnx_opset_version()
@@ -219,7 +221,7 @@ class OnnxModel(nn.Module):
                 value = initializer_array(t) if _has_data(t) else np.zeros(tuple(t.dims), DTYPES[t.data_type])
                 self._params[t.name] = parameter(value, name=t.name)
         self._config = dict(model=base64.b64encode(_without_parameters(self.proto, self._params)).decode("ascii"),
-                            output=output, logits=bool(logits))
+                            output=output, logits=bool(logits), stripped=True)
         x = placeholder("x", self.input_shape, self.input_dtype)
         self.forward(x)  # imports every node now: an unsupported op or attribute is a GraphError at load
         for note in self.notes:

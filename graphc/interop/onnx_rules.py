@@ -13,6 +13,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from .. import ops as F
+from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, constant
 from .onnx_graph import DTYPES, NodeContext, Sym, has_sym, numpy_dtype, prod, rule
 
@@ -189,11 +190,15 @@ def _resolve(ctx, dims: list, out: list, target) -> list:
         rest = prod([d for j, d in enumerate(out) if j != k])
         if not isinstance(rest, Sym) and rest == 0:
             raise ctx.refuse(f"cannot infer the -1 in {target}: the other sizes multiply to 0")
-        size = total / rest
-        if not isinstance(size, Sym):
-            if isinstance(total, Sym) or int(size) != size:
-                raise ctx.refuse(f"cannot reshape {dims} to {target}")
-            size = int(size)
+        if isinstance(total, Sym) or isinstance(rest, Sym):
+            try:
+                size = total / rest  # N·a / N·b is a number, N·a / b a size in N; b / N·a has no meaning
+            except GraphError as exc:
+                raise ctx.refuse(f"cannot reshape {dims} to {target}: {exc}") from None
+        elif total % rest:
+            raise ctx.refuse(f"cannot reshape {dims} to {target}")
+        else:
+            size = total // rest
         out[k] = size
     if not _product_equal(prod(out), total):
         raise ctx.refuse(f"cannot reshape a tensor of shape {dims} to {out}")
