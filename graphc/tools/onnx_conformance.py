@@ -174,11 +174,15 @@ def run(suites=SUITES, backend=None, pattern: Optional[str] = None, progress: bo
 
 
 REFUSAL_REASONS = [  # (label, pattern in the GraphError): the first match names the reason
-    ("element type", r"element type|float16|bfloat16|float8|string|graphc would compute output .* as"),
-    ("op not supported", r"is not supported by graphc's importer|domain .* is not supported|subgraph"),
+    ("element type", r"element type|float16|bfloat16|float8|string|not a tensor"),
+    ("op not supported", r"is not supported by graphc's importer|domain .* is not supported|subgraph|"
+                         r"is not available in this graphc"),
     ("op version", r"\(the version opset \d+ selects\) is not supported|graphc imports opsets"),
-    ("attribute", r"attribute|dilations|ceil_mode|auto_pad|select_last_index|mode=|training_mode|spatial=0"),
-    ("dtype of the values", r"needs a floating input|integer division|of (u?int|bool)\d*|different dtypes|Pow of"),
+    ("attribute", r"attribute|dilations|ceil_mode|auto_pad|select_last_index|mode=|training_mode|spatial=0|"
+                  r"is_test|output .* is requested"),
+    ("tensor rank", r"-d convolution|-d windows|batched MatMul|a \d-d kernel"),
+    ("dtype of the values", r"needs a floating input|integer division|of (u?int|bool)\d* values|different dtypes|"
+                            r"Pow of|Conv of|pooling of"),
     ("dynamic shape / static input", r"known only|needs it when importing|batch|dynamic|constant"),
 ]
 
