@@ -31,7 +31,7 @@ FAST = settings(max_examples=25, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
 FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)  # shrinks what it finds
-EXISTS = settings(FIND, phases=[Phase.generate])  # only needs one example
+EXISTS = settings(FIND, max_examples=2000, phases=[Phase.generate])  # only needs one example
 HELPER_OPS = {"sum", "mul", "add", "cast", "tanh", "sigmoid"}  # loss assembly and domain adapters
 
 

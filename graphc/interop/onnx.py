@@ -22,9 +22,14 @@ from collections import Counter
 from typing import Optional, Union
 
 import numpy as np
-import onnx
 
-from ..ir.errors import GraphError
+from ..ir.errors import GraphError, MissingExtra
+
+try:
+    import onnx
+except ImportError as exc:  # the `onnx` extra
+    raise MissingExtra("graphc.onnx needs the onnx package: pip install 'graphc[onnx]'") from exc
+
 from ..ir.tensor import Tensor, constant, parameter, placeholder
 from ..learn import nn
 from . import onnx_rules  # noqa: F401 - registers the importer's rules

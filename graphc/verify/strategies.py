@@ -19,6 +19,7 @@ hypothesis.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -1057,11 +1058,32 @@ class GraphCheck:
         return self.status != "fail"
 
 
+EDGE_VALUES = (0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e-30)
+
+
+def with_edge_values(values: dict, key: str) -> dict:
+    """A copy of `values` in which about a third of the float elements are 0, -0, ±inf, NaN, ±1e30
+    or 1e-30: where an op's result is defined by IEEE rules, every backend must give the same one.
+    The choice depends only on `key` (e.g. the graph's code), so a reproducer makes it again."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    out = {}
+    for t, v in values.items():
+        v = np.array(v, copy=True)
+        if v.dtype.kind == "f" and v.size:
+            flat = v.reshape(-1)
+            pick = rng.random(flat.size) < 1 / 3
+            flat[pick] = rng.choice(np.asarray(EDGE_VALUES, dtype=v.dtype), int(pick.sum()))
+        out[t] = v
+    return out
+
+
 def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str = "full",
                 eps: Optional[float] = None, atol: Optional[float] = None, rtol: Optional[float] = None,
-                localize: bool = True) -> GraphCheck:
+                localize: bool = True, edges: bool = False) -> GraphCheck:
     """Each backend's gradients against float64 finite differences, then (with two or more
     backends) the backends against each other in the graph's own dtype: a three-way oracle.
+    edges=True also compares the backends on the inputs with edge values (with_edge_values):
+    non-finite results are compared between backends, never against finite differences.
     localize=False skips naming the culprit node of a failure (faster while searching)."""
     reports = {}
     kink = False
@@ -1082,6 +1104,16 @@ def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str 
             return GraphCheck("fail", f"comparing backends raised {type(exc).__name__}: {exc}", reports)
         if problem:
             return GraphCheck("fail", f"backends disagree: {problem}", reports)
+        if edges:
+            try:
+                with np.errstate(all="ignore"):
+                    problem = compare_backends(g.output, with_edge_values(g.values, g.code()), backends)
+            except Exception as exc:  # noqa: BLE001
+                return GraphCheck("fail", f"at edge values, comparing backends raised {type(exc).__name__}: {exc}",
+                                  reports)
+            if problem:
+                return GraphCheck("fail", f"backends disagree at edge values (0, -0, inf, NaN, 1e30): {problem}",
+                                  reports)
     return GraphCheck("kink" if kink else "pass", "", reports)
 
 
@@ -1160,7 +1192,7 @@ def _emit_graph(outputs: list, values: dict) -> tuple[str, dict]:
 def reproducer(graph: Union[RandomGraph, Tensor], values: Optional[dict] = None, *,
                backends: Sequence[str] = ("numpy",), mode: str = "full", eps: Optional[float] = None,
                atol: Optional[float] = None, rtol: Optional[float] = None, title: str = "",
-               setup: str = "") -> str:
+               setup: str = "", edges: bool = False) -> str:
     """Python source of a standalone script that rebuilds the graph in graphc code, with its
     input values, and re-runs check_graph's checks; it exits with status 1 while the failure
     reproduces (an exception also propagates). `setup`: code run after the imports (e.g. to
@@ -1184,6 +1216,21 @@ def reproducer(graph: Union[RandomGraph, Tensor], values: Optional[dict] = None,
     code, var = _emit_graph([output], values)
     vals = ",\n    ".join(f"{var[t.id]}: {_array_src(np.asarray(v))}" for t, v in values.items() if t.id in var)
     kw = "".join(f", {k}={v!r}" for k, v in (("eps", eps), ("atol", atol), ("rtol", rtol)) if v is not None)
+    edge_check = ""
+    if edges:
+        edge_vals = with_edge_values(values, graph.code() if isinstance(graph, RandomGraph) else code)
+        ev = ",\n    ".join(f"{var[t.id]}: {_array_src(np.asarray(v))}" for t, v in edge_vals.items() if t.id in var)
+        edge_check = f"""
+edge_values = {{
+    {ev},
+}}
+if len(backends) > 1:
+    with np.errstate(all="ignore"):
+        problem = compare_backends(loss, edge_values, backends)
+    if problem:
+        print("backends disagree at edge values:", problem)
+        failed = True
+"""
     doc = (title or "graphc gradient-check reproducer").replace('"""', "'''")
     return f'''"""{doc}
 
@@ -1215,6 +1262,7 @@ if len(backends) > 1:
     if problem:
         print("backends disagree:", problem)
         failed = True
+{edge_check}
 if failed:
     raise SystemExit(1)
 print("the failure no longer reproduces")
