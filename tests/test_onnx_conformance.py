@@ -5,7 +5,6 @@ networks shipped in the onnx package) ends as pass, or as a refusal at prepare (
 stated reason); none may give a wrong answer or crash. The README's table comes from the same
 runner: python -m graphc.tools.onnx_conformance --markdown.
 """
-import os
 import time
 import unittest
 import warnings
@@ -96,38 +95,11 @@ def test_the_nine_light_networks_load_and_match():
     print(f"nine light networks: {time.perf_counter() - start:.1f} s")
 
 
-def _light_resnet50_with_random_weights():
-    """light_resnet50 with He-scaled random weights in place of its constant fills (the shipped ones are
-    all 0.02, which makes every logit equal and every cross-entropy input gradient zero)."""
-    from onnx import numpy_helper
-    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
-    proto = onnx.load(path)
-    shapes = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    bn_inputs = {n.input[k]: k for n in proto.graph.node if n.op_type == "BatchNormalization" for k in range(1, 5)}
-    rng = np.random.default_rng(0)
-    kept = []
-    for node in proto.graph.node:
-        if node.op_type != "ConstantOfShape":
-            kept.append(node)
-            continue
-        shape = tuple(int(d) for d in shapes[node.input[0]])
-        role = bn_inputs.get(node.output[0])
-        if role is not None:  # BatchNormalization scale, bias, mean, var
-            value = [np.full(shape, 0.5), np.zeros(shape), np.zeros(shape), np.ones(shape)][role - 1]
-        else:
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(int(np.prod(shape[1:])), 1))
-        proto.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
-    proto.ir_version = 7  # initializers need not be listed as inputs from IR 4 on
-    return proto
-
-
 @pytest.mark.slow
 def test_pgd_runs_on_the_light_resnet50_and_its_input_gradient_passes_gradcheck():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gc.onnx.ImportNote)
-        model = gc.onnx.load(_light_resnet50_with_random_weights())
+        model = gc.onnx.load(conformance.light_model_with_random_weights("resnet50"))
     assert model.num_parameters() > 25_000_000
     rng = np.random.default_rng(1)
     x = rng.random((1, 3, 224, 224)).astype(np.float32)
