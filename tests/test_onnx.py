@@ -423,7 +423,7 @@ def test_unsupported_ops_attributes_and_dtypes_name_the_node():
     x = [_vi("x", ["N", 1, 5, 5])]
     w = {"w": np.ones((2, 1, 3, 3), np.float32)}
     cases = [
-        (helper.make_node("Erf", ["x"], ["y"], name="my_erf"), {},
+        (helper.make_node("Det", ["x"], ["y"], name="my_det"), {},
          r"'my_erf' \(Erf-13, opset 18.*op Erf is not supported"),
         (helper.make_node("Conv", ["x", "w"], ["y"], name="dil", dilations=[2, 2]), w,
          r"'dil' \(Conv-11, opset 18.*dilations=\[2, 2\]"),

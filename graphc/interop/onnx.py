@@ -164,17 +164,12 @@ def _only_float_output(graph, producer, notes) -> str:
 # -- the Module ----------------------------------------------------------------------------------------
 def _data_initializers(model: onnx.ModelProto, outputs: list) -> set:
     """Initializers some node reads as data (they become gc.parameters when floating)."""
-    opset = default_opset(model)
     inits = {t.name for t in model.graph.initializer}
     data = set()
     for node in needed_nodes(model.graph, outputs):
         rule = RULES.get(node.op_type)
         static = rule.static_inputs if rule is not None else frozenset()
-        for k, name in enumerate(node.input):
-            if name in inits and k not in static and not (node.op_type == "Reshape" and k == 1):
-                data.add(name)
-        if rule is not None and node.op_type == "Dropout" and opset >= 12:
-            data.discard(node.input[1] if len(node.input) > 1 else "")
+        data.update(name for k, name in enumerate(node.input) if name in inits and k not in static)
     return data
 
 

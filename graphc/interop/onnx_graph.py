@@ -84,6 +84,15 @@ class Sym:
 
     __radd__ = __add__
 
+    def __sub__(self, other):
+        if isinstance(other, Sym):
+            diff = self.coeff - other.coeff
+            return Sym(diff) if diff else 0
+        return self + (-other if isinstance(other, (int, np.integer)) and not isinstance(other, bool) else other)
+
+    def __rsub__(self, other):
+        raise GraphError(f"cannot subtract the batch-dependent size {self} from {other}")
+
     def __repr__(self) -> str:
         return "N" if self.coeff == 1 else f"{self.coeff}·N"
 

@@ -559,7 +559,7 @@ def _prelu(ctx):
     return [F.where(F.less(x, 0.0), x * slope, x)]
 
 
-@rule("Clip", versions=(6, 11, 12, 13), attrs=("min", "max"), static=())
+@rule("Clip", versions=(6, 11, 12, 13), attrs=("min", "max"), static=(1, 2))
 def _clip(ctx):
     x = ctx.tensor(0)
     if ctx.version < 11:
@@ -759,7 +759,7 @@ def _global_pool(ctx):
 
 
 # -- dropout, batch norm, LRN ----------------------------------------------------------------------------
-@rule("Dropout", versions=(6, 7, 10, 12, 13, 22), attrs=("ratio", "seed", "is_test"), static=(2,))
+@rule("Dropout", versions=(6, 7, 10, 12, 13, 22), attrs=("ratio", "seed", "is_test"), static=(1, 2))
 def _dropout(ctx):
     if ctx.version < 7 and not ctx.attr("is_test", 0):
         raise ctx.refuse("is_test=0 (training dropout): graphc imports models for inference")
