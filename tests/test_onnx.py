@@ -424,7 +424,7 @@ def test_unsupported_ops_attributes_and_dtypes_name_the_node():
     w = {"w": np.ones((2, 1, 3, 3), np.float32)}
     cases = [
         (helper.make_node("Det", ["x"], ["y"], name="my_det"), {},
-         r"'my_erf' \(Erf-13, opset 18.*op Erf is not supported"),
+         r"'my_det' \(Det-11, opset 18.*op Det is not supported"),
         (helper.make_node("Conv", ["x", "w"], ["y"], name="dil", dilations=[2, 2]), w,
          r"'dil' \(Conv-11, opset 18.*dilations=\[2, 2\]"),
         (helper.make_node("MaxPool", ["x"], ["y"], name="ceil", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), {},
