@@ -26,10 +26,6 @@ def _norm_axis(ctx: NodeContext, axis: int, ndim: int, what: str = "axis") -> in
     return axis % ndim
 
 
-def _static_int(ctx: NodeContext, v) -> np.ndarray:
-    return np.asarray(v, dtype=np.int64) if not has_sym(v) else v
-
-
 def _reshape_to(ctx: NodeContext, x, dims: list):
     """Reshape x to dims (ints and Syms; at most one Sym, which becomes -1)."""
     if isinstance(x, np.ndarray):
@@ -531,6 +527,26 @@ def _gelu(ctx):
     if approximate not in ("none", "tanh"):
         raise ctx.refuse(f"approximate={approximate!r} (expected 'none' or 'tanh')")
     return [F.gelu(ctx.tensor(0), approximate=approximate)]
+
+
+@rule("Erf", versions=(9, 13))
+def _erf(ctx):
+    x = ctx.tensor(0)
+    if x.dtype.kind != "f":
+        raise ctx.refuse(f"needs a floating input, got {x.dtype}")
+    return [F.erf(x)]
+
+
+@rule("Mish", versions=(18, 22))
+def _mish(ctx):
+    x = ctx.tensor(0)
+    return [x * F.tanh(F.softplus(x))]
+
+
+@rule("Swish", versions=(24,), attrs=("alpha",))
+def _swish(ctx):
+    x, alpha = ctx.tensor(0), ctx.attr("alpha", 1.0)
+    return [F.silu(x) if alpha == 1.0 else x * F.sigmoid(x * alpha)]
 
 
 @rule("Pow", versions=(1, 7, 12, 13, 15), attrs=("axis", "broadcast"))
