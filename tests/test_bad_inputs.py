@@ -734,7 +734,7 @@ SAVE_CASES = {
     "load_weights_none": (lambda m, p: m.load_weights(None), r"path must be a str"),
     "load_weights_other_architecture": (lambda m, p: nn.MLP([4, 5, 3]).load_weights(p),
                                         r"'0.weight' has shape \(8, 4\), the model expects \(5, 4\)"),
-    "load_directory": (lambda m, p: nn.Module.load(p.parent), r"corrupt or truncated"),
+    "load_directory": (lambda m, p: nn.Module.load(p.parent), r"a directory, not a model file"),
     # these work: a model whose values have odd layouts saves and loads the same numbers
     "value_byteswapped": (lambda m, p: _odd_values(m, p, swapped), None),
     "value_fortran_misaligned": (lambda m, p: _odd_values(m, p, lambda a: misaligned(np.asfortranarray(a))), None),

@@ -234,6 +234,30 @@ def test_unary_ops_casts_transposes_and_shape_plumbing(dt):
     assert runner_of(fc).numpy_steps == [], fc.explain()
 
 
+@pytest.mark.parametrize("dt", ["bool", "int8", "uint8", "int16", "int32", "int64", "float32", "float64"])
+def test_strided_copies_of_every_element_size(dt):
+    """Transposes and broadcasts run as the C strided copy, one loop per element size (1, 2, 4, 8
+    bytes): inner strides > 1, inner stride 0 (a column broadcast), outer stride 0 (a row
+    broadcast), and a permutation of three axes. Bit-exact against NumPy."""
+    a = (np.arange(5 * 7 * 3).reshape(5, 7, 3) % 5).astype(dt)
+    m = gc.placeholder("m", a.shape, dt)
+    col = gc.placeholder("col", (5, 1), dt)
+    row = gc.placeholder("row", (1, 7), dt)
+    like = gc.placeholder("like", (5, 7), dt)
+    outs = [gc.transpose(m, (2, 0, 1)), gc.transpose(m, (1, 0, 2)), gc.transpose(gc.reshape(m, (35, 3))),
+            gc.broadcast_like(col, like), gc.broadcast_like(row, like),
+            gc.broadcast_like(m, gc.placeholder("big", (2, 5, 7, 3), dt))]
+    feeds = dict(m=a, col=a[:, :1, 0].copy(), row=a[:1, :, 1].copy(), like=np.zeros((5, 7), dt),
+                 big=np.zeros((2, 5, 7, 3), dt))
+    f = gc.compile(outs, backend="c")
+    got = f(**feeds)
+    assert runner_of(f).numpy_steps == [], f.explain()
+    want = [a.transpose(2, 0, 1), a.transpose(1, 0, 2), a.reshape(35, 3).T, np.broadcast_to(feeds["col"], (5, 7)),
+            np.broadcast_to(feeds["row"], (5, 7)), np.broadcast_to(a, (2, 5, 7, 3))]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and np.array_equal(g, w)
+
+
 @pytest.mark.parametrize("dt", ["float32", "float64"])
 def test_matmul_with_vector_operands_and_transposes(dt):
     rng = np.random.default_rng(6)
@@ -279,6 +303,32 @@ def test_fused_dense_epilogues():
         outs.append(gc.ops.dense(x, w, None, act="relu", trans_b=False))
         loss = gc.sum(outs[2] * outs[4])
         both(outs + gc.grad(loss, [x, w, b]), dict(x=rng.standard_normal((9, 6)).astype(dt)), optimize=False)
+
+
+NEW_ACTIVATIONS = {"softplus": lambda t: gc.softplus(t, beta=2.0), "elu": lambda t: gc.elu(t, alpha=0.7),
+                   "gelu": gc.gelu, "gelu_tanh": lambda t: gc.gelu(t, approximate="tanh"), "silu": gc.silu,
+                   "erf": gc.erf}
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("optimize", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("name", sorted(NEW_ACTIVATIONS))
+def test_new_activations_run_in_c_alone_and_inside_fused_chains(name, optimize, dt):
+    """Forward and gradient of each activation added with the op table: its own C kernel
+    (optimize=False) or an instruction of a fused_elementwise program, never a NumPy step."""
+    x = gc.placeholder("x", (None, 33), dt)
+    y = NEW_ACTIVATIONS[name](x * 2.0 - 0.5)
+    g = gc.grad(gc.sum(y * y), [x])[0]
+    X = np.random.default_rng(4).standard_normal((64, 33)).astype(dt) * 3
+    fc, _ = both([y, g], dict(x=X), optimize=optimize)
+    run = runner_of(fc)
+    assert run.numpy_steps == [] and run.segments == 1, fc.explain()
+    if optimize:  # an inner link of a chain: one fused program holds it
+        z = (NEW_ACTIVATIONS[name](x * 2.0 - 0.5) + 1.0) * x
+        fz, _ = both(z, dict(x=X))
+        kernels = [op for st in fz._last_plan.steps if st.node.op == "fused_elementwise"
+                   for op, _, _ in st.node.attrs["program"]]
+        assert name in kernels and len(fz._last_plan.steps) == 1, fz.explain()
 
 
 # -- fused_elementwise --------------------------------------------------------------------------------
@@ -389,6 +439,30 @@ def test_outputs_are_fresh_and_never_alias_inputs_or_each_other():
         assert a.flags.c_contiguous and a.flags.writeable
         for b in arrays[i + 1:]:
             assert not np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_non_finite_logits_give_numpys_nan_and_inf(dt, bad):
+    """A non-finite logit must not hide behind a finite result (issue 15 item 3: the C gradient row
+    of softmax cross-entropy was [-0, 0, 0] for a +inf logit at the label, NumPy's and PyTorch's
+    is NaN). Softmax, log-softmax, the fused loss and its gradient, and BCE from logits, row by row
+    and as one batch, against the NumPy backend: NaN and inf in the same places."""
+    rows = [([bad, 0.0, 1.0], 0), ([bad, 0.0, 1.0], 1), ([0.0, 1.0, bad], 0), ([bad, bad, 0.0], 2),
+            ([0.5, -1.0, 2.0], 1)]
+    x = gc.placeholder("x", (None, 3), dt)
+    y = gc.placeholder("y", (None,), "int64")
+    t = gc.placeholder("t", (None, 3), dt)
+    loss = gc.softmax_cross_entropy(x, y)
+    bce = gc.binary_cross_entropy(x, t)
+    outs = [loss, gc.grad(loss, [x])[0], gc.softmax(x), gc.log_softmax(x), bce, gc.grad(bce, [x])[0]]
+    batches = [[r] for r in rows] + [rows]
+    for batch in batches:
+        X = np.array([r for r, _ in batch], dt)
+        Y = np.array([label for _, label in batch], np.int64)
+        T = np.tile(np.array([0.0, 1.0, 0.25], dt), (len(batch), 1))
+        with np.errstate(all="ignore"):
+            both(outs, dict(x=X, y=Y, t=T))
 
 
 def test_label_out_of_range_names_the_op_and_line():

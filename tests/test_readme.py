@@ -2,8 +2,8 @@
 the README cannot drift from the code. A block preceded by `<!-- not run in tests: reason -->`
 is skipped (only for blocks that need a cluster, a long run or a file a user supplies)."""
 import os
-import re
 import pathlib
+import re
 
 import pytest
 

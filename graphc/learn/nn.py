@@ -271,8 +271,11 @@ class Module:
     @staticmethod
     def _read(path) -> tuple[dict, dict, str]:
         path = _fspath(path)
-        with open(path, "rb") as f:  # NumPy would try any non-zip, non-.npy bytes as a pickle
-            head = f.read(6)
+        try:
+            with open(path, "rb") as f:  # NumPy would try any non-zip, non-.npy bytes as a pickle
+                head = f.read(6)
+        except IsADirectoryError:
+            raise ModelFileError(f"{path}: a directory, not a model file") from None
         if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
             what = "a pickle, which can run code" if head[:1] == b"\x80" else "not a zip archive"
             raise ModelFileError(f"{path}: not a graphc model file ({what}; graphc saves .npz archives)")

@@ -35,8 +35,8 @@ from ..ops import REGISTRY, Domain, apply
 from ..ops.elementwise import ACTIVATIONS
 from .gradcheck import GradcheckReport, compare_backends, gradcheck
 
-__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "fuzz_attrs", "graphs", "RandomGraph",
-           "GRAPH_OPS", "reproducer", "prune",
+__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "COMPOSITES", "fuzz_attrs", "graphs",
+           "RandomGraph", "GRAPH_OPS", "reproducer", "prune",
            "check_graph", "GraphCheck", "slot_domain", "LEAVES", "no_vjp_ops", "FLOAT_DTYPES"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -886,9 +886,30 @@ GRAPH_BUILDERS: dict[str, Callable] = {
     "matmul": _g_matmul, "classification": _g_classification, "bce": _g_targets, "dropout": _g_dropout,
     "conv": _g_conv, "pool": _g_pool,
 }
-# composites: public functions made of several ops, and a gradient taken inside the graph
+def _g_dense_pattern(b: _Builder, op: str):
+    """act(x @ W + b): what the fusion pass turns into one dense node (the GEMM's epilogue)."""
+    h = _g_matmul(b, "matmul")
+    if h is None or h.ndim != 2:
+        return h
+    h = apply("add", [h, b.new_input((h.shape[1],))])
+    act = b.draw(st.sampled_from(ACTIVATIONS))
+    return h if act == "identity" else apply(act, [h], **fuzz_attrs(b.draw, act))
+
+
+def _g_reshape_like(b: _Builder, op: str):
+    """reshape_like(x, like): the reshape VJP of a graph whose shapes are known only at run time."""
+    x = b.pick(lambda t: t.ndim >= 1 and int(np.prod(t.shape)) > 1)
+    if x is None:
+        return None
+    like = b.new_input(tuple(reversed(x.shape)) if x.ndim > 1 else (1, x.shape[0]))
+    return apply("reshape_like", [x, like])
+
+
+# composites: public functions made of several ops, patterns the passes rewrite, and a gradient
+# taken inside the graph
 COMPOSITES: dict[str, tuple[Callable, int]] = {
     "mean": (_g_reduce, 1), "log_softmax": (_g_softmax, 1), "mse": (_g_targets, 1), "grad": (_g_grad, 5),
+    "linear_act": (_g_dense_pattern, 1), "runtime_reshape": (_g_reshape_like, 1),
 }
 
 
