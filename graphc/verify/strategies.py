@@ -456,6 +456,39 @@ def _case_fused_elementwise(draw, dt, op, ms):
         {"program": program, "shape": shape, "dtype": dt}
 
 
+def _case_pad(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape)
+    return [_vals(draw, op, 0, shape, dt)], {"pads": pads, "value": draw(st.sampled_from([0.0, -1.5]))}
+
+
+def _case_slice(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    index = []
+    for d in shape:
+        start, stop = draw(st.integers(-d, d - 1)), draw(st.one_of(st.none(), st.integers(-d, d)))
+        step = draw(st.sampled_from([1, 1, 2, -1, -2]))
+        assume(len(range(*slice(start, stop, step).indices(d))) > 0)
+        index.append((start, stop, step))
+    index = tuple(index)
+    x = _vals(draw, op, 0, shape, dt)
+    if op == "slice_grad":
+        out = x[tuple(slice(*t) for t in index)]
+        return [_vals(draw, op, 0, out.shape, dt), x], {"index": index}
+    return [x], {"index": index}
+
+
+def _case_grouped_conv(draw, dt, op, ms):
+    groups = draw(st.integers(2, 3))
+    (n, c, h, w), (o, _, kh, kw), (_, _, oh, ow), stride, padding = _conv_geometry(draw, ms)
+    xs, ws, ys = (n, c * groups, h, w), (o * groups, c, kh, kw), (n, o * groups, oh, ow)
+    attrs = {"stride": stride, "padding": padding, "groups": groups}
+    x, wv = _vals(draw, op, 0, xs, dt), _vals(draw, op, 1, ws, dt)
+    if op == "grouped_conv2d":
+        return [x, wv] + ([_vals(draw, op, 2, (ws[0],), dt)] if draw(st.booleans()) else []), attrs
+    return [x, wv, _vals(draw, op, 2, ys, dt)], attrs
+
+
 CASES: dict[str, Callable] = {
     "unary": _case_unary, "size_of": _case_size_of, "binary": _case_binary, "where": _case_where,
     "reduce": _case_reduce, "argmax": _case_argmax, "sum_to": _case_sum_to, "broadcast_like": _case_broadcast_like,
@@ -465,6 +498,7 @@ CASES: dict[str, Callable] = {
     "dense": _case_dense, "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
     "classification": _case_classification, "one_hot": _case_one_hot, "bce": _case_bce, "dropout": _case_dropout,
     "conv": _case_conv, "pool": _case_pool, "fused_elementwise": _case_fused_elementwise,
+    "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv,
 }
 """OpDef.fuzz (a case kind) -> case function (draw, dtype, op, max_side) -> (inputs, attrs).
 A new op names an existing kind in its registry entry, or adds a kind here."""
