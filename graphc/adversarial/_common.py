@@ -137,6 +137,13 @@ def check_data(model, x, y):
     return x, y.astype(np.int64)
 
 
+def check_labels(y: np.ndarray, classes: int, attack: str) -> None:
+    """Class labels must index the model's logits."""
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise GraphError(f"{attack} called at {user_source()}: labels must lie in [0, {classes}); found {bad}")
+
+
 def check_eps(eps, name: str = "eps") -> float:
     try:
         eps = float(eps)

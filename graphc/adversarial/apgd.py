@@ -29,6 +29,7 @@ from ._common import (
     check_data,
     check_dlr_classes,
     check_eps,
+    check_labels,
     check_on_masking,
     check_steps,
     finalise,
@@ -185,6 +186,7 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
         return (x.copy(), report) if return_report else x.copy()
     shape = tuple(x.shape[1:])
     classes = num_classes(model, shape, backend)
+    check_labels(y, classes, name)
     check_dlr_classes(loss, targeted, classes, name)
     goal = _goal or ("target" if targeted else "misclassify")
     if targeted and target is None and not _stream:

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..ir.errors import GraphError
-from ._common import class_gradients_fn, gradient_oracle, logits
+from ._common import class_gradients_fn, cross_entropy, gradient_oracle, logits
 
 __all__ = ["art_classifier"]
 
@@ -79,20 +79,18 @@ def _adapter_class():
             z = logits(self._model, self._x(x_pre), self.backend, batch_size=max(int(batch_size), 1))
             return self._apply_postprocessing(preds=z, fit=False)
 
-        def _per_sample(self, x, y):
-            x_pre, y_pre = self._apply_preprocessing(x, y, fit=False)
-            xs = self._x(x_pre)
-            f = gradient_oracle(self._model, self._input_shape, "ce", False, self.backend)
-            g, _, loss = f(xs.astype(np.float64), _labels(y_pre, self.nb_classes), None)
-            return g, loss
-
         def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = False, **kwargs) -> np.ndarray:
             """∇ₓ of each example's softmax cross-entropy (y one-hot or class indices)."""
-            g, _ = self._per_sample(x, y)
+            x_pre, y_pre = self._apply_preprocessing(x, y, fit=False)
+            f = gradient_oracle(self._model, self._input_shape, "ce", False, self.backend)
+            g = f(self._x(x_pre).astype(np.float64), _labels(y_pre, self.nb_classes), None)[0]
             return self._apply_preprocessing_gradient(x, g.astype(np.asarray(x).dtype, copy=False))
 
         def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs) -> np.ndarray:
-            _, loss = self._per_sample(x, y)
+            """Each example's softmax cross-entropy, in float64 (forward pass only)."""
+            x_pre, y_pre = self._apply_preprocessing(x, y, fit=False)
+            z = logits(self._model, self._x(x_pre), self.backend)
+            loss = cross_entropy(z, _labels(y_pre, self.nb_classes))
             if reduction == "none":
                 return loss
             if reduction == "mean":

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..ir.errors import GraphError
 from . import _random
-from ._common import Clip, check_clip, check_data, check_eps, check_steps, logits, norm_name, num_classes
+from ._common import Clip, check_clip, check_data, check_eps, check_labels, check_steps, logits, norm_name, num_classes
 from .apgd import apgd
 from .checks import CheckReport, black_box_beats_white_box, check_model, transfer_beats_white_box
 from .square import square
@@ -125,6 +125,7 @@ def autoattack(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str,
         return x_adv, report
     shape = tuple(x.shape[1:])
     classes = num_classes(model, shape, backend)
+    check_labels(y, classes, "autoattack")
     report.checks = check_model(model, x, y, backend=backend, warn=warn, batch_size=batch_size)
     z_clean = logits(model, x, backend, batch_size)
     report.fooled_by[z_clean.argmax(1) != y] = "clean"

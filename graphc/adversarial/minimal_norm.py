@@ -14,6 +14,7 @@ from ._common import (
     check_clip,
     check_data,
     check_eps,
+    check_labels,
     check_steps,
     class_gradients_fn,
     clip_range,
@@ -68,6 +69,7 @@ def cw_l2(model, x: np.ndarray, y: np.ndarray, confidence: float = 0.0, c: float
         return (x.copy(), report) if return_report else x.copy()
     shape = tuple(x.shape[1:])
     classes = num_classes(model, shape, backend)
+    check_labels(y, classes, "cw_l2")
     gradient = gradient_oracle(model, shape, "cw", targeted, backend)
     lo, hi = _box(clip)
     tanh_space = np.isfinite(lo) and np.isfinite(hi)
@@ -156,6 +158,7 @@ def deepfool(model, x: np.ndarray, y: np.ndarray, steps: int = 50, overshoot: fl
     if len(x) == 0:
         return (x.copy(), report) if return_report else x.copy()
     f = class_gradients_fn(model, tuple(x.shape[1:]), backend)
+    check_labels(y, num_classes(model, tuple(x.shape[1:]), backend), "deepfool")
     out = []
     for start in range(0, len(x), batch_size):
         sl = slice(start, start + batch_size)

@@ -20,6 +20,7 @@ from ._common import (
     check_data,
     check_dlr_classes,
     check_eps,
+    check_labels,
     check_on_masking,
     check_steps,
     clip_range,
@@ -73,7 +74,8 @@ def iterate(name: str, model, x, y, eps, step: Optional[float], steps, norm, ran
     if eps == 0 or len(x) == 0:
         return x.copy(), report
     shape = tuple(x.shape[1:])
-    classes = num_classes(model, shape, backend) if targeted or loss == "dlr" else 0
+    classes = num_classes(model, shape, backend)
+    check_labels(y, classes, name)
     if isinstance(loss, str):
         check_dlr_classes(loss, targeted, classes, name)
     gradient = gradient_oracle(model, shape, loss, targeted, backend)

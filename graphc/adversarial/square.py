@@ -23,11 +23,13 @@ from ._common import (
     check_clip,
     check_data,
     check_eps,
+    check_labels,
     check_steps,
     clip_range,
     finalise,
     logits_fn,
     norm_name,
+    num_classes,
 )
 
 __all__ = ["square", "p_schedule", "square_pattern"]
@@ -151,6 +153,7 @@ def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, flo
     report = AttackReport(f"square-l{norm}", len(x), queries, success=np.zeros(len(x), bool),
                           queries=np.zeros(len(x), np.int64))
     f = logits_fn(model, tuple(x.shape[1:]), backend)
+    check_labels(y, num_classes(model, tuple(x.shape[1:]), backend), "square")
     out = []
     for start in range(0, len(x), batch_size):
         sl = slice(start, start + batch_size)
