@@ -626,3 +626,12 @@ def test_empty_batches_and_nan_rows(name):
     assert np.isfinite(out[1:]).all() and out.shape == x.shape
     if name not in ("cw_l2", "deepfool"):
         assert np.abs(out[1:] - XB[1:]).max() <= 0.1 + 1e-7
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+    for name in ("_random", "_common", "pgd", "apgd", "square", "minimal_norm", "checks", "autoattack", "attacks"):
+        module = importlib.import_module(f"graphc.adversarial.{name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, name

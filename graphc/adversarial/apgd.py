@@ -32,16 +32,17 @@ from ._common import (
     check_labels,
     check_on_masking,
     check_steps,
+    cross_entropy,
     finalise,
     gradient_health,
     gradient_oracle,
     logits,
     masking,
+    momentum_step_fn,
     norm_name,
     num_classes,
     project_box,
     random_start,
-    unit,
 )
 
 __all__ = ["apgd", "checkpoints", "halve_step"]
@@ -73,67 +74,91 @@ def halve_step(increases: np.ndarray, period: int, rho: float, halved_last: np.n
     return (increases < rho * period) | (~halved_last & (best_now <= best_then))
 
 
-def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, stream, goal, backend):
+def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, stream, goal, backend, loss,
+         targeted):
     """One Auto-PGD run on a batch. Returns (x_found, success, x_best, f_best, zero_any, nonfinite_any).
 
-    `goal`: "misclassify" (argmax ≠ y) or "target" (argmax = t). A sample stops at its first success."""
+    `goal`: "misclassify" (argmax ≠ y) or "target" (argmax = t). A sample stops at its first success:
+    the working arrays keep only the samples still running (compacted when some succeed), and each
+    iteration is one compiled call (momentum_step_fn) plus per-sample bookkeeping on short vectors."""
     n = len(x64)
-    bs = (-1,) + (1,) * (x64.ndim - 1)
-    x_cur = project_box(x64, x64 + random_start(x64, eps, norm, seed, index, stream, how="surface"), eps, norm, clip)
-    x_found = x64.copy()
-    success = np.zeros(n, bool)
+    dtype = model.dtype
+    step = momentum_step_fn(model, tuple(x64.shape[1:]), loss, targeted, norm, clip, backend)
+    x_start = project_box(x64, x64 + random_start(x64, eps, norm, seed, index, stream, how="surface"), eps, norm, clip)
+    x_found, success = x64.copy(), np.zeros(n, bool)
     zero_any, bad_any = np.zeros(n, bool), np.zeros(n, bool)
-    eta = np.full(n, 2.0 * eps)
+    x_best64, f_best_all = x_start.copy(), np.full(n, -np.inf)
 
-    def evaluate(xa, rows):
-        g, z, f = gradient(xa, y[rows], None if t is None else t[rows])
+    def goal_met(z, rows):
         pred = z.argmax(1)
-        won = pred != y[rows] if goal == "misclassify" else pred == t[rows]
-        zero, nonfinite = gradient_health(g)
+        return pred != y[rows] if goal == "misclassify" else pred == t[rows]
+
+    def health(zero, nonfinite, won, rows, g):
         # a symptom only where the attack still needs the gradient (DLR is flat, = 1, once y is 3rd)
         zero_any[rows] |= zero & ~won
         bad_any[rows] |= nonfinite & ~won
-        g[nonfinite] = 0.0  # never let NaN/inf into the iterate
-        f = np.where(np.isfinite(f), f, -np.inf)
-        return g, f, won
+        if nonfinite.any():
+            g[nonfinite] = 0  # never let NaN/inf into the iterate
 
-    everyone = np.arange(n)
-    g_cur, f_cur, won = evaluate(x_cur, everyone)
-    x_found[won], success[won] = x_cur[won], True
-    x_best, g_best, f_best = x_cur.copy(), g_cur.copy(), f_cur.copy()
-    x_prev = x_cur.copy()
-    increases = np.zeros(n, np.int64)
-    halved_last = np.zeros(n, bool)
-    best_at_check = f_best.copy()
-    checks = checkpoints(steps)
+    def objective_of(out, z, rows):
+        if loss == "ce":
+            f = cross_entropy(z, t[rows]) if targeted else cross_entropy(z, y[rows])
+            f = -f if targeted else f
+        else:
+            f = out.astype(np.float64)
+        return np.where(np.isfinite(f), f, -np.inf)
+
+    rows = np.arange(n)
+    g, z, f = gradient(x_start, y, t)
+    zero, nonfinite = gradient_health(g)
+    won = goal_met(z, rows)
+    health(zero, nonfinite, won, rows, g)
+    f = np.where(np.isfinite(f), f, -np.inf)
+    x_found[won], success[won] = x_start[won], True
+    # the working set: samples still running, compact arrays in the model's dtype
+    keep = ~won
+    rows = rows[keep]
+    x0 = x64[keep].astype(dtype)
+    xk = x_start[keep].astype(dtype)
+    xp, gk, fk = xk.copy(), g[keep].astype(dtype), f[keep]
+    xb, gb, fb = xk.copy(), gk.copy(), fk.copy()
+    eta = np.full(len(rows), 2.0 * eps, dtype)
+    increases = np.zeros(len(rows), np.int64)
+    halved_last = np.zeros(len(rows), bool)
+    best_at_check = fb.copy()
+    checks = set(checkpoints(steps))
     last_check = 0
+    yt = {"y": y[rows]} | ({"t": t[rows]} if targeted else {})
     for k in range(steps):
-        rows = np.flatnonzero(~success)
         if not len(rows):
             break
-        xr, x0 = x_cur[rows], x64[rows]
-        z = project_box(x0, xr + eta[rows].reshape(bs) * unit(g_cur[rows], norm), eps, norm, clip)
-        if k > 0:
-            z = project_box(x0, xr + 0.75 * (z - xr) + 0.25 * (xr - x_prev[rows]), eps, norm, clip)
-        g, f, won = evaluate(z, rows)
-        x_prev[rows] = xr
-        increases[rows] += f > f_cur[rows]
-        x_cur[rows], g_cur[rows], f_cur[rows] = z, g, f
-        better = f > f_best[rows]
-        up = rows[better]
-        x_best[up], g_best[up], f_best[up] = z[better], g[better], f[better]
-        x_found[rows[won]], success[rows[won]] = z[won], True
+        out = step(x0=x0, xk=xk, xprev=xp, gk=gk, eta=eta, alpha=np.array(1.0 if k == 0 else 0.75, dtype),
+                   eps=np.array(eps, dtype), **yt)
+        x_next, g_next, z, gsum = out[:4]
+        won = goal_met(z, rows)
+        health(gsum == 0, ~np.isfinite(gsum), won, rows, g_next)
+        f = objective_of(out[4] if len(out) > 4 else None, z, rows)
+        increases += f > fk
+        xp, xk, gk, fk = xk, x_next, g_next, f
+        better = f > fb
+        if better.any():
+            xb[better], gb[better], fb[better] = x_next[better], g_next[better], f[better]
         if k + 1 in checks:
-            halve = halve_step(increases[rows], k + 1 - last_check, rho, halved_last[rows], best_at_check[rows],
-                               f_best[rows])
-            back = rows[halve]
-            eta[back] *= 0.5
-            x_cur[back], g_cur[back], f_cur[back] = x_best[back], g_best[back], f_best[back]
-            halved_last[rows] = halve
-            best_at_check[rows] = f_best[rows]
-            increases[rows] = 0
+            halve = halve_step(increases, k + 1 - last_check, rho, halved_last, best_at_check, fb)
+            if halve.any():
+                eta[halve] *= 0.5
+                xk, gk, fk = xk.copy(), gk.copy(), fk.copy()
+                xk[halve], gk[halve], fk[halve] = xb[halve], gb[halve], fb[halve]
+            halved_last, best_at_check, increases = halve, fb.copy(), np.zeros_like(increases)
             last_check = k + 1
-    return x_found, success, x_best, f_best, zero_any, bad_any
+        if won.any():
+            x_found[rows[won]], success[rows[won]] = x_next[won], True
+            keep = ~won
+            rows, x0, xk, xp, gk, fk, xb, gb, fb, eta, increases, halved_last, best_at_check = (
+                a[keep] for a in (rows, x0, xk, xp, gk, fk, xb, gb, fb, eta, increases, halved_last, best_at_check))
+            yt = {key: v[keep] for key, v in yt.items()}
+    x_best64[rows], f_best_all[rows] = xb, fb
+    return x_found, success, x_best64, f_best_all, zero_any, bad_any
 
 
 def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float] = "inf", steps: int = 100,
@@ -211,7 +236,7 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
                     break
                 found, won, best, f_best, zero, bad = _run(
                     gradient, model, x64[rows], yb[rows], None if tb is None else tb[rows], eps, norm, steps, rho,
-                    clip, seed, ib[rows], (STREAM,) + _stream + (r,), goal, backend)
+                    clip, seed, ib[rows], (STREAM,) + _stream + (r,), goal, backend, loss, targeted)
                 zero_any[rows] |= zero
                 bad_any[rows] |= bad
                 higher = ~won & (f_best > f_adv[rows])
