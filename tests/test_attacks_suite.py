@@ -233,7 +233,7 @@ def test_apgd_variants_stay_in_the_ball_and_beat_fgsm(mlp, digits):
             assert accuracy(mlp, x_adv, y) < fgsm_acc, kw
     x_adv, rep = attacks.apgd(mlp, x, y, 1.0, norm=2, steps=50, return_report=True)
     assert_in_ball(x_adv, x, 1.0, norm="2")
-    assert accuracy(mlp, x_adv, y) < 0.1  # measured 0.02
+    assert accuracy(mlp, x_adv, y) < 0.1  # measured 0.013
     np.testing.assert_array_equal(rep.success, mlp_predict(mlp, x_adv) != y)
 
 
@@ -285,7 +285,7 @@ def test_square_uses_only_logits_never_a_gradient(digits, mlp, monkeypatch):
     x_adv, rep = attacks.square(model, x, y, 0.1, queries=500, return_report=True)
     assert_in_ball(x_adv, x, 0.1)
     clean, robust = accuracy(model, x, y), accuracy(model, x_adv, y)
-    assert robust <= clean and robust < clean - 0.3  # measured 0.98 -> 0.46
+    assert robust <= clean and robust < clean - 0.3  # measured 0.96 -> 0.46
     assert rep.queries.max() <= 500 and (rep.queries[gc.predict(model, x) != y] == 0).all()
     assert np.median(rep.queries[rep.success & (rep.queries > 0)]) < 100  # most fall within a few queries
 
@@ -296,7 +296,7 @@ def test_square_on_image_inputs(cnn, digits, norm, eps):
     model = nn.Sequential(nn.Flatten(), *cnn.layers)
     x_adv, rep = attacks.square(model, x, y, eps, norm=norm, queries=300, return_report=True)
     assert_in_ball(x_adv, x, eps, norm)
-    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3  # measured 0.95 -> 0.42 (L∞), 0.1 (L2)
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3  # measured 0.93 -> 0.45 (L∞), 0.08 (L2)
     np.testing.assert_array_equal(rep.success, gc.predict(model, x_adv) != y)
 
 
@@ -311,7 +311,7 @@ def _art_deepfool_median(model, x, y):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_deepfool_succeeds_with_norms_no_larger_than_arts(models, digits, name):
-    """Measured (C): MLP success 1.0, median L2 0.504 vs ART 0.51; CNN 1.0, 0.51 vs ART 0.52."""
+    """Measured: MLP success 1.0, median L2 0.504 vs ART 0.514; CNN 1.0, 0.464 vs ART 0.472."""
     model = models[name]
     n = 100 if name == "mlp" else 60
     x, y = digits.X_test[:n], digits.y_test[:n]
@@ -334,11 +334,11 @@ def test_cw_l2_succeeds_with_small_norms(models, digits, name, kw):
     n = 100 if name == "mlp" else 30
     x, y = digits.X_test[:n], digits.y_test[:n]
     x_adv, rep = attacks.cw_l2(model, x, y, return_report=True, **kw)
-    assert rep.success_rate >= 0.95  # measured 0.99 (MLP), 1.0 (CNN, lr 0.05)
+    assert rep.success_rate >= 0.95  # measured 0.99, median L2 0.71 (MLP); 1.0, 0.41 (CNN, lr 0.05)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     np.testing.assert_array_equal(rep.success, gc.predict(model, x_adv) != y)
     df = attacks.deepfool(model, x, y, return_report=True)[1]
-    assert rep.median_l2 <= 1.5 * df.median_l2  # C&W optimises the norm; measured 0.71 vs 0.50 (MLP)
+    assert rep.median_l2 <= 1.5 * df.median_l2  # measured 0.71 vs DeepFool 0.50 (MLP), 0.41 vs 0.44 (CNN)
 
 
 def test_cw_l2_targeted_and_confidence(mlp, digits):
