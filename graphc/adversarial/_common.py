@@ -496,16 +496,6 @@ def _unit_row(k: int, classes: int, dtype) -> np.ndarray:
     return e
 
 
-def vjp_fn(model, feature_shape: tuple, backend: Optional[str]) -> RowFunction:
-    """f(x=, v=) -> [Jᵀv (row i: ∇ₓ Σ_k v_ik z_k(x_i)), logits]."""
-    def build():
-        x = placeholder("x", (None,) + tuple(feature_shape), model.dtype)
-        z = _model_logits(model, x)
-        v = placeholder("v", (None, z.shape[1]), model.dtype)
-        return RowFunction(gc_compile([autodiff.grad(F.sum(z * v), x), z], backend=backend))
-    return _cached(model, ("attack-vjp", tuple(feature_shape), backend), build)
-
-
 def gradient_oracle(model, feature_shape: tuple, loss: LossSpec, targeted: bool, backend: Optional[str]):
     """callable(x64, y, t) -> (g, logits, objective): g (float64) is row i's gradient of the quantity the
     attack ascends. Built-in losses ('ce', 'cw', 'dlr') use objective_fn (row-independent); a callable

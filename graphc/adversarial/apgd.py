@@ -45,7 +45,7 @@ from ._common import (
     random_start,
 )
 
-__all__ = ["apgd", "checkpoints", "halve_step"]
+__all__ = ["apgd", "checkpoints", "halve_step", "run"]
 
 STREAM = 2  # the first label of APGD's random streams
 
@@ -136,6 +136,7 @@ def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, s
                    eps=np.array(eps, dtype), **yt)
         x_next, g_next, z, gsum = out[:4]
         won = goal_met(z, rows)
+        x_found[rows[won]], success[rows[won]] = x_next[won], True
         health(gsum == 0, ~np.isfinite(gsum), won, rows, g_next)
         f = objective_of(out[4] if len(out) > 4 else None, z, rows)
         increases += f > fk
@@ -146,13 +147,11 @@ def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, s
         if k + 1 in checks:
             halve = halve_step(increases, k + 1 - last_check, rho, halved_last, best_at_check, fb)
             if halve.any():
-                eta[halve] *= 0.5
-                xk, gk, fk = xk.copy(), gk.copy(), fk.copy()
+                eta[halve] *= 0.5  # and back to the best point (xk, gk, fk are this call's fresh outputs)
                 xk[halve], gk[halve], fk[halve] = xb[halve], gb[halve], fb[halve]
             halved_last, best_at_check, increases = halve, fb.copy(), np.zeros_like(increases)
             last_check = k + 1
-        if won.any():
-            x_found[rows[won]], success[rows[won]] = x_next[won], True
+        if won.any():  # drop the finished samples from the working set
             keep = ~won
             rows, x0, xk, xp, gk, fk, xb, gb, fb, eta, increases, halved_last, best_at_check = (
                 a[keep] for a in (rows, x0, xk, xp, gk, fk, xb, gb, fb, eta, increases, halved_last, best_at_check))
@@ -164,8 +163,7 @@ def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, s
 def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float] = "inf", steps: int = 100,
          loss: str = "ce", targeted: bool = False, target: Any = None, restarts: int = 1, rho: float = 0.75,
          clip: Clip = (0, 1), seed: int = 0, index: Optional[np.ndarray] = None, batch_size: int = 512,
-         backend: Optional[str] = None, on_masking: str = "warn", return_report: bool = False,
-         _goal: Optional[str] = None, _stream: tuple = ()):
+         backend: Optional[str] = None, on_masking: str = "warn", return_report: bool = False):
     """Auto-PGD (APGD) in the L∞ or L2 ε-ball, with the cross-entropy (loss="ce") or the
     difference-of-logits-ratio loss (loss="dlr"; needs ≥ 3 classes, ≥ 4 when targeted).
 
@@ -189,6 +187,14 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
     >>> bool(np.abs(x_adv - x).max() <= 0.1)
     True
     """
+    return run(model, x, y, eps, norm, steps, loss, targeted, target, restarts, rho, clip, seed, index, batch_size,
+               backend, on_masking, return_report)
+
+
+def run(model, x, y, eps, norm, steps, loss, targeted, target, restarts, rho, clip, seed, index, batch_size, backend,
+        on_masking, return_report, goal: Optional[str] = None, stream: tuple = ()):
+    """apgd with two more knobs for autoattack: `goal` ("misclassify" or "target"; by default "target"
+    when targeted) and `stream`, the label of the random streams (APGD-T uses one per target rank)."""
     name = f"apgd-{'t-' if targeted else ''}{loss}"
     check_on_masking(on_masking)
     norm = norm_name(norm)
@@ -213,9 +219,9 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
     classes = num_classes(model, shape, backend)
     check_labels(y, classes, name)
     check_dlr_classes(loss, targeted, classes, name)
-    goal = _goal or ("target" if targeted else "misclassify")
-    if targeted and target is None and not _stream:
-        _stream = (1,)  # the most likely wrong class: APGD-T's first target in autoattack, with its stream
+    goal = goal or ("target" if targeted else "misclassify")
+    if targeted and target is None and not stream:
+        stream = (1,)  # the most likely wrong class: APGD-T's first target in autoattack, with its stream
     gradient = gradient_oracle(model, shape, loss, targeted, backend)
     out, zero_idx, bad_idx = [], [], []
     for start in range(0, len(x), batch_size):
@@ -226,7 +232,6 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
         tb = _targets_of(targeted, target, z_clean, yb, y.shape, sl, classes)
         pred = z_clean.argmax(1)
         done = pred != yb if goal == "misclassify" else pred == tb
-        report.success[sl] = done  # already adversarial: returned unchanged
         x_adv, f_adv = x64.copy(), np.full(len(xb), -np.inf)
         zero_any, bad_any = np.zeros(len(xb), bool), np.zeros(len(xb), bool)
         if eps > 0:
@@ -236,15 +241,17 @@ def apgd(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float
                     break
                 found, won, best, f_best, zero, bad = _run(
                     gradient, model, x64[rows], yb[rows], None if tb is None else tb[rows], eps, norm, steps, rho,
-                    clip, seed, ib[rows], (STREAM,) + _stream + (r,), goal, backend, loss, targeted)
+                    clip, seed, ib[rows], (STREAM,) + stream + (r,), goal, backend, loss, targeted)
                 zero_any[rows] |= zero
                 bad_any[rows] |= bad
                 higher = ~won & (f_best > f_adv[rows])
                 x_adv[rows[higher]], f_adv[rows[higher]] = best[higher], f_best[higher]
                 x_adv[rows[won]] = found[won]
                 done[rows[won]] = True
-                report.success[start + rows[won]] = True
-        out.append(finalise(xb, x_adv, eps, norm, clip))
+        final = finalise(xb, x_adv, eps, norm, clip)
+        pred = logits(model, final, backend).argmax(1)  # the report describes the points returned, after rounding
+        report.success[sl] = pred != yb if goal == "misclassify" else pred == tb
+        out.append(final)
         zero_idx.append(np.flatnonzero(zero_any) + start)
         bad_idx.append(np.flatnonzero(bad_any) + start)
     report.zero_grad, report.nonfinite = np.concatenate(zero_idx), np.concatenate(bad_idx)

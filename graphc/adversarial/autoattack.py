@@ -14,6 +14,7 @@ from ..ir.errors import GraphError
 from . import _random
 from ._common import Clip, check_clip, check_data, check_eps, check_labels, check_steps, logits, norm_name, num_classes
 from .apgd import apgd
+from .apgd import run as apgd_run
 from .checks import CheckReport, black_box_beats_white_box, check_model, transfer_beats_white_box
 from .square import square
 
@@ -160,8 +161,8 @@ def autoattack(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str,
             if not len(left):
                 break
             r = rows[left]
-            found = apgd(model, x[r], y[r], steps=steps, loss=loss_t, targeted=True, target=order[r, rank],
-                         index=index[r], on_masking="ignore", _goal="misclassify", _stream=(rank,), **common)
+            found = apgd_run(model, x[r], y[r], eps, norm, steps, loss_t, True, order[r, rank], 1, 0.75, clip, seed,
+                             index[r], batch_size, backend, "ignore", False, goal="misclassify", stream=(rank,))
             broken = logits(model, found, backend, batch_size).argmax(1) != y[r]
             x_try[left[broken]] = found[broken]
             left = left[~broken]

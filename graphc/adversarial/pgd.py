@@ -71,13 +71,15 @@ def iterate(name: str, model, x, y, eps, step: Optional[float], steps, norm, ran
     step = 2.5 * eps / steps if step is None else check_eps(step, "step")
     loss = loss_name(loss)
     report = AttackReport(name, len(x), steps)
-    if eps == 0 or len(x) == 0:
+    if len(x) == 0:
         return x.copy(), report
     shape = tuple(x.shape[1:])
     classes = num_classes(model, shape, backend)
     check_labels(y, classes, name)
     if isinstance(loss, str):
         check_dlr_classes(loss, targeted, classes, name)
+    if eps == 0:
+        return x.copy(), report
     gradient = gradient_oracle(model, shape, loss, targeted, backend)
     out, zero_idx, bad_idx = [], [], []
     for start in range(0, len(x), batch_size):

