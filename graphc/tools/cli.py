@@ -9,9 +9,10 @@ from ..ir.errors import MissingExtra
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS = {
     "demo": ("graphc.tools.demo", "demo_main",
-             "train an MLP on digits, attack it (FGSM/PGD), adversarially train, plot"),
+             "train an MLP on digits, attack it (FGSM/PGD/AutoAttack), adversarially train, plot"),
     "train": ("graphc.tools.demo", "train_main", "train a model on a bundled dataset"),
-    "attack": ("graphc.tools.demo", "attack_main", "train (or load) a model and measure robust accuracy"),
+    "attack": ("graphc.tools.demo", "attack_main",
+               "train (or load) a model and attack it: FGSM, PGD, APGD, Square, C&W, DeepFool, AutoAttack"),
     "fuzz": ("graphc.verify.fuzz", "main",
              "random-graph gradient fuzzing: C vs NumPy vs finite differences"),
     "bench": ("graphc.tools.bench", "main",
