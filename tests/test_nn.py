@@ -264,7 +264,7 @@ def test_a_pytorch_state_dict_loads_into_the_same_architecture():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
-    m = nn.MLP([4, 6, 3])
+    m = nn.MLP([4, 6, 3], seed=0)
     m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     X = np.random.default_rng(1).random((5, 4)).astype(np.float32)
     np.testing.assert_allclose(predict_logits(m, X), tm(torch.from_numpy(X)).detach().numpy(), rtol=1e-5, atol=1e-6)

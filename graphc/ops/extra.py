@@ -94,7 +94,7 @@ register(OpDef("slice", infer=_slice_infer, forward=lambda x, index: x[_slices(i
                fuzz="slice", value_preserving=True))
 register(OpDef("slice_grad", infer=lambda i, index: (i[1].shape, i[0].dtype), forward=_slice_grad_forward,
                vjp=lambda gg, out, g, like, index: [apply("slice", [gg], index=index), None], arity=2,
-               fuzz="slice"))
+               fuzz="slice", made_by="vjp"))
 
 
 def slice(x, index) -> Tensor:  # noqa: A001 - mirrors Python's slice
@@ -179,9 +179,11 @@ def _gconv_weight_grad_vjp(gg, out, x, w, gy, **attrs):
 
 register(OpDef("grouped_conv2d", infer=_gconv_infer, forward=_gconv_forward, vjp=_gconv_vjp, fuzz="grouped_conv"))
 register(OpDef("grouped_conv2d_input_grad", infer=lambda i, **a: (i[0].shape, i[0].dtype),
-               forward=_gconv_input_grad_forward, vjp=_gconv_input_grad_vjp, arity=3, fuzz="grouped_conv"))
+               forward=_gconv_input_grad_forward, vjp=_gconv_input_grad_vjp, arity=3, fuzz="grouped_conv",
+               made_by="vjp"))
 register(OpDef("grouped_conv2d_weight_grad", infer=lambda i, **a: (i[1].shape, i[1].dtype),
-               forward=_gconv_weight_grad_forward, vjp=_gconv_weight_grad_vjp, arity=3, fuzz="grouped_conv"))
+               forward=_gconv_weight_grad_forward, vjp=_gconv_weight_grad_vjp, arity=3, fuzz="grouped_conv",
+               made_by="vjp"))
 
 
 def grouped_conv2d(x, w, b=None, stride=1, padding=0, groups: int = 1) -> Tensor:
