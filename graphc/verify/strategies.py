@@ -489,6 +489,23 @@ def _case_grouped_conv(draw, dt, op, ms):
     return [x, wv, _vals(draw, op, 2, ys, dt)], attrs
 
 
+def _indices(draw, size: int) -> np.ndarray:
+    """Integer indices into an axis of `size`, negative ones and repeats included."""
+    n = draw(st.integers(1, 4))
+    return np.asarray(draw(st.lists(st.integers(-size, size - 1), min_size=n, max_size=n)), np.int64)
+
+
+def _case_take(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    axis = draw(st.integers(0, len(shape) - 1))
+    idx = _indices(draw, shape[axis])
+    x = _vals(draw, op, 0, shape, dt)
+    if REGISTRY[op].arity == 3:  # take_grad(g, idx, like)
+        out = np.take(x, idx, axis=axis)
+        return [_vals(draw, op, 0, out.shape, dt), idx, x], {"axis": axis}
+    return [x, idx], {"axis": axis}
+
+
 CASES: dict[str, Callable] = {
     "unary": _case_unary, "size_of": _case_size_of, "binary": _case_binary, "where": _case_where,
     "reduce": _case_reduce, "argmax": _case_argmax, "sum_to": _case_sum_to, "broadcast_like": _case_broadcast_like,
@@ -498,7 +515,7 @@ CASES: dict[str, Callable] = {
     "dense": _case_dense, "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
     "classification": _case_classification, "one_hot": _case_one_hot, "bce": _case_bce, "dropout": _case_dropout,
     "conv": _case_conv, "pool": _case_pool, "fused_elementwise": _case_fused_elementwise,
-    "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv,
+    "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv, "take": _case_take,
 }
 """OpDef.fuzz (a case kind) -> case function (draw, dtype, op, max_side) -> (inputs, attrs).
 A new op names an existing kind in its registry entry, or adds a kind here."""
@@ -921,6 +938,47 @@ GRAPH_BUILDERS: dict[str, Callable] = {
     "matmul": _g_matmul, "classification": _g_classification, "bce": _g_targets, "dropout": _g_dropout,
     "conv": _g_conv, "pool": _g_pool, "pad": _g_pad, "slice": _g_slice, "grouped_conv": _g_grouped_conv,
 }
+def _g_pad(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1)
+    if x is None:
+        return None
+    pads = tuple((b.draw(st.integers(0, 2)), b.draw(st.integers(0, 2))) for _ in x.shape)
+    return apply(op, [x], pads=pads, value=b.draw(st.sampled_from([0.0, -1.5])))
+
+
+def _g_slice(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    index = []
+    for d in x.shape:
+        step = b.draw(st.sampled_from([1, 1, 2, -1]))
+        start = b.draw(st.integers(0, d - 1)) if step > 0 else b.draw(st.integers(-d, -1))
+        index.append((start, None, step))
+    return apply(op, [x], index=tuple(index))
+
+
+def _g_grouped_conv(b: _Builder, op: str):
+    groups = b.draw(st.integers(2, 3))
+    c = b.draw(st.integers(1, 2))
+    x = b.new_input((b.draw(st.integers(1, 2)), c * groups, b.draw(st.integers(2, 4)), b.draw(st.integers(2, 4))))
+    kh, kw = b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2))
+    w = b.new_input((b.draw(st.integers(1, 2)) * groups, c, kh, kw))
+    return apply(op, [x, w], stride=(1, b.draw(st.integers(1, 2))), padding=(b.draw(st.integers(0, 1)), 0),
+                 groups=groups)
+
+
+def _g_take(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    axis = b.draw(st.integers(0, x.ndim - 1))
+    return apply(op, [x, b.const(_indices(b.draw, x.shape[axis]))], axis=axis)
+
+
+GRAPH_BUILDERS.update(pad=_g_pad, slice=_g_slice, grouped_conv=_g_grouped_conv, take=_g_take)
+
+
 def _g_dense_pattern(b: _Builder, op: str):
     """act(x @ W + b): what the fusion pass turns into one dense node (the GEMM's epilogue)."""
     h = _g_matmul(b, "matmul")
