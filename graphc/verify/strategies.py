@@ -895,48 +895,13 @@ def _g_grad(b: _Builder, op: str):
     return g
 
 
-def _g_pad(b: _Builder, op: str):
-    x = b.pick(lambda t: t.ndim >= 1)
-    if x is None:
-        return None
-    pads = tuple((b.draw(st.integers(0, 2)), b.draw(st.integers(0, 2))) for _ in x.shape)
-    return apply(op, [x], pads=pads, value=b.draw(st.sampled_from([0.0, -1.5])))
-
-
-def _g_slice(b: _Builder, op: str):
-    x = b.pick(lambda t: t.ndim >= 1 and min(t.shape) >= 1)
-    if x is None:
-        return None
-    index = []
-    for d in x.shape:
-        start = b.draw(st.integers(-d, d - 1))
-        step = b.draw(st.sampled_from([1, 2, -1]))
-        index.append((start, None, step))  # to the end in the step's direction: never empty
-    return apply(op, [x], index=tuple(index))
-
-
-def _g_grouped_conv(b: _Builder, op: str):
-    groups = b.draw(st.integers(2, 3))
-    x = b.pick(lambda t: t.ndim == 4 and t.shape[1] % groups == 0 and t.shape[2] >= 2 and t.shape[3] >= 2)
-    if x is None:
-        x = b.new_input((b.draw(st.integers(1, 2)), groups * b.draw(st.integers(1, 2)), b.draw(st.integers(2, 5)),
-                         b.draw(st.integers(2, 5))))
-    _, c, h, w_ = x.shape
-    kh, kw = b.draw(st.integers(1, min(h, 3))), b.draw(st.integers(1, min(w_, 3)))
-    stride = (b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2)))
-    padding = (b.draw(st.integers(0, 1)), b.draw(st.integers(0, 1)))
-    w = b.new_input((groups * b.draw(st.integers(1, 2)), c // groups, kh, kw))
-    ins = [x, w] + ([b.new_input((w.shape[0],))] if b.draw(st.booleans()) else [])
-    return apply(op, ins, stride=stride, padding=padding, groups=groups)
-
-
 # OpDef.fuzz (a case kind) -> graph builder (builder, op) -> Tensor or None
 GRAPH_BUILDERS: dict[str, Callable] = {
     "unary": _g_unary, "size_of": _g_size_of, "binary": _g_binary, "where": _g_where, "reduce": _g_reduce,
     "argmax": _g_argmax, "one_hot": _g_one_hot, "softmax": _g_softmax, "transpose": _g_transpose,
     "reshape": _g_reshape, "expand_dims": _g_expand_dims, "squeeze": _g_squeeze, "concatenate": _g_concatenate,
     "matmul": _g_matmul, "classification": _g_classification, "bce": _g_targets, "dropout": _g_dropout,
-    "conv": _g_conv, "pool": _g_pool, "pad": _g_pad, "slice": _g_slice, "grouped_conv": _g_grouped_conv,
+    "conv": _g_conv, "pool": _g_pool,
 }
 def _g_pad(b: _Builder, op: str):
     x = b.pick(lambda t: t.ndim >= 1)
