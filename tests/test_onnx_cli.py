@@ -33,7 +33,7 @@ def test_info_prints_layers_parameters_and_what_was_cut(digits_files, capsys):
 
 
 def test_info_says_when_a_softmax_is_cut(tmp_path, capsys):
-    model = nn.Sequential(nn.Linear(4, 3))
+    model = nn.Sequential(nn.Linear(4, 3, seed=0))
     x = gc.placeholder("x", (None, 4))
     gc.onnx.save_graph(gc.softmax(model(x), axis=1), tmp_path / "probs.onnx", output_names=["probs"])
     assert main(["info", "--model", str(tmp_path / "probs.onnx")]) == 0

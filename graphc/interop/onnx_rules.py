@@ -361,34 +361,26 @@ def _split(ctx):
     return outs
 
 
-@rule("Gather", versions=(1, 11, 13), attrs=("axis",), static=(1,))
+@rule("Gather", versions=(1, 11, 13), attrs=("axis",))
 def _gather(ctx):
     v = ctx.inputs[0]
     dims = ctx.sym_shape(0)
     axis = _norm_axis(ctx, ctx.attr("axis", 0), len(dims))
-    idx = ctx.static(1, "indices")
-    if idx.dtype.kind not in "iu":
+    idx = ctx.inputs[1]
+    if idx.dtype.kind not in "iu" or (isinstance(idx, np.ndarray) and has_sym(idx)):
         raise ctx.refuse(f"indices must be integers, got {idx.dtype}")
-    d = dims[axis]
-    if isinstance(d, Sym):
-        if (idx < 0).any():
-            raise ctx.refuse(f"negative indices into axis {axis}, whose size is known only at call time")
-    elif idx.size and (idx.min() < -d or idx.max() >= d):
-        raise ctx.refuse(f"indices {idx.tolist()} out of range for axis {axis} of size {d}")
-    else:
-        idx = np.where(idx < 0, idx + d, idx)
-    if isinstance(v, np.ndarray):
-        return [np.take(v, idx, axis=axis)]
-    if idx.size > 64:
-        raise ctx.refuse(f"gathering {idx.size} indices from a computed tensor (graphc slices at most 64)")
-    parts = []
-    for i in idx.reshape(-1).tolist():
-        index = [(None, None, 1)] * len(dims)
-        index[axis] = (i, i + 1, 1)
-        parts.append(F.slice(v, index))
-    out = parts[0] if len(parts) == 1 else F.concatenate(parts, axis)
-    shape = list(dims[:axis]) + list(idx.shape) + list(dims[axis + 1:])
-    return [_reshape_to(ctx, out, shape)]
+    if isinstance(idx, np.ndarray):
+        d = dims[axis]
+        if isinstance(d, Sym):
+            if (idx < 0).any():
+                raise ctx.refuse(f"negative indices into axis {axis}, whose size is known only at call time")
+        elif idx.size and (idx.min() < -d or idx.max() >= d):
+            raise ctx.refuse(f"indices {idx.tolist()} out of range for axis {axis} of size {d}")
+        if isinstance(v, np.ndarray):  # shape arithmetic, or a constant table
+            return [np.take(v, idx, axis=axis)]
+    # indices known only at call time, or data computed by the graph: gc.take (ONNX's negative
+    # indices count from the end, as NumPy's); an index out of range is a GraphError when it runs
+    return [F.take(ctx.tensor(0), ctx.tensor(1), axis)]
 
 
 @rule("Expand", versions=(8, 13), static=(1,))
