@@ -21,7 +21,15 @@ attack returns a NumPy array of adversarial inputs with x's shape and dtype. Inp
 `clip` (default (0, 1), pixel data; None for no clipping). The loss is softmax cross-entropy by
 default; `loss="cw"` uses the Carlini–Wagner margin, or pass a callable(logits, labels) -> scalar
 Tensor. Untargeted attacks ascend the loss of the true label; targeted ones descend the loss of
-the target label. Everything is batch-wise and deterministic given `seed`.
+the target label.
+
+Determinism, per sample: an example's adversarial input depends only on the example, the model,
+the attack's arguments, `seed` and the example's global index, never on which other examples share
+its batch (or its chunk and worker in graphc.distributed). Random starts are drawn from the
+example's own generator np.random.default_rng([seed, index[i]]), where `index` holds the examples'
+global indices (default np.arange(len(x)): pass the indices of a slice of a larger set to get the
+same starts as on the whole set), and the input gradient is that of the example's own loss (the
+summed, not the batch-mean, loss).
 
 Gradient masking: an all-zero or non-finite input gradient means the attack cannot make progress
 (saturated softmax, dead ReLUs, shattered gradients, NaNs). The attacks never hide this: they warn
@@ -42,6 +50,7 @@ from ..compiler.runtime import compile as gc_compile
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, placeholder
 from ..learn.train import History, LossSpec, Trainer, accuracy, loss_tensor, model_cache, predict_logits
+from ..ops import size_of
 
 __all__ = ["fgsm", "bim", "pgd", "evaluate", "adversarial_training", "input_gradient", "AttackReport",
            "RobustnessReport", "GradientMaskingWarning", "GradientMaskingError", "ATTACKS"]
@@ -87,16 +96,20 @@ def _loss_key(loss):
 
 
 def _grad_fn(model, feature_shape: tuple, dtype, loss: LossSpec, backend: Optional[str]):
-    """Compiled f(x, y) -> [∂ℓ/∂x (of the batch-mean loss), logits, loss], cached on the model."""
-    key = ("input-grad", feature_shape, np.dtype(dtype).str, _loss_key(loss), backend)
+    """Compiled f(x, y) -> [∂ℓ/∂x of the summed loss (per-example gradients), logits, batch-mean loss],
+    cached on the model."""
+    key = ("input-grad-sum", feature_shape, np.dtype(dtype).str, _loss_key(loss), backend)
     cache = model_cache(model)
     if key not in cache:
         x = placeholder("x", (None,) + feature_shape, dtype)
         y = placeholder("y", (None,), "int64")
         logits = model(x, training=False)
         ell = loss_tensor(loss, logits, y)
-        # the loss is an output too, so `y` stays a placeholder even when no gradient reaches x
-        cache[key] = gc_compile([gc_grad(ell, x), logits, ell], backend=backend)
+        # The summed loss N·mean: its gradient reaches the loss's backward as exactly N, which the
+        # mean divides by N again, so a row's gradient is bitwise the same in any batch (the mean's
+        # gradient times N afterwards is not). The loss is an output too, so `y` stays a placeholder
+        # even when no gradient reaches x.
+        cache[key] = gc_compile([gc_grad(ell * size_of(x, 0, dtype), x), logits, ell], backend=backend)
     return cache[key]
 
 
@@ -104,8 +117,8 @@ def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_
                    backend: Optional[str] = None, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(∇ₓℓ per example, logits) for the rows of x, in x's shape, float64.
 
-    ℓ is the per-example loss: the gradient of the batch-mean loss times the batch size, so a row's
-    gradient does not depend on which other rows share its batch."""
+    ℓ is the per-example loss (the gradient of the summed loss), so a row's gradient does not depend
+    on which other rows share its batch."""
     x, y = _check_data(model, x, y)
     dtype = model.dtype
     f = _grad_fn(model, tuple(x.shape[1:]), dtype, loss, backend)
@@ -113,7 +126,7 @@ def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].astype(dtype)
         g, z, _ = f(x=xb, y=y[i:i + batch_size])
-        grads.append(g.astype(np.float64) * len(xb))
+        grads.append(g.astype(np.float64))
         logits.append(z)
     return np.concatenate(grads), np.concatenate(logits)
 
@@ -235,6 +248,34 @@ def _check_args(model, x, y, eps, norm):
     return x, y, eps
 
 
+def _check_index(index, n: int) -> np.ndarray:
+    """The examples' global indices (default 0..n-1) as int64, or a GraphError."""
+    if index is None:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(index)
+    if idx.shape != (n,) or (idx.size and idx.dtype.kind not in "iu"):
+        raise GraphError(f"index must hold one integer per example ({n}), got {idx.dtype} of shape {idx.shape}")
+    if idx.size and idx.min() < 0:
+        raise GraphError(f"index must hold non-negative sample indices, got {idx.min()}")
+    return idx.astype(np.int64)
+
+
+def _random_start(shape: tuple, eps: float, norm: str, seed: int, index: np.ndarray) -> np.ndarray:
+    """One uniform point of the L∞ ball, or of the L2 ball (uniform in volume), per example, each
+    drawn from the example's own generator default_rng([seed, index[i]])."""
+    delta = np.empty(shape, np.float64)
+    dim = math.prod(shape[1:])
+    for i, k in enumerate(index):
+        rng = np.random.default_rng([seed, int(k)])
+        if norm == "inf":
+            delta[i] = rng.uniform(-eps, eps, size=shape[1:])
+        else:
+            d = rng.standard_normal(shape[1:])
+            r = eps * rng.uniform() ** (1.0 / dim)
+            delta[i] = d * (r / max(float(np.sqrt(np.sum(d * d))), 1e-300))
+    return delta
+
+
 def _norm_name(norm) -> str:
     s = str(norm).lower()
     return {"inf": "inf", "linf": "inf", "l_inf": "inf", str(np.inf): "inf", "2": "2", "l2": "2", "2.0": "2"}.get(s, s)
@@ -243,9 +284,12 @@ def _norm_name(norm) -> str:
 # -- the attack loop ------------------------------------------------------------------------------
 def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: int, norm, random_start: bool,
             targeted: bool, target, clip: Clip, seed: int, loss: LossSpec, batch_size: int,
-            backend: Optional[str], keep_best: bool) -> tuple[np.ndarray, AttackReport]:
+            backend: Optional[str], keep_best: bool, index=None) -> tuple[np.ndarray, AttackReport]:
     norm = _norm_name(norm)
     x, y, eps = _check_args(model, x, y, eps, norm)
+    index = _check_index(index, len(x))
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GraphError(f"seed must be an int >= 0, got {seed!r}")
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise GraphError(f"steps must be an int >= 1, got {steps!r}")
     steps = int(steps)
@@ -255,7 +299,6 @@ def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: in
         return x.copy(), report
     dtype = model.dtype
     f = _grad_fn(model, tuple(x.shape[1:]), dtype, loss, backend)
-    rng = np.random.default_rng(seed)
     sign = -1.0 if targeted else 1.0
     out, zero_idx, bad_idx = [], [], []
     classes = predict_logits(model, x[:1], backend=backend).shape[1] if targeted else 0
@@ -265,12 +308,7 @@ def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: in
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         x64 = xb.astype(np.float64)
         if random_start:
-            if norm == "inf":
-                delta = rng.uniform(-eps, eps, size=xb.shape)
-            else:
-                d = rng.standard_normal(xb.shape)
-                r = eps * rng.uniform(0, 1, size=len(xb)) ** (1.0 / _flat(xb).shape[1])
-                delta = d * _bshape(r / np.maximum(_l2(d), 1e-300), d)
+            delta = _random_start(xb.shape, eps, norm, int(seed), index[start:start + batch_size])
             x_adv = _clip_range(x64 + delta, clip)
         else:
             x_adv = x64.copy()
@@ -280,7 +318,7 @@ def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: in
         zero_any, bad_any = np.zeros(len(xb), bool), np.zeros(len(xb), bool)
         for _ in range(steps):
             g, z, _ = f(x=x_adv.astype(dtype), y=labels)
-            g = g.astype(np.float64) * len(xb)
+            g = g.astype(np.float64)
             if keep_best:
                 pred = z.argmax(1)
                 ok = pred == labels if targeted else pred != yb
@@ -314,11 +352,12 @@ def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: in
 
 def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, clip: Clip = (0, 1), loss: LossSpec = "cross_entropy",
          targeted: bool = False, target: Any = None, batch_size: int = 512, backend: Optional[str] = None,
-         on_masking: str = "warn", return_report: bool = False):
+         on_masking: str = "warn", return_report: bool = False, index: Any = None):
     """Fast gradient sign method (Goodfellow et al. 2015): x' = clip(x + ε·sign(∇ₓℓ(x, y))).
 
     Targeted: x' = clip(x − ε·sign(∇ₓℓ(x, target))). Returns x' (and the AttackReport when
-    return_report=True). ‖x' − x‖∞ ≤ ε holds exactly in x's dtype.
+    return_report=True). ‖x' − x‖∞ ≤ ε holds exactly in x's dtype. FGSM draws nothing at random:
+    `index` (the examples' global indices) is accepted for a signature shared with pgd.
 
     >>> from graphc import nn
     >>> m = nn.MLP([4, 8, 3]); x = np.full((2, 4), 0.5, np.float32); y = np.array([0, 1])
@@ -327,7 +366,7 @@ def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, clip: Clip = (0, 1), l
     True
     """
     x_adv, report = _attack("fgsm", model, x, y, eps, eps, 1, "inf", False, targeted, target, clip, 0, loss,
-                            batch_size, backend, keep_best=False)
+                            batch_size, backend, keep_best=False, index=index)
     _masking(report, on_masking)
     return (x_adv, report) if return_report else x_adv
 
@@ -336,7 +375,7 @@ def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] =
         norm: Union[str, float] = "inf", random_start: bool = True, targeted: bool = False, target: Any = None,
         clip: Clip = (0, 1), seed: int = 0, loss: LossSpec = "cross_entropy", batch_size: int = 512,
         backend: Optional[str] = None, keep_best: bool = True, on_masking: str = "warn",
-        return_report: bool = False):
+        return_report: bool = False, index: Any = None):
     """Projected gradient descent (Madry et al. 2018) in the L∞ (norm="inf") or L2 (norm=2) ball.
 
     Start at x (or a uniform random point of the ε-ball when random_start), then `steps` times:
@@ -346,10 +385,12 @@ def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] =
 
     keep_best (default): an example that was adversarial at some iterate but not at the last keeps
     that iterate (robust accuracy then counts any success found along the way).
-    Deterministic given `seed` (and batch_size). Returns x' (and the AttackReport when return_report).
+    Example i starts from a point drawn by np.random.default_rng([seed, index[i]]) (index: the
+    examples' global indices, default 0..n-1), so its result depends on seed and index, not on
+    batch_size or on the other examples. Returns x' (and the AttackReport when return_report).
     """
     x_adv, report = _attack(f"pgd-l{_norm_name(norm)}", model, x, y, eps, step, steps, norm, random_start, targeted,
-                            target, clip, seed, loss, batch_size, backend, keep_best)
+                            target, clip, seed, loss, batch_size, backend, keep_best, index=index)
     _masking(report, on_masking)
     return (x_adv, report) if return_report else x_adv
 
@@ -357,11 +398,11 @@ def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] =
 def bim(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] = None, steps: int = 10,
         clip: Clip = (0, 1), loss: LossSpec = "cross_entropy", targeted: bool = False, target: Any = None,
         batch_size: int = 512, backend: Optional[str] = None, keep_best: bool = True, on_masking: str = "warn",
-        return_report: bool = False):
+        return_report: bool = False, index: Any = None):
     """Basic iterative method / iterative FGSM (Kurakin et al. 2017): L∞ PGD from the clean input
-    (no random start); step defaults to 2.5·ε/steps."""
+    (no random start); step defaults to 2.5·ε/steps. `index` is accepted as in pgd (nothing is random)."""
     x_adv, report = _attack("bim", model, x, y, eps, step, steps, "inf", False, targeted, target, clip, 0, loss,
-                            batch_size, backend, keep_best)
+                            batch_size, backend, keep_best, index=index)
     _masking(report, on_masking)
     return (x_adv, report) if return_report else x_adv
 
@@ -422,13 +463,15 @@ class RobustnessReport:
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, attack: Union[str, Callable] = "pgd",
-             eps: Sequence[float] = (0.05, 0.1, 0.2), backend: Optional[str] = None, **attack_kwargs
-             ) -> RobustnessReport:
+             eps: Sequence[float] = (0.05, 0.1, 0.2), backend: Optional[str] = None, index: Any = None,
+             **attack_kwargs) -> RobustnessReport:
     """Clean accuracy, then for each ε: robust accuracy, attack success rate over the originally
     correct examples (denominator: their number, `n_correct`), and mean/max ‖δ‖∞ and ‖δ‖₂.
 
     attack: 'fgsm', 'bim', 'pgd', 'pgd_l2', or a callable(model, x, y, eps, **attack_kwargs) -> x_adv.
     Extra keyword arguments go to the attack (e.g. steps=20, norm=2, targeted=True, seed=1).
+    index: the examples' global indices, passed to the built-in attacks (their random starts are
+    seeded per example by seed and index; see the module docstring).
     Gradient masking warnings are collected into the rows (zero_grad, nonfinite) instead of raised.
     """
     x, y = _check_data(model, x, y)
@@ -452,6 +495,8 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, attack: Union[str, Callable] =
         kwargs = dict(attack_kwargs)
         if builtin:
             kwargs.update(return_report=True, on_masking="ignore", backend=backend)
+            if index is not None:
+                kwargs["index"] = index
             x_adv, rep = fn(model, x, y, e, **kwargs)
         else:
             x_adv, rep = fn(model, x, y, e, **kwargs), None
