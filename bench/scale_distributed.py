@@ -1,0 +1,266 @@
+"""Scale report of graphc.distributed: evaluate() with PGD on 1 and 2 local Dask workers against the
+serial graphc.attacks.evaluate, the per-task overheads, and a model of the wall time at 8, 64 and
+512 workers built from those measurements and Dask's documented ~1 ms of overhead per task.
+
+    python bench/scale_distributed.py                 # 3 interleaved rounds (about 4 minutes on 2 cores)
+    python bench/scale_distributed.py --rounds 1 --examples 3000 --json scale.json
+
+Each peer (serial, local:1, local:2) runs in its own process, rounds interleaved; medians are
+reported with the machine, versions and thread counts. The serial peer and every worker run
+graphc's kernels and BLAS on one thread.
+
+Workload: a 64-512-512-10 MLP trained on scikit-learn's digits; the 1,797 digits repeated to
+--examples rows with a little uniform noise; PGD-L∞, random start, --steps steps, at ε = 0.05 and
+0.1. Results of every peer are checked to be identical to the serial run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+DASK_TASK_OVERHEAD_S = 1e-3  # "Each task suffers about 1ms of overhead" (distributed.dask.org)
+EPS = (0.05, 0.1)
+
+
+# -- the workload -----------------------------------------------------------------------------------------
+def workload(n: int):
+    import graphc as gc
+    from graphc import data, nn, optim
+    s = data.load("digits", seed=0)
+    X0 = np.concatenate([s.X_train, s.X_test])
+    y0 = np.concatenate([s.y_train, s.y_test])
+    model = nn.MLP([64, 512, 512, 10], seed=0)
+    gc.train(model, s.X_train, s.y_train, epochs=3, optimizer=optim.Adam(0.005), seed=0, progress=False)
+    reps = -(-n // len(X0))
+    rng = np.random.default_rng(0)
+    X = np.clip(np.tile(X0, (reps, 1))[:n] + rng.uniform(-0.02, 0.02, (n, X0.shape[1])), 0, 1).astype(np.float32)
+    y = np.tile(y0, reps)[:n]
+    return model, X, y
+
+
+def attack_kwargs(steps: int) -> dict:
+    return {"steps": steps, "seed": 0}
+
+
+# -- peers (each in its own process) ------------------------------------------------------------------------
+def peer_serial(args) -> dict:
+    from graphc import attacks
+    from graphc.learn.train import limit_threads
+    model, X, y = workload(args.examples)
+    with limit_threads(1):
+        start = time.perf_counter()
+        rep = attacks.evaluate(model, X, y, "pgd", eps=EPS, **attack_kwargs(args.steps))
+        seconds = time.perf_counter() - start
+        # the cost of one PGD step as a function of the batch size: a + b * rows (call overhead, per row)
+        # (20 steps − 2 steps) / 18: the random start and the final check cancel out
+        per_step = {}
+        for rows in (8, 512):
+            xb, yb = X[:rows], y[:rows]
+            attacks.pgd(model, xb, yb, 0.1, steps=2)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                attacks.pgd(model, xb, yb, 0.1, steps=20, seed=0)
+                t20 = time.perf_counter() - t
+                t = time.perf_counter()
+                attacks.pgd(model, xb, yb, 0.1, steps=2, seed=0)
+                times.append((t20 - (time.perf_counter() - t)) / 18)
+            per_step[rows] = statistics.median(times)
+    b = (per_step[512] - per_step[8]) / (512 - 8)
+    a = per_step[8] - 8 * b
+    return {"seconds": seconds, "robust_acc": rep.robust_acc, "clean_acc": rep.clean_acc,
+            "step_call_s": a, "step_row_s": b}
+
+
+def peer_cluster(args, workers: int) -> dict:
+    import distributed as dd
+
+    from graphc import distributed as gd
+    model, X, y = workload(args.examples)
+    t0 = time.perf_counter()
+    client = gd.connect(f"local:{workers}")
+    client.wait_for_workers(workers)
+    start_s = time.perf_counter() - t0
+    try:
+        with dd.get_task_stream(client) as ts:
+            t = time.perf_counter()
+            wall_start = time.time()
+            rep = gd.evaluate(model, X, y, attacks=("pgd",), eps=EPS, client=client, chunk=args.chunk, progress=False,
+                              **attack_kwargs(args.steps))
+            seconds = time.perf_counter() - t
+        compute = {"_attack_task": [], "_clean_task": [], "_value": []}
+        first_start = math.inf
+        for task in ts.data:
+            name = task["key"].split("-", 1)[0] if isinstance(task["key"], str) else str(task["key"])
+            for ss in task["startstops"]:
+                if ss["action"] == "compute":
+                    compute.setdefault(name, []).append(ss["stop"] - ss["start"])
+                    if name == "_attack_task":
+                        first_start = min(first_start, ss["start"] - wall_start)
+        # scheduler throughput on this machine: no-op tasks, all submitted at once
+        n_noop = 2000
+        t = time.perf_counter()
+        dd.wait(client.map(_noop, range(n_noop), pure=False))
+        noop_s = (time.perf_counter() - t) / n_noop
+    finally:
+        client.close()
+    report = rep["pgd"]
+    return {"seconds": seconds, "start_s": start_s, "robust_acc": report.robust_acc, "clean_acc": report.clean_acc,
+            "tasks": rep.tasks, "attack_tasks": len(compute["_attack_task"]),
+            "attack_compute_s": sum(compute["_attack_task"]), "clean_compute_s": sum(compute["_clean_task"]),
+            "max_attack_task_s": max(compute["_attack_task"]), "first_attack_start_s": first_start,
+            "noop_task_s": noop_s}
+
+
+def _noop(i):
+    return i
+
+
+# -- the driver ------------------------------------------------------------------------------------------------
+def run_peer(name: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--peer", name, "--examples", str(args.examples), "--steps",
+           str(args.steps), "--chunk", str(args.chunk)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               GRAPHC_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"peer {name} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def predict(total_rows_eps: float, workers: int, chunk: int, n: int, steps: int, call_s: float, row_s: float,
+            task_overhead_s: float, fixed_s: float, sched_s: float = DASK_TASK_OVERHEAD_S) -> dict:
+    """Wall time of evaluate at `workers` workers: the attack tasks run in waves of `workers`; each
+    costs steps·(a + b·rows) + its per-task overhead; the scheduler handles tasks one at a time at
+    `sched_s` each, which bounds the rate from below; `fixed_s` covers shipping the model and the
+    first compile on each worker."""
+    chunks = math.ceil(n / chunk)
+    n_attack = chunks * len(EPS)
+    tasks = n_attack + chunks  # + one clean-prediction task per chunk
+    rows = min(chunk, n)
+    task_s = steps * (call_s + row_s * rows) + task_overhead_s
+    waves = math.ceil(n_attack / workers)
+    compute = waves * task_s
+    return {"workers": workers, "chunk": chunk, "tasks": tasks, "busy_s": compute, "scheduler_s": tasks * sched_s,
+            "wall_s": fixed_s + max(compute, tasks * sched_s), "serial_s": total_rows_eps}
+
+
+def machine() -> dict:
+    import platform
+
+    import distributed
+
+    import graphc
+    from graphc.tools.bench.gemm import cpu_model
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "dask.distributed": distributed.__version__, "graphc": graphc.__version__,
+            "backend": graphc.backend_info()["backend"], "threads": "1 per worker (graphc kernels and BLAS)",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--examples", type=int, default=12000, help="rows to attack (default 12,000)")
+    p.add_argument("--steps", type=int, default=50, help="PGD steps (default 50)")
+    p.add_argument("--chunk", type=int, default=1024, help="rows per task (default 1024)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--workers", default="1,2", help="local cluster sizes to measure (default 1,2)")
+    p.add_argument("--json", default=None, help="also write the raw results to this file")
+    p.add_argument("--peer", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.peer:
+        if args.peer == "serial":
+            res = peer_serial(args)
+        else:
+            res = peer_cluster(args, int(args.peer.split(":")[1]))
+        print(json.dumps(res))
+        return 0
+
+    workers = [int(w) for w in args.workers.split(",")]
+    peers = ["serial"] + [f"local:{w}" for w in workers]
+    runs: dict = {name: [] for name in peers}
+    for r in range(args.rounds):
+        for name in peers:
+            res = run_peer(name, args)
+            runs[name].append(res)
+            print(f"round {r + 1}/{args.rounds} {name:>8}: {res['seconds']:7.2f} s", file=sys.stderr, flush=True)
+
+    med = {name: {k: statistics.median(run[k] for run in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+           for name, rs in runs.items()}
+    serial = med["serial"]
+    identical = all(run["robust_acc"] == runs["serial"][0]["robust_acc"] for rs in runs.values() for run in rs)
+    info = machine()
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"workload: PGD-Linf (random start, {args.steps} steps) at eps {', '.join(map(str, EPS))} on "
+          f"{args.examples:,} examples (digits, repeated with noise), MLP 64-512-512-10 float32, "
+          f"chunk {args.chunk}; {args.rounds} rounds, medians")
+    print(f"results identical to serial in every run: {'yes' if identical else 'NO'} "
+          f"(robust accuracy {', '.join(f'{a:.2%}' for a in runs['serial'][0]['robust_acc'])})")
+    print()
+    head = (f"{'peer':<8}  {'wall s':>7}  {'speed-up':>8}  {'vs serial':>9}  {'tasks':>5}  {'cluster start s':>15}  "
+            f"{'busy s':>7}  {'overhead/task ms':>16}")
+    print(head)
+    print("-" * len(head))
+    print(f"{'serial':<8}  {serial['seconds']:>7.2f}  {'-':>8}  {1.0:>9.2f}  {'-':>5}  {'-':>15}  {'-':>7}  {'-':>16}")
+    one = med.get(f"local:{workers[0]}")
+    for w in workers:
+        m = med[f"local:{w}"]
+        busy = m["attack_compute_s"] + m["clean_compute_s"]
+        # worker time not spent computing, per task: scheduling, transfers, (de)serialisation, waiting
+        overhead = (m["seconds"] * w - busy) / m["tasks"]
+        m["overhead_per_task_s"] = overhead
+        print(f"{'local:' + str(w):<8}  {m['seconds']:>7.2f}  {one['seconds'] / m['seconds']:>8.2f}  "
+              f"{serial['seconds'] / m['seconds']:>9.2f}  {m['tasks']:>5.0f}  {m['start_s']:>15.2f}  {busy:>7.2f}  "
+              f"{overhead * 1e3:>16.1f}")
+    noop = med[f"local:{workers[-1]}"]["noop_task_s"]
+    print(f"\nno-op tasks on local:{workers[-1]}: {noop * 1e3:.2f} ms per task end to end (Dask documents ~1 ms)")
+    print(f"one PGD step, one thread: {serial['step_call_s'] * 1e6:.0f} us per call + "
+          f"{serial['step_row_s'] * 1e6:.1f} us per row")
+
+    # the model, calibrated on local:1 and checked against the largest measured cluster
+    base = med[f"local:{workers[0]}"]
+    fixed = base["first_attack_start_s"]
+    task_overhead = max(0.0, (base["seconds"] - fixed - base["attack_compute_s"] - base["clean_compute_s"])
+                        / base["tasks"])
+    a, b = serial["step_call_s"], serial["step_row_s"]
+
+    def model(w, chunk, n):
+        return predict(serial["seconds"] * n / args.examples, w, chunk, n, args.steps, a, b, task_overhead, fixed)
+
+    print(f"\nmodel: wall = fixed + max(waves x (steps x (a + b x rows) + o), tasks x 1 ms); fixed {fixed:.2f} s "
+          f"(model shipped and compiled before the first attack task), o {task_overhead * 1e3:.1f} ms per task "
+          f"(calibrated on local:{workers[0]})")
+    for w in workers[1:]:
+        pr = model(w, args.chunk, args.examples)
+        print(f"  check at local:{w}: predicted {pr['wall_s']:.2f} s, measured {med[f'local:{w}']['seconds']:.2f} s")
+    head = (f"{'examples':>10}  {'workers':>7}  {'chunk':>5}  {'tasks':>6}  {'busy s':>8}  {'sched s':>7}  "
+            f"{'wall s':>8}  {'vs serial':>9}  {'best chunk':>10}  {'its wall s':>10}  {'vs serial':>9}")
+    print("\n" + head)
+    print("-" * len(head))
+    candidates = [2 ** k for k in range(4, 15)]
+    for n in (args.examples, args.examples * 100):
+        for w in (1, 2, 8, 64, 512):
+            pr = model(w, args.chunk, n)
+            best = min((model(w, c, n) for c in candidates), key=lambda r: r["wall_s"])
+            print(f"{n:>10,}  {w:>7}  {args.chunk:>5}  {pr['tasks']:>6}  {pr['busy_s']:>8.1f}  "
+                  f"{pr['scheduler_s']:>7.1f}  {pr['wall_s']:>8.1f}  {pr['serial_s'] / pr['wall_s']:>9.1f}  "
+                  f"{best['chunk']:>10}  {best['wall_s']:>10.1f}  {best['serial_s'] / best['wall_s']:>9.1f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "args": vars(args), "runs": runs, "medians": med}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
