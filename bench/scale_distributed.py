@@ -7,7 +7,12 @@ serial graphc.attacks.evaluate, the per-task overheads, and a model of the wall 
 
 Each peer (serial, local:1, local:2) runs in its own process, rounds interleaved; medians are
 reported with the machine, versions and thread counts. The serial peer and every worker run
-graphc's kernels and BLAS on one thread.
+graphc's kernels and BLAS on one thread. Wall times depend on what else the machine runs (the load
+average is printed); CPU seconds (the serial process, or the sum over the workers, from getrusage)
+do not, so the overhead per task and the model are computed from CPU time.
+
+Also: data-parallel training throughput (samples/s) of graphc.distributed.train against gc.train
+on the same batches (digits, the same MLP, global batch --train-batch, one epoch).
 
 Workload: a 64-512-512-10 MLP trained on scikit-learn's digits; the 1,797 digits repeated to
 --examples rows with a little uniform noise; PGD-L∞, random start, --steps steps, at ε = 0.05 and
@@ -54,15 +59,30 @@ def attack_kwargs(steps: int) -> dict:
 
 
 # -- peers (each in its own process) ------------------------------------------------------------------------
+def _cpu() -> float:
+    """CPU seconds of this process (all threads)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _train_data():
+    from graphc import data, nn
+    s = data.load("digits", seed=0)
+    return nn.MLP([64, 512, 512, 10], seed=1), s.X_train, s.y_train
+
+
 def peer_serial(args) -> dict:
-    from graphc import attacks
+    import graphc as gc
+    from graphc import attacks, optim
     from graphc.learn.train import limit_threads
     model, X, y = workload(args.examples)
+    load = os.getloadavg()[0]
     with limit_threads(1):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         rep = attacks.evaluate(model, X, y, "pgd", eps=EPS, **attack_kwargs(args.steps))
-        seconds = time.perf_counter() - start
-        # the cost of one PGD step as a function of the batch size: a + b * rows (call overhead, per row)
+        seconds, cpu = time.perf_counter() - start, _cpu() - cpu
+        # CPU cost of one PGD step as a function of the batch size: a + b·rows (per call, per row);
         # (20 steps − 2 steps) / 18: the random start and the final check cancel out
         per_step = {}
         for rows in (8, 512):
@@ -70,35 +90,44 @@ def peer_serial(args) -> dict:
             attacks.pgd(model, xb, yb, 0.1, steps=2)
             times = []
             for _ in range(5):
-                t = time.perf_counter()
+                t = _cpu()
                 attacks.pgd(model, xb, yb, 0.1, steps=20, seed=0)
-                t20 = time.perf_counter() - t
-                t = time.perf_counter()
+                t20 = _cpu() - t
+                t = _cpu()
                 attacks.pgd(model, xb, yb, 0.1, steps=2, seed=0)
-                times.append((t20 - (time.perf_counter() - t)) / 18)
+                times.append((t20 - (_cpu() - t)) / 18)
             per_step[rows] = statistics.median(times)
+        m, Xt, yt = _train_data()
+        t = time.perf_counter()
+        gc.train(m, Xt, yt, epochs=1, optimizer=optim.Adam(1e-3), batch_size=args.train_batch, seed=0, progress=False)
+        train_s = time.perf_counter() - t
     b = (per_step[512] - per_step[8]) / (512 - 8)
     a = per_step[8] - 8 * b
-    return {"seconds": seconds, "robust_acc": rep.robust_acc, "clean_acc": rep.clean_acc,
-            "step_call_s": a, "step_row_s": b}
+    return {"seconds": seconds, "cpu_s": cpu, "load": load, "robust_acc": rep.robust_acc, "clean_acc": rep.clean_acc,
+            "step_call_s": a, "step_row_s": b, "train_samples_per_s": len(Xt) / train_s,
+            "train_params": [p.value.tolist() for p in m.parameters()][-1]}
 
 
 def peer_cluster(args, workers: int) -> dict:
     import distributed as dd
 
     from graphc import distributed as gd
+    from graphc import optim
     model, X, y = workload(args.examples)
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     client = gd.connect(f"local:{workers}")
     client.wait_for_workers(workers)
     start_s = time.perf_counter() - t0
     try:
+        workers_cpu = sum(client.run(_cpu).values())
         with dd.get_task_stream(client) as ts:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _cpu()
             wall_start = time.time()
             rep = gd.evaluate(model, X, y, attacks=("pgd",), eps=EPS, client=client, chunk=args.chunk, progress=False,
                               **attack_kwargs(args.steps))
-            seconds = time.perf_counter() - t
+            seconds, cpu = time.perf_counter() - t, _cpu() - cpu
+        workers_cpu = sum(client.run(_cpu).values()) - workers_cpu
         compute = {"_attack_task": [], "_clean_task": [], "_value": []}
         first_start = math.inf
         for task in ts.data:
@@ -113,10 +142,16 @@ def peer_cluster(args, workers: int) -> dict:
         t = time.perf_counter()
         dd.wait(client.map(_noop, range(n_noop), pure=False))
         noop_s = (time.perf_counter() - t) / n_noop
+        m, Xt, yt = _train_data()
+        t = time.perf_counter()
+        gd.train(m, Xt, yt, epochs=1, optimizer=optim.Adam(1e-3), batch_size=args.train_batch, client=client, seed=0)
+        train_s = time.perf_counter() - t
     finally:
         client.close()
     report = rep["pgd"]
-    return {"seconds": seconds, "start_s": start_s, "robust_acc": report.robust_acc, "clean_acc": report.clean_acc,
+    return {"seconds": seconds, "workers_cpu_s": workers_cpu, "client_cpu_s": cpu, "load": load, "start_s": start_s,
+            "robust_acc": report.robust_acc, "clean_acc": report.clean_acc, "train_samples_per_s": len(Xt) / train_s,
+            "train_params": [p.value.tolist() for p in m.parameters()][-1],
             "tasks": rep.tasks, "attack_tasks": len(compute["_attack_task"]),
             "attack_compute_s": sum(compute["_attack_task"]), "clean_compute_s": sum(compute["_clean_task"]),
             "max_attack_task_s": max(compute["_attack_task"]), "first_attack_start_s": first_start,
@@ -130,7 +165,7 @@ def _noop(i):
 # -- the driver ------------------------------------------------------------------------------------------------
 def run_peer(name: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", name, "--examples", str(args.examples), "--steps",
-           str(args.steps), "--chunk", str(args.chunk)]
+           str(args.steps), "--chunk", str(args.chunk), "--train-batch", str(args.train_batch)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
                GRAPHC_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
@@ -139,21 +174,24 @@ def run_peer(name: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def predict(total_rows_eps: float, workers: int, chunk: int, n: int, steps: int, call_s: float, row_s: float,
+BATCH = 512  # the attacks' default batch_size: a chunk is attacked in calls of at most this many rows
+
+
+def predict(serial_s: float, workers: int, chunk: int, n: int, steps: int, call_s: float, row_s: float,
             task_overhead_s: float, fixed_s: float, sched_s: float = DASK_TASK_OVERHEAD_S) -> dict:
-    """Wall time of evaluate at `workers` workers: the attack tasks run in waves of `workers`; each
-    costs steps·(a + b·rows) + its per-task overhead; the scheduler handles tasks one at a time at
-    `sched_s` each, which bounds the rate from below; `fixed_s` covers shipping the model and the
-    first compile on each worker."""
+    """Wall time of evaluate at `workers` workers, each with a core of its own: the attack tasks run
+    in waves of `workers`; a task of r rows costs steps·⌈r/512⌉ calls of a seconds plus r·b seconds
+    of per-row work, plus its overhead o; the scheduler handles tasks one at a time at `sched_s`
+    each, which bounds the rate; `fixed_s` covers shipping the model and the first compiles."""
     chunks = math.ceil(n / chunk)
     n_attack = chunks * len(EPS)
     tasks = n_attack + chunks  # + one clean-prediction task per chunk
     rows = min(chunk, n)
-    task_s = steps * (call_s + row_s * rows) + task_overhead_s
+    task_s = steps * math.ceil(rows / BATCH) * call_s + rows * row_s + task_overhead_s
     waves = math.ceil(n_attack / workers)
     compute = waves * task_s
     return {"workers": workers, "chunk": chunk, "tasks": tasks, "busy_s": compute, "scheduler_s": tasks * sched_s,
-            "wall_s": fixed_s + max(compute, tasks * sched_s), "serial_s": total_rows_eps}
+            "wall_s": fixed_s + max(compute, tasks * sched_s), "serial_s": serial_s}
 
 
 def machine() -> dict:
@@ -176,6 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=1024, help="rows per task (default 1024)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--workers", default="1,2", help="local cluster sizes to measure (default 1,2)")
+    p.add_argument("--train-batch", type=int, default=256, help="global batch of the training measurement")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -207,43 +246,48 @@ def main(argv=None) -> int:
           f"chunk {args.chunk}; {args.rounds} rounds, medians")
     print(f"results identical to serial in every run: {'yes' if identical else 'NO'} "
           f"(robust accuracy {', '.join(f'{a:.2%}' for a in runs['serial'][0]['robust_acc'])})")
+    loads = ", ".join(f"{n} {med[n]['load']:.1f}" for n in peers)
+    print(f"load average (1 min, median) at the start of each peer's runs: {loads} on {os.cpu_count()} logical CPUs")
     print()
-    head = (f"{'peer':<8}  {'wall s':>7}  {'speed-up':>8}  {'vs serial':>9}  {'tasks':>5}  {'cluster start s':>15}  "
-            f"{'busy s':>7}  {'overhead/task ms':>16}")
+    head = (f"{'peer':<8}  {'wall s':>7}  {'speed-up':>8}  {'vs serial':>9}  {'tasks':>5}  {'start s':>7}  "
+            f"{'CPU s workers':>13}  {'CPU s client':>12}  {'extra CPU/task ms':>17}")
     print(head)
     print("-" * len(head))
-    print(f"{'serial':<8}  {serial['seconds']:>7.2f}  {'-':>8}  {1.0:>9.2f}  {'-':>5}  {'-':>15}  {'-':>7}  {'-':>16}")
-    one = med.get(f"local:{workers[0]}")
+    print(f"{'serial':<8}  {serial['seconds']:>7.2f}  {'-':>8}  {1.0:>9.2f}  {'-':>5}  {'-':>7}  "
+          f"{serial['cpu_s']:>13.2f}  {'-':>12}  {'-':>17}")
+    one = med[f"local:{workers[0]}"]
     for w in workers:
         m = med[f"local:{w}"]
-        busy = m["attack_compute_s"] + m["clean_compute_s"]
-        # worker time not spent computing, per task: scheduling, transfers, (de)serialisation, waiting
-        overhead = (m["seconds"] * w - busy) / m["tasks"]
-        m["overhead_per_task_s"] = overhead
+        # CPU spent beyond the serial run's, per task: scheduling, (de)serialisation, transfers, compiles
+        extra = (m["workers_cpu_s"] + m["client_cpu_s"] - serial["cpu_s"]) / m["tasks"]
         print(f"{'local:' + str(w):<8}  {m['seconds']:>7.2f}  {one['seconds'] / m['seconds']:>8.2f}  "
-              f"{serial['seconds'] / m['seconds']:>9.2f}  {m['tasks']:>5.0f}  {m['start_s']:>15.2f}  {busy:>7.2f}  "
-              f"{overhead * 1e3:>16.1f}")
+              f"{serial['seconds'] / m['seconds']:>9.2f}  {m['tasks']:>5.0f}  {m['start_s']:>7.2f}  "
+              f"{m['workers_cpu_s']:>13.2f}  {m['client_cpu_s']:>12.2f}  {extra * 1e3:>17.1f}")
     noop = med[f"local:{workers[-1]}"]["noop_task_s"]
     print(f"\nno-op tasks on local:{workers[-1]}: {noop * 1e3:.2f} ms per task end to end (Dask documents ~1 ms)")
-    print(f"one PGD step, one thread: {serial['step_call_s'] * 1e6:.0f} us per call + "
-          f"{serial['step_row_s'] * 1e6:.1f} us per row")
+    a = serial["step_call_s"]
+    print(f"one PGD step (CPU time, one thread): {a * 1e6:.0f} us per call + {serial['step_row_s'] * 1e6:.1f} us "
+          f"per row")
+    # per-row cost of a whole attack (all steps, random start, checks), so that the model gives the
+    # serial run's CPU time back: serial CPU = steps·calls·a + rows·eps·b
+    calls = len(EPS) * math.ceil(args.examples / BATCH)
+    b = (serial["cpu_s"] - args.steps * calls * a) / (args.examples * len(EPS))
 
-    # the model, calibrated on local:1 and checked against the largest measured cluster
+    # the model: CPU costs measured here, a free core per worker, Dask's ~1 ms per task at the scheduler
     base = med[f"local:{workers[0]}"]
     fixed = base["first_attack_start_s"]
-    task_overhead = max(0.0, (base["seconds"] - fixed - base["attack_compute_s"] - base["clean_compute_s"])
-                        / base["tasks"])
-    a, b = serial["step_call_s"], serial["step_row_s"]
+    task_overhead = max(0.0, (base["workers_cpu_s"] - serial["cpu_s"]) / base["tasks"])
 
     def model(w, chunk, n):
-        return predict(serial["seconds"] * n / args.examples, w, chunk, n, args.steps, a, b, task_overhead, fixed)
+        return predict(serial["cpu_s"] * n / args.examples, w, chunk, n, args.steps, a, b, task_overhead, fixed)
 
-    print(f"\nmodel: wall = fixed + max(waves x (steps x (a + b x rows) + o), tasks x 1 ms); fixed {fixed:.2f} s "
-          f"(model shipped and compiled before the first attack task), o {task_overhead * 1e3:.1f} ms per task "
-          f"(calibrated on local:{workers[0]})")
-    for w in workers[1:]:
+    print(f"\nmodel: wall = fixed + max(waves x (steps x calls x a + rows x b + o), tasks x 1 ms), a free core per "
+          f"worker; a {a * 1e6:.0f} us per call, b {b * 1e3:.2f} ms per row and eps (the whole attack), fixed "
+          f"{fixed:.2f} s (model shipped and compiled before the first attack task), o {task_overhead * 1e3:.1f} ms "
+          f"of worker CPU per task (from local:{workers[0]}); 'vs serial' against the serial run's CPU time")
+    for w in workers:
         pr = model(w, args.chunk, args.examples)
-        print(f"  check at local:{w}: predicted {pr['wall_s']:.2f} s, measured {med[f'local:{w}']['seconds']:.2f} s")
+        print(f"  at local:{w}: predicted {pr['wall_s']:.2f} s, measured {med[f'local:{w}']['seconds']:.2f} s wall")
     head = (f"{'examples':>10}  {'workers':>7}  {'chunk':>5}  {'tasks':>6}  {'busy s':>8}  {'sched s':>7}  "
             f"{'wall s':>8}  {'vs serial':>9}  {'best chunk':>10}  {'its wall s':>10}  {'vs serial':>9}")
     print("\n" + head)
@@ -256,6 +300,14 @@ def main(argv=None) -> int:
             print(f"{n:>10,}  {w:>7}  {args.chunk:>5}  {pr['tasks']:>6}  {pr['busy_s']:>8.1f}  "
                   f"{pr['scheduler_s']:>7.1f}  {pr['wall_s']:>8.1f}  {pr['serial_s'] / pr['wall_s']:>9.1f}  "
                   f"{best['chunk']:>10}  {best['wall_s']:>10.1f}  {best['serial_s'] / best['wall_s']:>9.1f}")
+
+    ref = np.asarray(runs["serial"][0]["train_params"])
+    print(f"\ndata-parallel training, one epoch of digits (1,347 rows), MLP 64-512-512-10, Adam, global batch "
+          f"{args.train_batch}:")
+    for name in peers:
+        diff = max(float(np.abs(np.asarray(r["train_params"]) - ref).max()) for r in runs[name])
+        what = "gc.train (one process)" if name == "serial" else f"graphc.distributed.train on {name}"
+        print(f"  {what:<42} {med[name]['train_samples_per_s']:>9,.0f} samples/s   max |param - serial| {diff:.1e}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": info, "args": vars(args), "runs": runs, "medians": med}, fh, indent=1)
