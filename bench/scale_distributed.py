@@ -128,6 +128,13 @@ def peer_cluster(args, workers: int) -> dict:
                               **attack_kwargs(args.steps))
             seconds, cpu = time.perf_counter() - t, _cpu() - cpu
         workers_cpu = sum(client.run(_cpu).values()) - workers_cpu
+        # Dask's fine performance metrics of the tasks: CPU time of the task threads, time they waited
+        # (for a CPU, on this shared machine), and Dask's own time around each task
+        task_metrics: dict = {}
+        for digest in client.run(lambda dask_worker: dict(dask_worker.digests_total)).values():
+            for key, value in digest.items():
+                if isinstance(key, tuple) and key[0] == "execute" and key[-1] == "seconds":
+                    task_metrics[key[-2]] = task_metrics.get(key[-2], 0.0) + value
         compute = {"_attack_task": [], "_clean_task": [], "_value": []}
         first_start = math.inf
         for task in ts.data:
@@ -152,6 +159,8 @@ def peer_cluster(args, workers: int) -> dict:
     return {"seconds": seconds, "workers_cpu_s": workers_cpu, "client_cpu_s": cpu, "load": load, "start_s": start_s,
             "robust_acc": report.robust_acc, "clean_acc": report.clean_acc, "train_samples_per_s": len(Xt) / train_s,
             "train_params": [p.value.tolist() for p in m.parameters()][-1],
+            "task_cpu_s": task_metrics.get("thread-cpu", 0.0), "task_wait_s": task_metrics.get("thread-noncpu", 0.0),
+            "task_dask_s": task_metrics.get("executor", 0.0) + task_metrics.get("other", 0.0),
             "tasks": rep.tasks, "attack_tasks": len(compute["_attack_task"]),
             "attack_compute_s": sum(compute["_attack_task"]), "clean_compute_s": sum(compute["_clean_task"]),
             "max_attack_task_s": max(compute["_attack_task"]), "first_attack_start_s": first_start,
@@ -250,33 +259,38 @@ def main(argv=None) -> int:
     print(f"load average (1 min, median) at the start of each peer's runs: {loads} on {os.cpu_count()} logical CPUs")
     print()
     head = (f"{'peer':<8}  {'wall s':>7}  {'speed-up':>8}  {'vs serial':>9}  {'tasks':>5}  {'start s':>7}  "
-            f"{'CPU s workers':>13}  {'CPU s client':>12}  {'extra CPU/task ms':>17}")
+            f"{'CPU s':>6}  {'in tasks':>8}  {'waiting':>7}  {'Dask/task ms':>12}  {'worker bg CPU s':>15}  "
+            f"{'client CPU s':>12}")
     print(head)
     print("-" * len(head))
     print(f"{'serial':<8}  {serial['seconds']:>7.2f}  {'-':>8}  {1.0:>9.2f}  {'-':>5}  {'-':>7}  "
-          f"{serial['cpu_s']:>13.2f}  {'-':>12}  {'-':>17}")
+          f"{serial['cpu_s']:>6.2f}  {'-':>8}  {'-':>7}  {'-':>12}  {'-':>15}  {'-':>12}")
     one = med[f"local:{workers[0]}"]
     for w in workers:
         m = med[f"local:{w}"]
-        # CPU spent beyond the serial run's, per task: scheduling, (de)serialisation, transfers, compiles
-        extra = (m["workers_cpu_s"] + m["client_cpu_s"] - serial["cpu_s"]) / m["tasks"]
+        # CPU s: all worker processes; in tasks: the task threads (graphc's work); waiting: task time
+        # off-CPU (a busy machine); Dask/task: Dask's time around each task; background: worker CPU
+        # outside tasks (event loop, heartbeats, the statistical profiler, transfers)
         print(f"{'local:' + str(w):<8}  {m['seconds']:>7.2f}  {one['seconds'] / m['seconds']:>8.2f}  "
               f"{serial['seconds'] / m['seconds']:>9.2f}  {m['tasks']:>5.0f}  {m['start_s']:>7.2f}  "
-              f"{m['workers_cpu_s']:>13.2f}  {m['client_cpu_s']:>12.2f}  {extra * 1e3:>17.1f}")
+              f"{m['workers_cpu_s']:>6.2f}  {m['task_cpu_s']:>8.2f}  {m['task_wait_s']:>7.2f}  "
+              f"{m['task_dask_s'] / m['tasks'] * 1e3:>12.1f}  {m['workers_cpu_s'] - m['task_cpu_s']:>15.2f}  "
+              f"{m['client_cpu_s']:>12.2f}")
     noop = med[f"local:{workers[-1]}"]["noop_task_s"]
     print(f"\nno-op tasks on local:{workers[-1]}: {noop * 1e3:.2f} ms per task end to end (Dask documents ~1 ms)")
     a = serial["step_call_s"]
     print(f"one PGD step (CPU time, one thread): {a * 1e6:.0f} us per call + {serial['step_row_s'] * 1e6:.1f} us "
           f"per row")
     # per-row cost of a whole attack (all steps, random start, checks), so that the model gives the
-    # serial run's CPU time back: serial CPU = steps·calls·a + rows·eps·b
+    # CPU time of the work back: CPU = steps·calls·a + rows·eps·b (the serial run's; the tasks' is
+    # the same work, measured on busier CPUs)
     calls = len(EPS) * math.ceil(args.examples / BATCH)
     b = (serial["cpu_s"] - args.steps * calls * a) / (args.examples * len(EPS))
 
     # the model: CPU costs measured here, a free core per worker, Dask's ~1 ms per task at the scheduler
     base = med[f"local:{workers[0]}"]
     fixed = base["first_attack_start_s"]
-    task_overhead = max(0.0, (base["workers_cpu_s"] - serial["cpu_s"]) / base["tasks"])
+    task_overhead = max(0.0, (base["workers_cpu_s"] - base["task_cpu_s"] + base["task_dask_s"]) / base["tasks"])
 
     def model(w, chunk, n):
         return predict(serial["cpu_s"] * n / args.examples, w, chunk, n, args.steps, a, b, task_overhead, fixed)
@@ -284,7 +298,8 @@ def main(argv=None) -> int:
     print(f"\nmodel: wall = fixed + max(waves x (steps x calls x a + rows x b + o), tasks x 1 ms), a free core per "
           f"worker; a {a * 1e6:.0f} us per call, b {b * 1e3:.2f} ms per row and eps (the whole attack), fixed "
           f"{fixed:.2f} s (model shipped and compiled before the first attack task), o {task_overhead * 1e3:.1f} ms "
-          f"of worker CPU per task (from local:{workers[0]}); 'vs serial' against the serial run's CPU time")
+          f"per task (Dask's time around it and the workers' background CPU, from local:{workers[0]}); "
+          f"'vs serial' against the serial run's CPU time")
     for w in workers:
         pr = model(w, args.chunk, args.examples)
         print(f"  at local:{w}: predicted {pr['wall_s']:.2f} s, measured {med[f'local:{w}']['seconds']:.2f} s wall")

@@ -59,11 +59,16 @@ class _Attack:
 
 
 def _builtin(name: str) -> Optional[Callable]:
-    """graphc.attacks.ATTACKS[name], else a public function of graphc.attacks (e.g. autoattack)."""
+    """graphc.attacks.ATTACKS[name], else a public attack function of graphc.attacks (e.g. autoattack):
+    one that takes (model, x, y, eps, ...)."""
     fn = A.ATTACKS.get(name)
     if fn is None and not name.startswith("_") and name not in ("evaluate", "adversarial_training"):
         fn = getattr(A, name, None)
-        fn = fn if inspect.isfunction(fn) else None
+        try:
+            params = list(inspect.signature(fn).parameters)[:4] if inspect.isfunction(fn) else []
+        except (TypeError, ValueError):
+            params = []
+        fn = fn if len(params) == 4 and params[3] == "eps" else None
     return fn
 
 
@@ -264,6 +269,7 @@ class _Job:
             if f in results:
                 got.setdefault(key[1], {})[key] = results[f]
         done = [k for k in range(len(chunks)) if len(got.get(k, ())) == need]
+        missing = [chunks[k] for k in sorted(set(range(len(chunks))) - set(done))]
         index = np.concatenate([np.arange(*chunks[k]) for k in done]) if done else np.zeros(0, np.int64)
         yi = y[index]
         clean = np.concatenate([got[k][("clean", k)][0] for k in done]) if done else np.zeros(0, np.int64)
@@ -278,7 +284,6 @@ class _Job:
                 if self.keep and parts:
                     adversarial[(attack.name, e)] = np.concatenate([p["x_adv"] for p in parts])
             reports[attack.name] = _robustness(attack, yi, index, clean, classes, self.eps, per_eps)
-        missing = [chunks[k] for k in range(len(chunks)) if k not in set(done)]
         return EvaluationReport(reports, n, index, complete=not missing, missing=missing,
                                 adversarial=adversarial, **info)
 
@@ -301,26 +306,25 @@ def _progress_bar(total: int, progress: Optional[bool], desc: str):
     return tqdm(total=total, desc=desc, unit="task", leave=False)
 
 
-def _collect(client, futures: list, progress: Optional[bool], timeout: Optional[float], desc: str) -> tuple:
-    """Results of the futures as they finish: ({future: result}, complete). Ctrl-C or the timeout
-    ends the wait early (complete=False, unfinished tasks cancelled); a task's error is raised."""
+def _collect(client, futures: list, progress: Optional[bool], timeout: Optional[float], desc: str) -> dict:
+    """{future: result} of the futures as they finish. Ctrl-C or the timeout ends the wait early
+    (the unfinished tasks are cancelled, and missing from the results); a task's error is raised."""
     results: dict = {}
     bar = _progress_bar(len(futures), progress, desc)
-    complete = True
     try:
         for f in dd.as_completed(futures, timeout=timeout):
             results[f] = result_or_raise(f)
             if bar is not None:
                 bar.update(1)
     except (KeyboardInterrupt, TimeoutError, dd.TimeoutError):
-        complete = False
+        pass  # what finished is reported, marked incomplete
     finally:
         if bar is not None:
             bar.close()
         unfinished = [f for f in futures if f not in results]
         if unfinished:
             client.cancel(unfinished)
-    return results, complete
+    return results
 
 
 def _prepare(model, X, y, attacks, eps, attack_kwargs: dict):
@@ -379,7 +383,7 @@ def _run(models: list, x, y, specs, eps, client, chunk, backend, keep, progress,
         for _, job in jobs:
             job.submit(c, chunks, data)
         futures = [f for _, job in jobs for f in job.futures]
-        results, _ = _collect(c, futures, progress, timeout, desc)
+        results = _collect(c, futures, progress, timeout, desc)
         workers = n_workers(c)
     seconds = time.perf_counter() - start
     return {name: job.assemble(results, chunks, y, len(x), chunk=int(chunk), tasks=len(job.futures),
