@@ -4,6 +4,7 @@ serial graphc.attacks.evaluate, the per-task overheads, and a model of the wall 
 
     python bench/scale_distributed.py                 # 3 interleaved rounds (about 4 minutes on 2 cores)
     python bench/scale_distributed.py --rounds 1 --examples 3000 --json scale.json
+    python bench/scale_distributed.py --malloc-check   # the serial attack under Dask's worker malloc settings
 
 Each peer (serial, local:1, local:2) runs in its own process, rounds interleaved; medians are
 reported with the machine, versions and thread counts. The serial peer and every worker run
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -171,12 +173,45 @@ def _noop(i):
     return i
 
 
+def peer_malloc(args) -> dict:
+    """CPU time and minor page faults of the serial evaluation in this process (its environment
+    decides glibc's malloc settings)."""
+    import resource
+
+    from graphc import attacks
+    from graphc.learn.train import limit_threads
+    model, X, y = workload(args.examples)
+    with limit_threads(1):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        attacks.evaluate(model, X, y, "pgd", eps=EPS, **attack_kwargs(args.steps))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "sys_s": after.ru_stime - before.ru_stime, "minor_faults": after.ru_minflt - before.ru_minflt}
+
+
+def malloc_check(args) -> None:
+    from graphc.distributed.cluster import MALLOC_ENV
+    settings = {"default glibc": {}, "Dask's nanny (MALLOC_TRIM_THRESHOLD_=65536)": {"MALLOC_TRIM_THRESHOLD_": "65536"},
+                "graphc's local workers": MALLOC_ENV}
+    runs: dict = {name: [] for name in settings}
+    for _ in range(args.rounds):
+        for name, env in settings.items():
+            runs[name].append(run_peer("malloc", args, env))
+    print(f"serial PGD evaluation ({args.examples:,} examples, {args.steps} steps, 2 eps) under three malloc "
+          f"settings, medians of {args.rounds}:")
+    for name, rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        print(f"  {name:<46} CPU {med['cpu_s']:6.2f} s  (system {med['sys_s']:5.2f} s)  "
+              f"{med['minor_faults']:>9,.0f} minor page faults")
+
+
 # -- the driver ------------------------------------------------------------------------------------------------
-def run_peer(name: str, args) -> dict:
+def run_peer(name: str, args, extra_env: Optional[dict] = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", name, "--examples", str(args.examples), "--steps",
            str(args.steps), "--chunk", str(args.chunk), "--train-batch", str(args.train_batch)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-               GRAPHC_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), GRAPHC_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(extra_env or {}))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if out.returncode != 0:
         raise SystemExit(f"peer {name} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
@@ -225,14 +260,21 @@ def main(argv=None) -> int:
     p.add_argument("--workers", default="1,2", help="local cluster sizes to measure (default 1,2)")
     p.add_argument("--train-batch", type=int, default=256, help="global batch of the training measurement")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
+    p.add_argument("--malloc-check", action="store_true",
+                   help="only compare the serial attack's CPU time under glibc's, Dask's and graphc's malloc settings")
     p.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.peer:
         if args.peer == "serial":
             res = peer_serial(args)
+        elif args.peer == "malloc":
+            res = peer_malloc(args)
         else:
             res = peer_cluster(args, int(args.peer.split(":")[1]))
         print(json.dumps(res))
+        return 0
+    if args.malloc_check:
+        malloc_check(args)
         return 0
 
     workers = [int(w) for w in args.workers.split(",")]

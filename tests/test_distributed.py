@@ -173,6 +173,26 @@ def test_a_run_cut_short_returns_what_finished_marked_incomplete(client, model, 
     time.sleep(1.6)  # let the worker finish the sleeping task before the next test
 
 
+def test_ctrl_c_returns_what_finished(client, model, digits, monkeypatch):
+    """Ctrl-C while waiting: the run stops, unfinished tasks are cancelled, finished rows are reported."""
+    from graphc.distributed import evaluation
+    real = dask_distributed.as_completed
+
+    def interrupted_after_three(futures, **kw):
+        for k, f in enumerate(real(futures, **kw)):
+            if k == 3:
+                raise KeyboardInterrupt
+            yield f
+
+    monkeypatch.setattr(evaluation.dd, "as_completed", interrupted_after_three)
+    X, Y = digits.X_test[:60], digits.y_test[:60]
+    rep = gd.evaluate(model, X, Y, attacks=("fgsm",), eps=(0.1,), client=client, chunk=10, progress=False)
+    assert not rep.complete and len(rep.index) <= 10 and len(rep.missing) >= 5  # 3 of 12 tasks: at most a chunk
+    assert rep["fgsm"].n == len(rep.index) and "INCOMPLETE" in rep.status()
+    if len(rep.index):
+        same_rows(rep["fgsm"], attacks.evaluate(model, X[rep.index], Y[rep.index], "fgsm", eps=(0.1,)))
+
+
 # -- sweep ----------------------------------------------------------------------------------------------------
 def test_sweep_tables_robustness_over_eps_for_each_model_and_attack(client, model, digits, tmp_path):
     X, Y = digits.X_test[:150], digits.y_test[:150]
@@ -307,6 +327,8 @@ def test_connect_local_starts_single_threaded_workers_and_closes_them(client, mo
         info = c.scheduler_info()["workers"]
         assert len(info) == 1 and all(w["nthreads"] == 1 for w in info.values())
         assert all(t == 1 for t in c.run(lambda: gc.backend_info()["threads"]).values())
+        env = c.run(lambda: {k: os.environ.get(k) for k in gd.cluster.MALLOC_ENV})
+        assert all(e == gd.cluster.MALLOC_ENV for e in env.values())  # not Dask's page-faulting default
         cluster = c.cluster
     assert c.status == "closed" and cluster.status.name == "closed"
     monkeypatch.setenv("GRAPHC_CLUSTER", client.scheduler.address)
