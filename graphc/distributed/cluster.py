@@ -76,8 +76,11 @@ def connect(address: Optional[str] = None, timeout: float = 30.0) -> _dd.Client:
         n = int(local.group(1)) if local.group(1) else (os.cpu_count() or 1)
         if n < 1:
             raise GraphError(f"a local cluster needs at least one worker, got {address!r}")
+        # The nannies read these from the config, overridden by this process's environment (where an
+        # earlier nanny has left Dask's values: each one copies its settings into it before spawning).
         env = {**_dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENV}
-        with _dask.config.set({"distributed.nanny.pre-spawn-environ": env}):  # read by the nannies as they start
+        os.environ.update(MALLOC_ENV)
+        with _dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             client = _dd.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client.register_plugin(SingleThreadedKernels(1))
         return client
