@@ -23,8 +23,8 @@ _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, to hand freed memory back to the
 # OS. Setting it switches off glibc's adaptive mmap threshold, so every array over 128 KiB is
-# mmapped and page-faulted in afresh: a PGD evaluation took 23 % more CPU time (571,700 minor page
-# faults instead of 20; `python bench/scale_distributed.py --malloc-check`). Local workers
+# mmapped and page-faulted in afresh: a PGD evaluation took 28 % more CPU time (3.8 million minor
+# page faults instead of 3,000; `python bench/scale_distributed.py --malloc-check`). Local workers
 # get fixed thresholds instead: arrays up to 32 MiB come from the heap, and the heap is trimmed
 # when 128 MiB lie free at its top.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -64,9 +65,14 @@ def _fuzz_task(task: int, seed: int, campaign_seed: int, examples: Optional[int]
             importlib.import_module(module)
         from ..verify.fuzz import run_fuzz
         from ..verify.strategies import reproducer
-        stats, failure = run_fuzz(max_examples=examples, seconds=seconds, seed=seed, backends=backends, dtype=dtype,
-                                  max_nodes=max_nodes, ops=ops, mode=mode, chunk=max(1, min(50, examples or 50)),
-                                  progress=False, shrink_seconds=shrink_seconds)
+        with warnings.catch_warnings():
+            # Hypothesis warns when the global `random` state changes while it draws: in a worker,
+            # Dask's own threads use it. The graphs come from hypothesis's seeded generator, not it.
+            warnings.filterwarnings("ignore", message="Do not use the `random` module inside strategies")
+            stats, failure = run_fuzz(max_examples=examples, seconds=seconds, seed=seed, backends=backends,
+                                      dtype=dtype, max_nodes=max_nodes, ops=ops, mode=mode,
+                                      chunk=max(1, min(50, examples or 50)), progress=False,
+                                      shrink_seconds=shrink_seconds)
         out = {"stats": stats, "failure": None}
         if failure is not None:
             g, result = failure
