@@ -46,10 +46,11 @@ def to_networkx(outputs) -> _nx.DiGraph:
 
 
 # Subpackages a user reaches as attributes right after `import graphc` (imported on first use,
-# so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, ...
+# so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, gc.distributed, ...
 _LAZY = {"nn": "graphc.learn.nn", "optim": "graphc.learn.optim", "data": "graphc.learn.data",
          "attacks": "graphc.adversarial.attacks", "testing": "graphc.verify.strategies",
-         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz", "onnx": "graphc.interop.onnx"}
+         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz", "onnx": "graphc.interop.onnx",
+         "distributed": "graphc.distributed"}
 
 
 def __getattr__(name: str):

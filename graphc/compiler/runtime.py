@@ -78,6 +78,14 @@ class Function:
         self._last_plan: Optional[Plan] = None
         self._lock = threading.Lock()
 
+    def __reduce__(self):
+        """A Function pickles as its graph and options; its plans are rebuilt where it is unpickled.
+        The graph's nodes go first, in creation order, so that pickling recurses once per node
+        (every input is already pickled) instead of once per level of a deep graph."""
+        outputs = self.outputs[0] if self._single else self.outputs
+        return _unpickle_function, (reachable(self._all_outputs), outputs, self.updates, self.backend, self.passes,
+                                    self.check_finite)
+
     # -- calling -----------------------------------------------------------------------------
     def __call__(self, *args, **feeds):
         if args:
@@ -203,6 +211,11 @@ class Explanation(str):
 
     def __repr__(self) -> str:
         return str(self)
+
+
+def _unpickle_function(nodes, outputs, updates, backend, passes, check_finite) -> Function:
+    return Function(outputs, backend=backend, updates=dict(updates) or None, passes=passes,
+                    check_finite=check_finite)
 
 
 def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor]:

@@ -38,6 +38,12 @@ class Tensor:
         self.value = value  # ndarray for parameters and constants, None otherwise
         self.id = next(_ids)  # creation order: inputs always have smaller ids (a topological order)
 
+    def __reduce__(self):
+        # Ids order a graph (inputs have smaller ids) and key every graph walk, so an unpickled
+        # Tensor (e.g. on a Dask worker) takes a fresh id of its process: the constructor runs
+        # again, after its inputs have been rebuilt.
+        return Tensor, (self.op, self.inputs, self.attrs, self.shape, self.dtype, self.name, self.source, self.value)
+
     # -- introspection -------------------------------------------------------------------
     @property
     def ndim(self) -> int:

@@ -121,6 +121,13 @@ class Module:
         self._cache: dict = {}  # compiled Functions built on this model (Trainer, attacks)
         self.training = False  # model(x) builds the evaluation graph unless train() was called
 
+    def __getstate__(self) -> dict:
+        # Pickling (e.g. to a Dask worker) carries the architecture and weights, not the compiled
+        # Functions: those hold plans and C handles, and are rebuilt on first use after unpickling.
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
     # graph building
     def forward(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
         raise NotImplementedError

@@ -8,6 +8,7 @@ as a standalone Python reproducer, and the command exits with status 1.
     graphc fuzz --max-examples 200                 # C (if built) and NumPy, seed 0
     graphc fuzz --seconds 60 --seed 7 --backend numpy --dtype float32
     graphc fuzz --ops matmul,tanh,grad --max-nodes 12 --out repro.py
+    graphc fuzz --max-examples 100000 --cluster local:8   # a campaign on Dask (or tcp://host:8786)
 """
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ class FuzzStats:
     def count(self, ops) -> None:
         for op in ops:
             self.ops[op] = self.ops.get(op, 0) + 1
+
+    def count_from(self, other: FuzzStats) -> None:
+        """Add another campaign's per-op counts (tasks of a distributed campaign)."""
+        for op, n in other.ops.items():
+            self.ops[op] = self.ops.get(op, 0) + n
 
     def never_drawn(self, all_ops: Sequence[str]) -> list:
         return sorted(op for op in all_ops if op not in self.ops)
@@ -116,6 +122,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                    help="skip comparing the backends on edge values (0, -0, inf, NaN, 1e30) of each graph")
     p.add_argument("--require-coverage", action="store_true",
                    help="exit with status 1 when some registered op was never drawn (CI)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the campaign on Dask (pip install 'graphc[distributed]'): local:N starts N local "
+                        "worker processes, tcp://host:8786 uses a running scheduler; tasks of --examples-per-task "
+                        "graphs with distinct seeds")
+    p.add_argument("--examples-per-task", type=int, default=100, help="with --cluster: graphs per task (default 100)")
     return p.parse_args(list(argv))
 
 
@@ -261,6 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backends = _backends(args.backend)
     ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
     dtype = None if args.dtype == "both" else args.dtype
+    if args.cluster:
+        return _main_on_cluster(args, backends, ops, dtype)
     try:
         stats, failure = run_fuzz(max_examples=args.max_examples, seconds=args.seconds, seed=args.seed,
                                   backends=backends, dtype=dtype, max_nodes=args.max_nodes, ops=ops,
@@ -291,6 +304,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _main_on_cluster(args: argparse.Namespace, backends: list, ops: Optional[list], dtype: Optional[str]) -> int:
+    """`graphc fuzz --cluster ...`: the same campaign split into seeded tasks on Dask."""
+    from ..distributed import fuzz as fuzz_on_cluster  # this command is a tool: it may use the layers below
+
+    try:
+        report = fuzz_on_cluster(args.max_examples, args.seed, client=args.cluster, backends=backends,
+                                 seconds=args.seconds, examples_per_task=max(1, args.examples_per_task), dtype=dtype,
+                                 max_nodes=args.max_nodes, ops=ops, mode=args.mode, imports=args.imports,
+                                 out=args.out, shrink_seconds=args.shrink_seconds,
+                                 progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print("graphc fuzz: interrupted", file=sys.stderr)
+        return 130
+    if not report:
+        print(f"graphc fuzz: FAILURE in task {report.failure_task} (shrunk on its worker):")
+        print("  " + report.failure.replace("\n", "\n  "))
+        print(f"reproducer written to {report.reproducer} (run: python {args.out})")
+    print(report.summary())
+    return 0 if report else 1
 
 
 if __name__ == "__main__":
