@@ -110,11 +110,6 @@ def test_random_starts_are_seeded_per_sample_not_per_batch(trained, digits, norm
     part = attacks.pgd(model, X[25:40], Y[25:40], 0.1, norm=norm, steps=1, step=1e-9, seed=4, keep_best=False,
                        clip=None, index=np.arange(25, 40))
     np.testing.assert_allclose(part, whole[25:40], rtol=0, atol=1e-6)
-    # the start is the example's own draw: default_rng([seed, index])
-    rng = np.random.default_rng([4, 30])
-    if norm == "inf":
-        start = X[30] + rng.uniform(-0.1, 0.1, size=64)
-        np.testing.assert_allclose(whole[30], start, rtol=0, atol=2e-6)
     other_seed = attacks.pgd(model, X, Y, 0.1, norm=norm, steps=1, step=1e-9, seed=5, keep_best=False, clip=None)
     assert not np.allclose(other_seed, whole)
 

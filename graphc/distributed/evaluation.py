@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import distributed as dd
 import numpy as np
 
+from ..adversarial import _common as C
 from ..adversarial import attacks as A
 from ..ir.errors import GraphError
 from ..learn.train import predict_logits
@@ -86,7 +87,7 @@ def _resolve(attack: AttackSpec, common: dict) -> _Attack:
         if _builtin(attack) is None:
             raise GraphError(f"unknown attack {attack!r}; choose one of {sorted(A.ATTACKS)} or pass a callable")
         name = attack
-        if name == "pgd" and A._norm_name(kwargs.get("norm", "inf")) == "2":
+        if name == "pgd" and C.norm_name(kwargs.get("norm", "inf")) == "2":
             name = "pgd_l2"
         return _Attack(name, attack, True, kwargs)
     if callable(attack):
@@ -143,7 +144,9 @@ def _attack_task(model, data, lo: int, attack: _Attack, eps: float, backend, kee
             raise GraphError(f"attack {attack.attack!r} does not exist in this worker's graphc "
                              f"(is the same graphc version installed on every worker?)")
         if attack.builtin:
-            kw.update(return_report=True, on_masking="ignore", backend=backend, index=index)
+            kw.update(return_report=True, on_masking="ignore", backend=backend)
+            if "index" in inspect.signature(fn).parameters:  # randomized attacks; fgsm has no randomness
+                kw["index"] = index
             x_adv, rep = fn(model, x, y, eps, **kw)
         else:
             if attack.takes_index:
@@ -158,8 +161,8 @@ def _attack_task(model, data, lo: int, attack: _Attack, eps: float, backend, kee
     if rep is not None:
         zero[np.asarray(rep.zero_grad, np.int64)] = True
         nonfinite[np.asarray(rep.nonfinite, np.int64)] = True
-    return {"pred": pred, "linf": np.abs(A._flat(d)).max(axis=1) if d.size else np.zeros(len(x)),
-            "l2": A._l2(d), "zero": zero, "nonfinite": nonfinite, "x_adv": x_adv if keep else None}
+    return {"pred": pred, "linf": np.abs(C.flat(d)).max(axis=1) if d.size else np.zeros(len(x)),
+            "l2": C.l2(d), "zero": zero, "nonfinite": nonfinite, "x_adv": x_adv if keep else None}
 
 
 # -- reports --------------------------------------------------------------------------------------
@@ -176,16 +179,16 @@ def _robustness(attack: _Attack, y: np.ndarray, index: np.ndarray, clean_pred: n
     for e, r in zip(eps, per_eps):
         pred = r["pred"]
         if targeted:
-            success = correct & (pred == A._targets(True, target, y, classes))
+            success = correct & (pred == C.targets(True, target, y, classes))
         else:
             success = correct & (pred != y)
         linf, l2 = r["linf"], r["l2"]
         report.rows.append({
-            "eps": e, "robust_acc": A._mean(pred == y), "success_rate":
+            "eps": e, "robust_acc": C.mean(pred == y), "success_rate":
             float(success.sum() / correct.sum()) if correct.any() else float("nan"),
             "n_success": int(success.sum()), "n_correct": int(correct.sum()),
-            "mean_linf": A._mean(linf), "max_linf": float(linf.max()) if len(linf) else float("nan"),
-            "mean_l2": A._mean(l2), "max_l2": float(l2.max()) if len(l2) else float("nan"),
+            "mean_linf": C.mean(linf), "max_linf": float(linf.max()) if len(linf) else float("nan"),
+            "mean_l2": C.mean(l2), "max_l2": float(l2.max()) if len(l2) else float("nan"),
             "zero_grad": int(r["zero"].sum()), "nonfinite": int(r["nonfinite"].sum())})
     return report
 
@@ -328,7 +331,7 @@ def _collect(client, futures: list, progress: Optional[bool], timeout: Optional[
 
 
 def _prepare(model, X, y, attacks, eps, attack_kwargs: dict):
-    x, y = A._check_data(model, X, y)
+    x, y = C.check_data(model, X, y)
     specs = [_resolve(a, attack_kwargs) for a in _attack_list(attacks)]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -475,6 +478,6 @@ def sweep(models: Union[Mapping[str, Any], Sequence[Any]], X: np.ndarray, y: np.
         raise GraphError("sweep needs at least one model")
     x, y, specs, eps = _prepare(named[0][1], X, y, attacks, eps, attack_kwargs)
     for _, model in named[1:]:
-        A._check_data(model, x[:0], y[:0])
+        C.check_data(model, x[:0], y[:0])
     reports = _run(named, x, y, specs, eps, client, chunk, backend, False, progress, timeout, "graphc sweep")
     return SweepReport(reports, eps)
