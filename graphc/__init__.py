@@ -49,7 +49,7 @@ def to_networkx(outputs) -> _nx.DiGraph:
 # so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, ...
 _LAZY = {"nn": "graphc.learn.nn", "optim": "graphc.learn.optim", "data": "graphc.learn.data",
          "attacks": "graphc.adversarial.attacks", "testing": "graphc.verify.strategies",
-         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz"}
+         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz", "onnx": "graphc.interop.onnx"}
 
 
 def __getattr__(name: str):

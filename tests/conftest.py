@@ -5,6 +5,14 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _fresh_layer_seeds():
+    """Layers built without seed= draw from graphc's generator: restart it per test, so a test's
+    models do not depend on which tests ran before it."""
+    import graphc
+    graphc.manual_seed(0)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

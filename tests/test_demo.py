@@ -29,6 +29,7 @@ def test_graphc_demo_one_epoch_writes_its_pngs(tmp_path):
     for section in ("1. standard training", "2. attacks", "3. adversarial training", "4. test accuracy before"):
         assert section in text
     assert "fgsm: clean accuracy" in text and "pgd: clean accuracy" in text
+    assert "autoattack: clean accuracy" in text and "AutoAttack adv-trained" in text  # the AutoAttack row
     assert "PGD robust accuracy at ε=0.1" in text
     assert f"Output folder: {out}" in text
     for name in DEMO_PNGS:

@@ -2,12 +2,13 @@
 the README cannot drift from the code. A block preceded by `<!-- not run in tests: reason -->`
 is skipped (only for blocks that need a cluster, a long run or a file a user supplies)."""
 import os
-import re
 import pathlib
+import re
 
 import pytest
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+OPTIONAL = {"torch", "onnx", "onnxruntime", "skl2onnx"}  # packages of extras a section may need
 _BLOCK = re.compile(r"(<!-- not run in tests:[^>]*-->\s*)?```python\n(.*?)```", re.S)
 
 
@@ -32,6 +33,10 @@ def test_readme_code_runs(title, blocks, tmp_path, monkeypatch):
     for k, code in enumerate(blocks):
         try:
             exec(compile(code, f"README.md[{title} #{k}]", "exec"), namespace)  # noqa: S102
+        except ImportError as exc:
+            if exc.name in OPTIONAL or type(exc).__name__ == "MissingExtra":  # runs where the extra is installed
+                pytest.skip(f"README section {title!r} needs an optional package: {exc}")
+            pytest.fail(f"README block {k} of section {title!r} raised {type(exc).__name__}: {exc}\n{code}")
         except Exception as exc:  # noqa: BLE001 - name the block that broke
             pytest.fail(f"README block {k} of section {title!r} raised {type(exc).__name__}: {exc}\n{code}")
     for name, value in list(namespace.items()):  # hypothesis tests defined in the README run too

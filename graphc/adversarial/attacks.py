@@ -1,9 +1,16 @@
-"""Adversarial examples from input gradients: FGSM, BIM, PGD (L∞ and L2), robustness evaluation
-and Madry-style adversarial training.
+"""graphc.attacks: adversarial examples and robustness evaluation at the field's standard.
+
+    white-box, L∞/L2 ball   fgsm, bim, pgd, mifgsm, apgd (CE / DLR, targeted)
+    black-box (logits only) square
+    minimal-norm (L2)       cw_l2, deepfool
+    ensemble                autoattack (APGD-CE → APGD-T → Square) with an AutoAttackReport
+    diagnostics             check_model (gradient-masking checks), evaluate (robust accuracy over ε)
+    interop                 art_classifier (the Adversarial Robustness Toolbox runs on graphc models)
+    training                adversarial_training (Madry et al.)
 
 The attacker's problem is max_{‖δ‖ ≤ ε} ℓ(f_θ(x + δ), y). graphc differentiates the model's loss
-with respect to its *input* placeholder (gc.grad(loss, x)), compiles that once per model (cached on
-the model) and the attacks iterate in NumPy:
+with respect to its *input* placeholder, compiles forward and backward into one call per step (cached
+on the model), and the attacks iterate in NumPy:
 
     >>> from graphc import nn, data, attacks
     >>> import graphc as gc
@@ -15,362 +22,136 @@ the model) and the attacks iterate in NumPy:
     True
     >>> report = attacks.evaluate(model, s.X_test, s.y_test, "pgd", eps=[0.05, 0.1])
     >>> print(report.table())                                  # doctest: +SKIP
+    >>> x_adv, aa = attacks.autoattack(model, s.X_test[:50], s.y_test[:50], eps=0.1, version="fast")
+    >>> aa.robust_acc <= report.row(0.1)["robust_acc"] + 0.2
+    True
 
 Conventions: x and y are NumPy arrays (x rows in the model's input layout, y integer labels); each
 attack returns a NumPy array of adversarial inputs with x's shape and dtype. Inputs are clipped to
-`clip` (default (0, 1), pixel data; None for no clipping). The loss is softmax cross-entropy by
-default; `loss="cw"` uses the Carlini–Wagner margin, or pass a callable(logits, labels) -> scalar
-Tensor. Untargeted attacks ascend the loss of the true label; targeted ones descend the loss of
-the target label. Everything is batch-wise and deterministic given `seed`.
+`clip` (default (0, 1), pixel data; None for no clipping), and clean inputs outside `clip` raise a
+GraphError instead of being silently moved beyond ε. Untargeted attacks ascend the loss of the true
+label; targeted ones aim at `target`.
+
+Randomness (random starts, restarts, Square's proposals) is drawn **per sample** from a stream that
+depends only on (seed, the sample's global index): pass `index` (default np.arange(len(x))) when
+attacking a slice of a larger set, and any chunking of the data gives bit-identical results to a
+single call (graphc.distributed shards evaluation on this guarantee).
 
 Gradient masking: an all-zero or non-finite input gradient means the attack cannot make progress
 (saturated softmax, dead ReLUs, shattered gradients, NaNs). The attacks never hide this: they warn
 with a GradientMaskingWarning naming how many examples were affected (on_masking="raise" raises
 GradientMaskingError instead), and `return_report=True` returns an AttackReport with the indices.
+check_model and autoattack run the other checks of AutoAttack's checks.py (see graphc.adversarial.checks).
 """
 from __future__ import annotations
 
-import math
-import warnings
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..compiler.autodiff import grad as gc_grad
-from ..compiler.runtime import compile as gc_compile
 from ..ir.errors import GraphError
-from ..ir.tensor import Tensor, placeholder
-from ..learn.train import History, LossSpec, Trainer, accuracy, loss_tensor, model_cache, predict_logits
+from ..learn.train import History, LossSpec, Trainer, accuracy
+from ._common import (
+    AttackReport,
+    Clip,
+    GradientMaskingError,
+    GradientMaskingWarning,
+    check_data,
+    l2,
+    linf,
+    logits,
+    mean,
+    norm_name,
+    num_classes,
+    targets,
+)
+from .apgd import apgd
+from .art import art_classifier
+from .autoattack import AutoAttackReport, autoattack
+from .checks import Check, CheckReport, check_model
+from .minimal_norm import cw_l2, deepfool
+from .pgd import bim, fgsm, mifgsm, pgd
+from .square import square
 
-__all__ = ["fgsm", "bim", "pgd", "evaluate", "adversarial_training", "input_gradient", "AttackReport",
-           "RobustnessReport", "GradientMaskingWarning", "GradientMaskingError", "ATTACKS"]
-
-Clip = Optional[tuple]
-
-
-class GradientMaskingWarning(UserWarning):
-    """Input gradients were all zero or non-finite for some examples (the attack is unreliable there)."""
-
-
-class GradientMaskingError(RuntimeError):
-    """Raised instead of GradientMaskingWarning when on_masking="raise"."""
-
-
-@dataclass
-class AttackReport:
-    """What happened during an attack: examples whose input gradient was all-zero (at some step) or
-    non-finite (at some step), and how many steps ran. `masked` holds the union of both."""
-
-    attack: str
-    n: int
-    steps: int
-    zero_grad: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    @property
-    def masked(self) -> np.ndarray:
-        return np.union1d(self.zero_grad, self.nonfinite)
-
-    def summary(self) -> str:
-        if not len(self.masked):
-            return f"{self.attack}: input gradients finite and non-zero for all {self.n} examples"
-        return (f"{self.attack}: gradient masking symptoms on {len(self.masked)} of {self.n} examples "
-                f"({len(self.zero_grad)} with an all-zero input gradient, {len(self.nonfinite)} non-finite); "
-                f"the attack could not move those along the gradient, so their robust accuracy is not "
-                f"evidence of robustness")
-
-
-# -- the input-gradient function ----------------------------------------------------------------
-def _loss_key(loss):
-    return loss if callable(loss) else str(loss).lower()
-
-
-def _grad_fn(model, feature_shape: tuple, dtype, loss: LossSpec, backend: Optional[str]):
-    """Compiled f(x, y) -> [∂ℓ/∂x (of the batch-mean loss), logits, loss], cached on the model."""
-    key = ("input-grad", feature_shape, np.dtype(dtype).str, _loss_key(loss), backend)
-    cache = model_cache(model)
-    if key not in cache:
-        x = placeholder("x", (None,) + feature_shape, dtype)
-        y = placeholder("y", (None,), "int64")
-        logits = model(x, training=False)
-        ell = loss_tensor(loss, logits, y)
-        # the loss is an output too, so `y` stays a placeholder even when no gradient reaches x
-        cache[key] = gc_compile([gc_grad(ell, x), logits, ell], backend=backend)
-    return cache[key]
+__all__ = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "square", "cw_l2", "deepfool", "autoattack", "evaluate",
+           "adversarial_training", "input_gradient", "check_model", "art_classifier", "AttackReport",
+           "AutoAttackReport", "RobustnessReport", "Check", "CheckReport", "GradientMaskingWarning",
+           "GradientMaskingError", "ATTACKS"]
 
 
 def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_entropy",
                    backend: Optional[str] = None, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(∇ₓℓ per example, logits) for the rows of x, in x's shape, float64.
 
-    ℓ is the per-example loss: the gradient of the batch-mean loss times the batch size, so a row's
-    gradient does not depend on which other rows share its batch."""
-    x, y = _check_data(model, x, y)
-    dtype = model.dtype
-    f = _grad_fn(model, tuple(x.shape[1:]), dtype, loss, backend)
-    grads, logits = [], []
+    ℓ is the per-example loss, so a row's gradient does not depend on which other rows share its batch."""
+    from ._common import gradient_oracle
+    from .pgd import loss_name
+    x, y = check_data(model, x, y)
+    f = gradient_oracle(model, tuple(x.shape[1:]), loss_name(loss), False, backend)
+    grads, zs = [], []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].astype(dtype)
-        g, z, _ = f(x=xb, y=y[i:i + batch_size])
-        grads.append(g.astype(np.float64) * len(xb))
-        logits.append(z)
-    return np.concatenate(grads), np.concatenate(logits)
-
-
-# -- helpers ------------------------------------------------------------------------------------
-def _flat(a: np.ndarray) -> np.ndarray:
-    return a.reshape(len(a), math.prod(a.shape[1:]))  # not -1: an empty batch has no size to infer
-
-
-def _mean(a: np.ndarray) -> float:
-    return float(np.mean(a)) if len(a) else float("nan")  # the mean of no examples, without a warning
-
-
-def _l2(a: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(_flat(a).astype(np.float64) ** 2, axis=1))
-
-
-def _bshape(v: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _clip_range(x: np.ndarray, clip: Clip) -> np.ndarray:
-    if clip is None:
-        return x
-    lo, hi = clip
-    return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
-
-
-def _project(delta: np.ndarray, eps: float, norm: str) -> np.ndarray:
-    if norm == "inf":
-        return np.clip(delta, -eps, eps)
-    n = _l2(delta)
-    scale = np.where(n > eps, eps / np.maximum(n, 1e-300), 1.0)
-    return delta * _bshape(scale, delta)
-
-
-def _finalise(x: np.ndarray, x_adv64: np.ndarray, eps: float, norm: str, clip: Clip) -> np.ndarray:
-    """Cast to x's dtype so that ‖x_adv − x‖ ≤ ε and the clip range hold exactly after rounding."""
-    out = x_adv64.astype(x.dtype)
-    x64 = x.astype(np.float64)
-    for _ in range(8):
-        d = out.astype(np.float64) - x64
-        if norm == "inf":
-            bad = np.abs(d) > eps
-            if not bad.any():
-                break
-            out[bad] = np.nextafter(out[bad], x[bad])  # one ulp back towards x
-        else:
-            n = _l2(d)
-            bad = n > eps
-            if not bad.any():
-                break
-            shrink = eps / n[bad] * (1 - 1e-6)
-            out[bad] = (x64[bad] + d[bad] * _bshape(shrink, d[bad])).astype(x.dtype)
-    if clip is not None:
-        out = _clip_range(out, clip).astype(x.dtype)
-    return out
-
-
-def _targets(targeted: bool, target, y: np.ndarray, classes: int) -> np.ndarray:
-    if not targeted:
-        return y
-    if target is None:  # the next class: deterministic and never the true label
-        return (y + 1) % classes
-    t = np.broadcast_to(np.asarray(target, np.int64), y.shape).copy()
-    if t.size and (t.min() < 0 or t.max() >= classes):
-        raise GraphError(f"target classes must lie in [0, {classes}), got {t.min()}..{t.max()}")
-    return t
-
-
-def _masking(report: AttackReport, on_masking: str) -> None:
-    if not len(report.masked) or on_masking == "ignore":
-        return
-    if on_masking == "raise":
-        raise GradientMaskingError(report.summary())
-    warnings.warn(report.summary(), GradientMaskingWarning, stacklevel=3)
-
-
-def _check_data(model, x, y):
-    """x as a numeric array with a batch axis and y as int64 class labels, one per row, or a
-    GraphError naming the problem (never a silent truncation of float labels)."""
-    if not hasattr(model, "parameters"):
-        raise GraphError(f"model must be a graphc.nn model, got {type(model).__name__}")
-    arrays = []
-    for name, v in (("x", x), ("y", y)):
-        if isinstance(v, Tensor):
-            raise GraphError(f"{name} must be a NumPy array, not a symbolic {v!r}")
-        try:
-            v = np.asarray(v)
-        except (TypeError, ValueError) as exc:
-            raise GraphError(f"{name} cannot be converted to an array: {exc}") from None
-        if v.dtype.kind not in "fiub":
-            raise GraphError(f"{name} must hold numbers, got {type(v).__name__} of dtype {v.dtype}")
-        if v.ndim == 0:
-            raise GraphError(f"{name} must have a batch axis (one row per example), got a scalar")
-        arrays.append(v)
-    x, y = arrays
-    if x.dtype.kind != "f":
-        x = x.astype(np.float32)
-    if y.ndim != 1:
-        raise GraphError(f"y must be a 1-d array of class labels, got shape {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise GraphError(f"y must hold integer class labels, got {y.dtype}")
-    if len(x) != len(y):
-        raise GraphError(f"x has {len(x)} rows but y has {len(y)}")
-    return x, y.astype(np.int64)
-
-
-def _check_args(model, x, y, eps, norm):
-    x, y = _check_data(model, x, y)
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise GraphError(f"eps must be a finite number >= 0, got {type(eps).__name__} {eps!r}") from None
-    if not np.isfinite(eps) or eps < 0:
-        raise GraphError(f"eps must be a finite number >= 0, got {eps}")
-    if norm not in ("inf", "2"):
-        raise GraphError(f"norm must be 'inf' or 2, got {norm!r}")
-    return x, y, eps
-
-
-def _norm_name(norm) -> str:
-    s = str(norm).lower()
-    return {"inf": "inf", "linf": "inf", "l_inf": "inf", str(np.inf): "inf", "2": "2", "l2": "2", "2.0": "2"}.get(s, s)
-
-
-# -- the attack loop ------------------------------------------------------------------------------
-def _attack(name: str, model, x, y, eps: float, step: Optional[float], steps: int, norm, random_start: bool,
-            targeted: bool, target, clip: Clip, seed: int, loss: LossSpec, batch_size: int,
-            backend: Optional[str], keep_best: bool) -> tuple[np.ndarray, AttackReport]:
-    norm = _norm_name(norm)
-    x, y, eps = _check_args(model, x, y, eps, norm)
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise GraphError(f"steps must be an int >= 1, got {steps!r}")
-    steps = int(steps)
-    step = 2.5 * eps / steps if step is None else float(step)
-    report = AttackReport(name, len(x), steps)
-    if eps == 0 or len(x) == 0:
-        return x.copy(), report
-    dtype = model.dtype
-    f = _grad_fn(model, tuple(x.shape[1:]), dtype, loss, backend)
-    rng = np.random.default_rng(seed)
-    sign = -1.0 if targeted else 1.0
-    out, zero_idx, bad_idx = [], [], []
-    classes = predict_logits(model, x[:1], backend=backend).shape[1] if targeted else 0
-    if targeted and target is not None:
-        target = np.broadcast_to(np.asarray(target, np.int64), y.shape)
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        x64 = xb.astype(np.float64)
-        if random_start:
-            if norm == "inf":
-                delta = rng.uniform(-eps, eps, size=xb.shape)
-            else:
-                d = rng.standard_normal(xb.shape)
-                r = eps * rng.uniform(0, 1, size=len(xb)) ** (1.0 / _flat(xb).shape[1])
-                delta = d * _bshape(r / np.maximum(_l2(d), 1e-300), d)
-            x_adv = _clip_range(x64 + delta, clip)
-        else:
-            x_adv = x64.copy()
-        tb = None if target is None else target[start:start + batch_size]
-        labels = _targets(True, tb, yb, classes) if targeted else yb
-        best, found = x_adv.copy(), np.zeros(len(xb), bool)
-        zero_any, bad_any = np.zeros(len(xb), bool), np.zeros(len(xb), bool)
-        for _ in range(steps):
-            g, z, _ = f(x=x_adv.astype(dtype), y=labels)
-            g = g.astype(np.float64) * len(xb)
-            if keep_best:
-                pred = z.argmax(1)
-                ok = pred == labels if targeted else pred != yb
-                best[ok], found = x_adv[ok], found | ok
-            gflat = _flat(g)
-            nonfinite = ~np.all(np.isfinite(gflat), axis=1)
-            zero = ~nonfinite & ~np.any(gflat != 0, axis=1)
-            zero_any |= zero
-            bad_any |= nonfinite
-            g[nonfinite] = 0.0  # never let NaN/inf into the iterate
-            if norm == "inf":
-                direction = np.sign(g)
-            else:
-                gn = _l2(g)
-                direction = g / _bshape(np.where(gn > 0, gn, 1.0), g)
-            x_adv = x_adv + sign * step * direction
-            x_adv = _clip_range(x64 + _project(x_adv - x64, eps, norm), clip)
-        if keep_best and steps > 1:
-            z = predict_logits(model, x_adv.astype(dtype), backend=backend)
-            pred = z.argmax(1)
-            ok = pred == labels if targeted else pred != yb
-            best[ok], found = x_adv[ok], found | ok
-            x_adv = np.where(_bshape(found, x_adv), best, x_adv)
-        out.append(_finalise(xb, x_adv, eps, norm, clip))
-        zero_idx.append(np.flatnonzero(zero_any) + start)
-        bad_idx.append(np.flatnonzero(bad_any) + start)
-    report.zero_grad = np.concatenate(zero_idx)
-    report.nonfinite = np.concatenate(bad_idx)
-    return np.concatenate(out), report
-
-
-def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, clip: Clip = (0, 1), loss: LossSpec = "cross_entropy",
-         targeted: bool = False, target: Any = None, batch_size: int = 512, backend: Optional[str] = None,
-         on_masking: str = "warn", return_report: bool = False):
-    """Fast gradient sign method (Goodfellow et al. 2015): x' = clip(x + ε·sign(∇ₓℓ(x, y))).
-
-    Targeted: x' = clip(x − ε·sign(∇ₓℓ(x, target))). Returns x' (and the AttackReport when
-    return_report=True). ‖x' − x‖∞ ≤ ε holds exactly in x's dtype.
-
-    >>> from graphc import nn
-    >>> m = nn.MLP([4, 8, 3]); x = np.full((2, 4), 0.5, np.float32); y = np.array([0, 1])
-    >>> d = fgsm(m, x, y, 0.1).astype(np.float64) - x
-    >>> bool(np.all(np.abs(d) <= 0.1) and np.all(np.abs(d) > 0.1 - 1e-7))
-    True
-    """
-    x_adv, report = _attack("fgsm", model, x, y, eps, eps, 1, "inf", False, targeted, target, clip, 0, loss,
-                            batch_size, backend, keep_best=False)
-    _masking(report, on_masking)
-    return (x_adv, report) if return_report else x_adv
-
-
-def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] = None, steps: int = 10,
-        norm: Union[str, float] = "inf", random_start: bool = True, targeted: bool = False, target: Any = None,
-        clip: Clip = (0, 1), seed: int = 0, loss: LossSpec = "cross_entropy", batch_size: int = 512,
-        backend: Optional[str] = None, keep_best: bool = True, on_masking: str = "warn",
-        return_report: bool = False):
-    """Projected gradient descent (Madry et al. 2018) in the L∞ (norm="inf") or L2 (norm=2) ball.
-
-    Start at x (or a uniform random point of the ε-ball when random_start), then `steps` times:
-    L∞: x ← Π(x + step·sign(∇ₓℓ));  L2: x ← Π(x + step·∇ₓℓ/‖∇ₓℓ‖₂); Π projects onto the ε-ball
-    around the clean input and then into `clip`. step defaults to 2.5·ε/steps. Targeted mode
-    descends the loss of `target` (an int, an array, or None: (y + 1) mod classes).
-
-    keep_best (default): an example that was adversarial at some iterate but not at the last keeps
-    that iterate (robust accuracy then counts any success found along the way).
-    Deterministic given `seed` (and batch_size). Returns x' (and the AttackReport when return_report).
-    """
-    x_adv, report = _attack(f"pgd-l{_norm_name(norm)}", model, x, y, eps, step, steps, norm, random_start, targeted,
-                            target, clip, seed, loss, batch_size, backend, keep_best)
-    _masking(report, on_masking)
-    return (x_adv, report) if return_report else x_adv
-
-
-def bim(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] = None, steps: int = 10,
-        clip: Clip = (0, 1), loss: LossSpec = "cross_entropy", targeted: bool = False, target: Any = None,
-        batch_size: int = 512, backend: Optional[str] = None, keep_best: bool = True, on_masking: str = "warn",
-        return_report: bool = False):
-    """Basic iterative method / iterative FGSM (Kurakin et al. 2017): L∞ PGD from the clean input
-    (no random start); step defaults to 2.5·ε/steps."""
-    x_adv, report = _attack("bim", model, x, y, eps, step, steps, "inf", False, targeted, target, clip, 0, loss,
-                            batch_size, backend, keep_best)
-    _masking(report, on_masking)
-    return (x_adv, report) if return_report else x_adv
-
-
-ATTACKS: dict = {"fgsm": fgsm, "bim": bim, "pgd": pgd,
-                 "pgd_l2": lambda *a, **k: pgd(*a, norm=2, **k)}
+        g, z, _ = f(x[i:i + batch_size].astype(np.float64), y[i:i + batch_size], None)
+        grads.append(g)
+        zs.append(z)
+    if not grads:
+        return np.zeros(x.shape), logits(model, x, backend)
+    return np.concatenate(grads), np.concatenate(zs)
 
 
 # -- evaluation -----------------------------------------------------------------------------------
+def _pgd_l2(model, x, y, eps, on_masking: str = "warn", **kwargs):
+    return pgd(model, x, y, eps, norm=2, on_masking=on_masking, **kwargs)
+
+
+def _apgd_ce(model, x, y, eps, on_masking: str = "warn", **kwargs):
+    return apgd(model, x, y, eps, loss="ce", on_masking=on_masking, **kwargs)
+
+
+def _apgd_dlr(model, x, y, eps, on_masking: str = "warn", **kwargs):
+    return apgd(model, x, y, eps, loss="dlr", on_masking=on_masking, **kwargs)
+
+
+def _apgd_t(model, x, y, eps, on_masking: str = "warn", **kwargs):
+    return apgd(model, x, y, eps, loss="dlr", targeted=True, on_masking=on_masking, **kwargs)
+
+
+def _autoattack(model, x, y, eps, return_report: bool = False, backend: Optional[str] = None,
+                on_masking: str = "warn", index=None, **kwargs):
+    """autoattack as an ε-attack for evaluate: (x_adv, AttackReport with the clean-gradient symptoms)."""
+    from ._common import gradient_health, gradient_oracle
+    x_adv, aa = autoattack(model, x, y, eps, backend=backend, warn=on_masking != "ignore", index=index, **kwargs)
+    if not return_report:
+        return x_adv
+    x, y = check_data(model, x, y)
+    report = AttackReport("autoattack", len(x), 0, success=~aa.robust, details=aa)
+    if len(x):
+        g = gradient_oracle(model, tuple(x.shape[1:]), "ce", False, backend)(x.astype(np.float64), y, None)[0]
+        zero, nonfinite = gradient_health(g)
+        report.zero_grad, report.nonfinite = np.flatnonzero(zero), np.flatnonzero(nonfinite)
+    return x_adv, report
+
+
+# name -> attack(model, x, y, eps, **kwargs); names are matched with '-' and '_' alike
+ATTACKS: dict = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "pgd_l2": _pgd_l2, "mifgsm": mifgsm,
+                 "apgd_ce": _apgd_ce, "apgd_dlr": _apgd_dlr, "apgd_t": _apgd_t, "square": square,
+                 "autoattack": _autoattack}
+MINIMAL_NORM = {"cw": cw_l2, "cw_l2": cw_l2, "deepfool": deepfool}
+
+
+def _lookup(attack: str):
+    key = str(attack).lower().replace("-", "_")
+    if key in MINIMAL_NORM:
+        raise GraphError(f"{attack!r} is a minimal-norm attack with no ε budget: call "
+                         f"attacks.{MINIMAL_NORM[key].__name__}(model, x, y, return_report=True) and read "
+                         f"report.success_rate and report.median_l2")
+    if key not in ATTACKS:
+        names = sorted(k.replace("_", "-") for k in ATTACKS)
+        raise GraphError(f"unknown attack {attack!r}; choose one of {names} or pass a callable")
+    return ATTACKS[key]
+
+
 @dataclass
 class RobustnessReport:
     """Clean and robust accuracy of a model under one attack at several ε.
@@ -379,13 +160,15 @@ class RobustnessReport:
     success_rate = n_success / n_correct
     (the denominator n_correct is the number of examples the model classified correctly without
     attack; success = misclassified after the attack, or for targeted attacks = the target class),
-    mean/max ‖δ‖∞ and ‖δ‖₂ over all examples, and the gradient masking counts (zero_grad, nonfinite)."""
+    mean/max ‖δ‖∞ and ‖δ‖₂ over all examples, and the gradient masking counts (zero_grad, nonfinite).
+    `details` holds, per row, what the attack reported beyond that (autoattack: its AutoAttackReport)."""
 
     attack: str
     n: int
     clean_acc: float
     n_correct: int
     rows: list = field(default_factory=list)
+    details: list = field(default_factory=list)
 
     @property
     def eps(self) -> list:
@@ -422,57 +205,67 @@ class RobustnessReport:
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, attack: Union[str, Callable] = "pgd",
-             eps: Sequence[float] = (0.05, 0.1, 0.2), backend: Optional[str] = None, **attack_kwargs
-             ) -> RobustnessReport:
+             eps: Sequence[float] = (0.05, 0.1, 0.2), backend: Optional[str] = None,
+             index: Optional[np.ndarray] = None, **attack_kwargs) -> RobustnessReport:
     """Clean accuracy, then for each ε: robust accuracy, attack success rate over the originally
     correct examples (denominator: their number, `n_correct`), and mean/max ‖δ‖∞ and ‖δ‖₂.
 
-    attack: 'fgsm', 'bim', 'pgd', 'pgd_l2', or a callable(model, x, y, eps, **attack_kwargs) -> x_adv.
-    Extra keyword arguments go to the attack (e.g. steps=20, norm=2, targeted=True, seed=1).
+    attack: a name from ATTACKS (fgsm, bim, pgd, pgd-l2, mifgsm, apgd-ce, apgd-dlr, apgd-t, square,
+    autoattack) or a callable(model, x, y, eps, **attack_kwargs) -> x_adv. Extra keyword arguments go
+    to the attack (e.g. steps=20, norm=2, targeted=True, seed=1). `index` (the rows' global indices)
+    is passed to attacks that take one, so that evaluating a shard of a larger set gives the rows the
+    same random streams as evaluating the whole set (see the module docstring).
     Gradient masking warnings are collected into the rows (zero_grad, nonfinite) instead of raised.
     """
-    x, y = _check_data(model, x, y)
+    x, y = check_data(model, x, y)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", "attack")
-    fn = ATTACKS.get(attack) if isinstance(attack, str) else attack if callable(attack) else None
-    if fn is None:
-        raise GraphError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)} or pass a callable")
+    if isinstance(attack, str):
+        fn = _lookup(attack)
+    elif callable(attack):
+        fn = attack
+    else:
+        raise GraphError(f"attack must be a name from {sorted(ATTACKS)} or a callable, got {type(attack).__name__}")
     try:
         eps = [float(e) for e in ([eps] if np.ndim(eps) == 0 else list(eps))]
     except (TypeError, ValueError):
         raise GraphError(f"eps must be a number or a list of numbers, got {eps!r}") from None
-    if name == "pgd" and _norm_name(attack_kwargs.get("norm", "inf")) == "2":
+    if name == "pgd" and norm_name(attack_kwargs.get("norm", "inf")) == "2":
         name = "pgd_l2"
     targeted = bool(attack_kwargs.get("targeted", False))
-    clean_pred = predict_logits(model, x, backend=backend).argmax(1)
+    clean_pred = logits(model, x, backend).argmax(1)
     correct = clean_pred == y
-    report = RobustnessReport(name, len(x), float(correct.mean()) if len(x) else float("nan"), int(correct.sum()))
+    report = RobustnessReport(name, len(x), mean(correct), int(correct.sum()))
+    params = inspect.signature(fn).parameters
+    kwargs = dict(attack_kwargs)
+    if index is not None and "index" in params:
+        kwargs["index"] = index
     builtin = isinstance(attack, str)
+    if builtin:  # collect the masking symptoms into the rows instead of warning
+        kwargs.update(return_report=True, backend=backend)
+        if "on_masking" in params:
+            kwargs["on_masking"] = "ignore"
     for e in eps:
-        e = float(e)
-        kwargs = dict(attack_kwargs)
         if builtin:
-            kwargs.update(return_report=True, on_masking="ignore", backend=backend)
             x_adv, rep = fn(model, x, y, e, **kwargs)
         else:
             x_adv, rep = fn(model, x, y, e, **kwargs), None
-        pred = predict_logits(model, x_adv, backend=backend).argmax(1)
+        pred = logits(model, np.asarray(x_adv), backend).argmax(1)
         if targeted:
-            classes = predict_logits(model, x[:1], backend=backend).shape[1]
-            tgt = _targets(True, attack_kwargs.get("target"), y, classes)
-            success = correct & (pred == tgt)
+            classes = num_classes(model, tuple(x.shape[1:]), backend)
+            success = correct & (pred == targets(True, attack_kwargs.get("target"), y, classes))
         else:
             success = correct & (pred != y)
-        d = x_adv.astype(np.float64) - x.astype(np.float64)
-        linf = np.abs(_flat(d)).max(axis=1) if d.size else np.zeros(len(x))
-        l2 = _l2(d)
+        d = np.asarray(x_adv).astype(np.float64) - x.astype(np.float64)
+        d_inf, d_2 = linf(d), l2(d)
         report.rows.append({
-            "eps": e, "robust_acc": _mean(pred == y), "success_rate":
+            "eps": e, "robust_acc": mean(pred == y), "success_rate":
             float(success.sum() / correct.sum()) if correct.any() else float("nan"),
             "n_success": int(success.sum()), "n_correct": int(correct.sum()),
-            "mean_linf": _mean(linf), "max_linf": float(linf.max()) if len(linf) else float("nan"),
-            "mean_l2": _mean(l2), "max_l2": float(l2.max()) if len(l2) else float("nan"),
+            "mean_linf": mean(d_inf), "max_linf": float(d_inf.max()) if len(d_inf) else float("nan"),
+            "mean_l2": mean(d_2), "max_l2": float(d_2.max()) if len(d_2) else float("nan"),
             "zero_grad": 0 if rep is None else len(rep.zero_grad),
             "nonfinite": 0 if rep is None else len(rep.nonfinite)})
+        report.details.append(None if rep is None else rep.details)
     return report
 
 

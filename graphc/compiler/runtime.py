@@ -237,6 +237,30 @@ def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor
     return [clone[o.id] for o in outputs]
 
 
+_DLPACK_CPU = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory): readable by the CPU in place
+
+
+def _from_dlpack(value, what: str) -> np.ndarray:
+    """A NumPy view of an array from another library (PyTorch, JAX, CuPy, ...) through DLPack:
+    CPU memory is read in place (a copy is made later only where dtype or layout need one)."""
+    kind = type(value).__name__
+    try:
+        device = value.__dlpack_device__() if hasattr(value, "__dlpack_device__") else (1, 0)
+    except Exception as exc:  # noqa: BLE001 - a foreign library's own error, reported as a feed error
+        raise GraphError(f"{what} ({kind}) does not say where its data lives: {exc}") from None
+    if int(device[0]) not in _DLPACK_CPU:
+        raise GraphError(f"{what} is a {kind} on device {device[0]!s}:{device[1]}; graphc runs on the CPU: move it "
+                         f"there first (PyTorch: x.cpu(); JAX: jax.device_get(x); CuPy: x.get())")
+    if getattr(value, "requires_grad", False):
+        raise GraphError(f"{what} is a {kind} that requires grad; pass x.detach() (graphc computes gradients "
+                         f"with gc.grad on its own graph)")
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise GraphError(f"{what} ({kind}) cannot be read through DLPack: {exc} (convert it to a NumPy-compatible "
+                         f"dtype, e.g. float32, first)") from None
+
+
 def convert_array(value, want: np.dtype, what: str) -> np.ndarray:
     """`value` (an array, a list, a scalar) as a NumPy array of dtype `want`, by ONE rule for every
     way data enters graphc (feeds, gc.train, the attacks, gradcheck): NumPy's "same_kind" casting.
@@ -248,6 +272,8 @@ def convert_array(value, want: np.dtype, what: str) -> np.ndarray:
     """
     if isinstance(value, Tensor):
         raise GraphError(f"{what} must be an array, not a symbolic Tensor")
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):  # torch/JAX/CuPy arrays, in place
+        value = _from_dlpack(value, what)
     if isinstance(value, np.ma.MaskedArray):
         raise GraphError(f"{what} is a masked array; graphc would ignore its mask: pass value.filled(...) or "
                          f"value.data")

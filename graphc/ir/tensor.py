@@ -78,6 +78,10 @@ class Tensor:
     def __iter__(self):
         raise GraphError(f"cannot iterate over symbolic {self!r}")
 
+    def __getitem__(self, key) -> Tensor:
+        """NumPy indexing: integers, slices, ..., None and one integer array (gradients flow back)."""
+        return _F.getitem(self, key)
+
     # -- arithmetic ----------------------------------------------------------------------
     def __add__(self, o): return _F.add(self, o)
     def __radd__(self, o): return _F.add(o, self)

@@ -45,7 +45,8 @@ __all__ = ["manual_seed", "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d"
            "Sigmoid", "Tanh", "LeakyReLU", "Identity", "Sequential", "LogisticRegression", "SoftmaxRegression",
            "MLP", "SmallCNN", "ModelFileError", "he_normal", "xavier_uniform", "LAYERS"]
 
-FORMAT = "graphc-model-v1"
+FORMAT = "graphc-model-v2"  # v2: Linear weights are (out, in); v1 files are converted on load
+READABLE_FORMATS = ("graphc-model-v1", FORMAT)
 LAYERS: dict = {}  # class name -> class, for rebuilding a saved architecture
 
 
@@ -268,10 +269,13 @@ class Module:
         return path
 
     @staticmethod
-    def _read(path) -> tuple[dict, dict]:
+    def _read(path) -> tuple[dict, dict, str]:
         path = _fspath(path)
-        with open(path, "rb") as f:  # NumPy would try any non-zip, non-.npy bytes as a pickle
-            head = f.read(6)
+        try:
+            with open(path, "rb") as f:  # NumPy would try any non-zip, non-.npy bytes as a pickle
+                head = f.read(6)
+        except IsADirectoryError:
+            raise ModelFileError(f"{path}: a directory, not a model file") from None
         if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
             what = "a pickle, which can run code" if head[:1] == b"\x80" else "not a zip archive"
             raise ModelFileError(f"{path}: not a graphc model file ({what}; graphc saves .npz archives)")
@@ -283,7 +287,7 @@ class Module:
                 if "__format__" not in files or "__config__" not in files:
                     raise ModelFileError(f"{path}: not a graphc model file (no __format__/__config__ entries)")
                 fmt = str(z["__format__"])
-                if fmt != FORMAT:
+                if fmt not in READABLE_FORMATS:
                     raise ModelFileError(f"{path}: unsupported model format {fmt!r} (expected {FORMAT!r})")
                 cfg = json.loads(str(z["__config__"]))
                 state = {k[len("param:"):]: z[k] for k in z.files if k.startswith("param:")}
@@ -301,7 +305,7 @@ class Module:
             # a damaged archive reaches zipfile/numpy code paths that raise all of these (a flipped
             # flag bit reads as "encrypted" or "unsupported compression", a length as a huge shape)
             raise ModelFileError(f"{path}: corrupt or truncated model file ({type(exc).__name__}: {exc})") from None
-        return cfg, state
+        return cfg, state, fmt
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> Module:
@@ -310,19 +314,23 @@ class Module:
         Raises ModelFileError for a pickle, a truncated or foreign file, or weights whose names or
         shapes do not match the saved architecture. Called on a subclass (e.g. `MLP.load`), the
         file must hold that class."""
-        cfg, state = cls._read(path)
+        cfg, state, fmt = cls._read(path)
         try:
             model = Module.from_config(cfg)
         except ModelFileError as exc:
             raise ModelFileError(f"{_fspath(path)}: {exc}") from None
         if cls is not Module and not isinstance(model, cls):
             raise ModelFileError(f"{os.fspath(path)} holds a {type(model).__name__}, not a {cls.__name__}")
+        if fmt == "graphc-model-v1":
+            state = _upgrade_v1_state(model, state)
         model.load_state_dict(state, source=_fspath(path))
         return model
 
     def load_weights(self, path: Union[str, os.PathLike]) -> Module:
         """Load weights saved from a model of the same architecture into this one (names and shapes checked)."""
-        _, state = self._read(path)
+        _, state, fmt = self._read(path)
+        if fmt == "graphc-model-v1":
+            state = _upgrade_v1_state(self, state)
         self.load_state_dict(state, source=os.fspath(path))
         return self
 
@@ -330,7 +338,8 @@ class Module:
 # -- layers ------------------------------------------------------------------------------------
 @_register
 class Linear(Module):
-    """y = x W + b with W of shape (in_features, out_features).
+    """y = x Wᵀ + b with W of shape (out_features, in_features), PyTorch's layout (the transpose is
+    a flag of the GEMM, not a copy), so a PyTorch state_dict converted to NumPy loads as it is.
 
     init: "he" (default; for ReLU nets), "xavier" (tanh/sigmoid/linear outputs) or "zeros"."""
 
@@ -340,15 +349,29 @@ class Linear(Module):
         seed = _seed(seed)
         self._config = dict(in_features=int(in_features), out_features=int(out_features), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
-        w = _init(init, (in_features, out_features), in_features, out_features, seed, dtype)
+        # drawn as (in, out) and transposed: a seed gives the same network as before the layout change
+        w = np.ascontiguousarray(_init(init, (in_features, out_features), in_features, out_features, seed, dtype).T)
         self.weight = self._params["weight"] = parameter(w, name="weight")
         self.bias = None
         if bias:
             self.bias = self._params["bias"] = parameter(np.zeros(out_features, dtype), name="bias")
 
     def forward(self, x, training=False, seed=None):
-        y = x @ self.weight
+        y = F.matmul(x, self.weight, trans_b=True)
         return y + self.bias if self.bias is not None else y
+
+
+def _upgrade_v1_state(model: Module, state: dict) -> dict:
+    """graphc-model-v1 files stored Linear weights as (in, out); v2 stores (out, in) like PyTorch."""
+    linear = {prefix + "weight" for prefix, m in _named_modules(model) if isinstance(m, Linear)}
+    return {k: (np.ascontiguousarray(np.asarray(v).T) if k in linear and np.ndim(v) == 2 else v)
+            for k, v in state.items()}
+
+
+def _named_modules(model: Module, prefix: str = ""):
+    yield prefix, model
+    for name, child in model._children.items():
+        yield from _named_modules(child, prefix + name + ".")
 
 
 @_register

@@ -166,7 +166,9 @@ def promote(a, b):
 from .conv import *  # noqa: E402,F401,F403
 from .core import *  # noqa: E402,F401,F403
 from .elementwise import *  # noqa: E402,F401,F403
+from .extra import *  # noqa: E402,F401,F403
 from .fused import *  # noqa: E402,F401,F403
+from .indexing import *  # noqa: E402,F401,F403
 from .linalg import *  # noqa: E402,F401,F403
 from .nn import *  # noqa: E402,F401,F403
 from .reduce import *  # noqa: E402,F401,F403
@@ -192,8 +194,8 @@ def _graph_errors(fn):
 
 
 def _wrap_public_ops() -> None:
-    from . import conv, core, elementwise, fused, linalg, nn, reduce, shape
-    for mod in (conv, core, elementwise, fused, linalg, nn, reduce, shape):
+    from . import conv, core, elementwise, extra, fused, indexing, linalg, nn, reduce, shape
+    for mod in (conv, core, elementwise, extra, fused, indexing, linalg, nn, reduce, shape):
         for name in getattr(mod, "__all__", ()):
             fn = globals().get(name)
             if inspect.isfunction(fn) and fn.__module__ == mod.__name__:

@@ -144,7 +144,12 @@ def _maxpool_grad_forward(x, gy, kernel, stride, padding):
     (kh, kw) = kernel
     win = _windows(x, *kernel, *stride, *padding, fill=-np.inf)
     flat = win.reshape(win.shape[:4] + (kh * kw,))
-    first = np.argmax(flat, axis=4)  # ties: the first maximum in window order, like PyTorch
+    real = _windows(np.ones(x.shape, bool), *kernel, *stride, *padding, fill=False).reshape(flat.shape)
+    # PyTorch's rule: the first in-bounds element that is the maximum, a NaN beating any number
+    # (so a window of -inf routes to its first real element, never to the padding)
+    nan = np.isnan(flat) & real
+    top = np.where(real, flat, -np.inf).max(axis=4, keepdims=True)
+    first = np.where(nan.any(axis=4), np.argmax(nan, axis=4), np.argmax((flat == top) & real, axis=4))
     cols = np.zeros(flat.shape, dtype=gy.dtype)
     np.put_along_axis(cols, first[..., None], gy[..., None], axis=4)
     return _scatter_windows(cols.reshape(win.shape), x.shape, *kernel, *stride, *padding)

@@ -9,14 +9,16 @@ from ..ir.errors import MissingExtra
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS = {
     "demo": ("graphc.tools.demo", "demo_main",
-             "train an MLP on digits, attack it (FGSM/PGD), adversarially train, plot"),
+             "train an MLP on digits, attack it (FGSM/PGD/AutoAttack), adversarially train, plot"),
     "train": ("graphc.tools.demo", "train_main", "train a model on a bundled dataset"),
-    "attack": ("graphc.tools.demo", "attack_main", "train (or load) a model and measure robust accuracy"),
+    "attack": ("graphc.tools.demo", "attack_main",
+               "train (or load) a model and attack it: FGSM, PGD, APGD, Square, C&W, DeepFool, AutoAttack"),
     "fuzz": ("graphc.verify.fuzz", "main",
              "random-graph gradient fuzzing: C vs NumPy vs finite differences"),
     "bench": ("graphc.tools.bench", "main",
               "benchmarks: GEMM, MLP/logistic-regression steps, dispatch overhead"),
-    "info": ("graphc.tools.cli", "info_main", "print the backend in use, SIMD level and thread count"),
+    "info": ("graphc.tools.cli", "info_main",
+             "print the backend in use, SIMD level and thread count (--model x.onnx: an imported ONNX model)"),
 }
 
 
@@ -25,8 +27,23 @@ def info_main(argv) -> int:
 
     import graphc
     p = argparse.ArgumentParser(prog="graphc info", description="Print the backend in use, whether the AVX2+FMA "
-                                "kernels run, the thread count and the graphc version.")
-    p.parse_args(argv)
+                                "kernels run, the thread count and the graphc version; with --model, an ONNX model "
+                                "as graphc imports it.")
+    p.add_argument("--model", default=None, help="an ONNX file: print its layers, parameter count and what was cut")
+    args = p.parse_args(argv)
+    if args.model:
+        import warnings
+
+        from graphc.interop.onnx import ImportNote, load
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImportNote)  # summary() lists them
+            try:
+                model = load(args.model)
+            except (graphc.GraphError, FileNotFoundError) as exc:
+                print(f"graphc info: {exc}", file=sys.stderr)
+                return 2
+        print(model.summary())
+        return 0
     print(f"graphc: {graphc.__version__}")
     for k, v in graphc.backend_info().items():
         print(f"{k}: {v}")

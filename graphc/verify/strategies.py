@@ -35,8 +35,8 @@ from ..ops import REGISTRY, Domain, apply
 from ..ops.elementwise import ACTIVATIONS
 from .gradcheck import GradcheckReport, compare_backends, gradcheck
 
-__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "fuzz_attrs", "graphs", "RandomGraph",
-           "GRAPH_OPS", "reproducer", "prune",
+__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "COMPOSITES", "fuzz_attrs", "graphs",
+           "RandomGraph", "GRAPH_OPS", "reproducer", "prune",
            "check_graph", "GraphCheck", "slot_domain", "LEAVES", "no_vjp_ops", "FLOAT_DTYPES"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -456,6 +456,56 @@ def _case_fused_elementwise(draw, dt, op, ms):
         {"program": program, "shape": shape, "dtype": dt}
 
 
+def _case_pad(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape)
+    return [_vals(draw, op, 0, shape, dt)], {"pads": pads, "value": draw(st.sampled_from([0.0, -1.5]))}
+
+
+def _case_slice(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    index = []
+    for d in shape:
+        start, stop = draw(st.integers(-d, d - 1)), draw(st.one_of(st.none(), st.integers(-d, d)))
+        step = draw(st.sampled_from([1, 1, 2, -1, -2]))
+        assume(len(range(*slice(start, stop, step).indices(d))) > 0)
+        index.append((start, stop, step))
+    index = tuple(index)
+    x = _vals(draw, op, 0, shape, dt)
+    if op == "slice_grad":
+        out = x[tuple(slice(*t) for t in index)]
+        return [_vals(draw, op, 0, out.shape, dt), x], {"index": index}
+    return [x], {"index": index}
+
+
+def _case_grouped_conv(draw, dt, op, ms):
+    groups = draw(st.integers(2, 3))
+    (n, c, h, w), (o, _, kh, kw), (_, _, oh, ow), stride, padding = _conv_geometry(draw, ms)
+    xs, ws, ys = (n, c * groups, h, w), (o * groups, c, kh, kw), (n, o * groups, oh, ow)
+    attrs = {"stride": stride, "padding": padding, "groups": groups}
+    x, wv = _vals(draw, op, 0, xs, dt), _vals(draw, op, 1, ws, dt)
+    if op == "grouped_conv2d":
+        return [x, wv] + ([_vals(draw, op, 2, (ws[0],), dt)] if draw(st.booleans()) else []), attrs
+    return [x, wv, _vals(draw, op, 2, ys, dt)], attrs
+
+
+def _indices(draw, size: int) -> np.ndarray:
+    """Integer indices into an axis of `size`, negative ones and repeats included."""
+    n = draw(st.integers(1, 4))
+    return np.asarray(draw(st.lists(st.integers(-size, size - 1), min_size=n, max_size=n)), np.int64)
+
+
+def _case_take(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    axis = draw(st.integers(0, len(shape) - 1))
+    idx = _indices(draw, shape[axis])
+    x = _vals(draw, op, 0, shape, dt)
+    if REGISTRY[op].arity == 3:  # take_grad(g, idx, like)
+        out = np.take(x, idx, axis=axis)
+        return [_vals(draw, op, 0, out.shape, dt), idx, x], {"axis": axis}
+    return [x, idx], {"axis": axis}
+
+
 CASES: dict[str, Callable] = {
     "unary": _case_unary, "size_of": _case_size_of, "binary": _case_binary, "where": _case_where,
     "reduce": _case_reduce, "argmax": _case_argmax, "sum_to": _case_sum_to, "broadcast_like": _case_broadcast_like,
@@ -465,6 +515,7 @@ CASES: dict[str, Callable] = {
     "dense": _case_dense, "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
     "classification": _case_classification, "one_hot": _case_one_hot, "bce": _case_bce, "dropout": _case_dropout,
     "conv": _case_conv, "pool": _case_pool, "fused_elementwise": _case_fused_elementwise,
+    "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv, "take": _case_take,
 }
 """OpDef.fuzz (a case kind) -> case function (draw, dtype, op, max_side) -> (inputs, attrs).
 A new op names an existing kind in its registry entry, or adds a kind here."""
@@ -852,9 +903,71 @@ GRAPH_BUILDERS: dict[str, Callable] = {
     "matmul": _g_matmul, "classification": _g_classification, "bce": _g_targets, "dropout": _g_dropout,
     "conv": _g_conv, "pool": _g_pool,
 }
-# composites: public functions made of several ops, and a gradient taken inside the graph
+def _g_pad(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1)
+    if x is None:
+        return None
+    pads = tuple((b.draw(st.integers(0, 2)), b.draw(st.integers(0, 2))) for _ in x.shape)
+    return apply(op, [x], pads=pads, value=b.draw(st.sampled_from([0.0, -1.5])))
+
+
+def _g_slice(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    index = []
+    for d in x.shape:
+        step = b.draw(st.sampled_from([1, 1, 2, -1]))
+        start = b.draw(st.integers(0, d - 1)) if step > 0 else b.draw(st.integers(-d, -1))
+        index.append((start, None, step))
+    return apply(op, [x], index=tuple(index))
+
+
+def _g_grouped_conv(b: _Builder, op: str):
+    groups = b.draw(st.integers(2, 3))
+    c = b.draw(st.integers(1, 2))
+    x = b.new_input((b.draw(st.integers(1, 2)), c * groups, b.draw(st.integers(2, 4)), b.draw(st.integers(2, 4))))
+    kh, kw = b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2))
+    w = b.new_input((b.draw(st.integers(1, 2)) * groups, c, kh, kw))
+    return apply(op, [x, w], stride=(1, b.draw(st.integers(1, 2))), padding=(b.draw(st.integers(0, 1)), 0),
+                 groups=groups)
+
+
+def _g_take(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    axis = b.draw(st.integers(0, x.ndim - 1))
+    return apply(op, [x, b.const(_indices(b.draw, x.shape[axis]))], axis=axis)
+
+
+GRAPH_BUILDERS.update(pad=_g_pad, slice=_g_slice, grouped_conv=_g_grouped_conv, take=_g_take)
+
+
+def _g_dense_pattern(b: _Builder, op: str):
+    """act(x @ W + b): what the fusion pass turns into one dense node (the GEMM's epilogue)."""
+    h = _g_matmul(b, "matmul")
+    if h is None or h.ndim != 2:
+        return h
+    h = apply("add", [h, b.new_input((h.shape[1],))])
+    act = b.draw(st.sampled_from(ACTIVATIONS))
+    return h if act == "identity" else apply(act, [h], **fuzz_attrs(b.draw, act))
+
+
+def _g_reshape_like(b: _Builder, op: str):
+    """reshape_like(x, like): the reshape VJP of a graph whose shapes are known only at run time."""
+    x = b.pick(lambda t: t.ndim >= 1 and int(np.prod(t.shape)) > 1)
+    if x is None:
+        return None
+    like = b.new_input(tuple(reversed(x.shape)) if x.ndim > 1 else (1, x.shape[0]))
+    return apply("reshape_like", [x, like])
+
+
+# composites: public functions made of several ops, patterns the passes rewrite, and a gradient
+# taken inside the graph
 COMPOSITES: dict[str, tuple[Callable, int]] = {
     "mean": (_g_reduce, 1), "log_softmax": (_g_softmax, 1), "mse": (_g_targets, 1), "grad": (_g_grad, 5),
+    "linear_act": (_g_dense_pattern, 1), "runtime_reshape": (_g_reshape_like, 1),
 }
 
 
