@@ -9,7 +9,11 @@ math) are .inc / .def files, never cdef'ed.
 
 No -march flags: the baseline is plain x86-64 so the module never dies with SIGILL; the AVX2+FMA
 paths are compiled per function with __attribute__((target(...))) and chosen at run time.
-No -ffast-math either: it would switch on flush-to-zero for the whole Python process.
+No -ffast-math either: it would switch on flush-to-zero for the whole Python process. Only its
+-fno-trapping-math part is used: graphc never unmasks floating-point traps, and without it GCC
+will not turn a branch with a floating-point operation in it (g * (y > 0), x > 0 ? x : x * p) into
+a vector select, so such elementwise loops would stay scalar. It changes no result: the same IEEE
+operations run, some of them speculatively.
 
 Environment:
   GRAPHC_SANITIZE=1   build with -fsanitize=address,undefined (see .ci/sanitize)
@@ -45,7 +49,7 @@ def _cdef_text(headers):
 
 
 def _compile_args():
-    args = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    args = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
     link = ["-fopenmp"]
     if os.environ.get("GRAPHC_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]

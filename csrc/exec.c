@@ -86,19 +86,24 @@ static int cast_any(int64_t src, int64_t dst, int64_t n, const void *x, void *y)
 
 /* ---- strided gather into a contiguous y: transpose, broadcast (stride 0), plain copies ----
  * Element-size generic (bytes are moved, never interpreted), so it serves every dtype. Each row
- * of the output is one loop specialised for the element size: a fixed-size memcpy compiles to a
- * single (unaligned-safe) load and store, where a memcpy of a run-time size would be a library call
- * per element (which made 1-byte copies several times slower than NumPy's). */
-#define COPY_ROW(TY)                                                                   \
-    do {                                                                               \
-        TY *d = (TY *)(void *)y;                                                       \
-        if (s_in == 0) { /* broadcast along the row */                                 \
-            TY v;                                                                      \
-            memcpy(&v, src, sizeof(TY));                                               \
-            for (int64_t i = 0; i < inner; i++) memcpy(d + i, &v, sizeof(TY));        \
-        } else {                                                                       \
-            for (int64_t i = 0; i < inner; i++) memcpy(d + i, src + i * s_in, sizeof(TY)); \
-        }                                                                              \
+ * of the output is one loop specialised for the element size, through integer types that may
+ * alias anything and sit at any address (feeds can be misaligned): a load and a store per element,
+ * vectorised for broadcasts, where a memcpy of a run-time size would be a library call per
+ * element (which made 1-byte copies several times slower than NumPy's). */
+typedef uint16_t any_u16 __attribute__((may_alias, aligned(1)));
+typedef uint32_t any_u32 __attribute__((may_alias, aligned(1)));
+typedef uint64_t any_u64 __attribute__((may_alias, aligned(1)));
+#define COPY_ROW(TY)                                                                     \
+    do {                                                                                 \
+        const TY *s = (const TY *)(const void *)src;                                     \
+        TY *d = (TY *)(void *)y;                                                         \
+        const int64_t st = s_in / (int64_t)sizeof(TY);                                   \
+        if (st == 0) { /* broadcast along the row */                                     \
+            const TY v = s[0];                                                           \
+            for (int64_t i = 0; i < inner; i++) d[i] = v;                                \
+        } else {                                                                         \
+            for (int64_t i = 0; i < inner; i++) d[i] = s[i * st];                        \
+        }                                                                                \
     } while (0)
 
 static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const int64_t *xstr,
@@ -117,14 +122,12 @@ static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const in
         const uint8_t *src = x + off;
         if (s_in == esize) {
             memcpy(y, src, (size_t)(inner * esize));
-        } else if (esize == 1 && s_in == 0) {
-            memset(y, src[0], (size_t)inner);
         } else {
             switch (esize) {
             case 1: COPY_ROW(uint8_t); break;
-            case 2: COPY_ROW(uint16_t); break;
-            case 4: COPY_ROW(uint32_t); break;
-            case 8: COPY_ROW(uint64_t); break;
+            case 2: COPY_ROW(any_u16); break;
+            case 4: COPY_ROW(any_u32); break;
+            case 8: COPY_ROW(any_u64); break;
             default:
                 for (int64_t i = 0; i < inner; i++) memcpy(y + esize * i, src + i * s_in, (size_t)esize);
             }
