@@ -62,7 +62,8 @@ _unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: [activation_grad(ou
 _unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * np.asarray(alpha, x.dtype)),
        lambda g, out, x, alpha: [activation_grad(x, g, "leaky_relu", alpha)], Domain(kinks=(0.0,)),
        kernel_param="alpha", fuzz_attrs={"alpha": (0.1, 0.01, 0.3, 0.0, -0.5)}, dense_act=True)
-_unary("softplus", lambda x, beta: _softplus_forward(x, beta), lambda g, out, x, beta: [g * sigmoid(x * beta)],
+_unary("softplus", lambda x, beta: _softplus_forward(x, beta),
+       lambda g, out, x, beta: [g * _softplus_derivative(x, beta)],
        kernel_param="beta", fuzz_attrs={"beta": (1.0, 0.5, 2.0)}, monotonic=True)
 _unary("elu", lambda x, alpha: _elu_forward(x, alpha),
        lambda g, out, x, alpha: [activation_grad(out, g, "elu", alpha)], Domain(kinks=(0.0,)),
@@ -210,6 +211,13 @@ def _gelu_derivative(x, approximate) -> Tensor:
         t = tanh((x + x * x * x * _GELU_C) * _GELU_K)
         return (t + 1.0) * 0.5 + x * (1.0 - t * t) * (x * x * (3 * _GELU_C) + 1.0) * (0.5 * _GELU_K)
     return (erf(x * (1 / math.sqrt(2.0))) + 1.0) * 0.5 + x * exp(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+
+
+def _softplus_derivative(x, beta) -> Tensor:
+    """sigmoid(beta x), and exactly 1 where beta x > 20 (where the forward is x itself, as PyTorch);
+    written with a relu step so that it stays one fused C kernel."""
+    s = sigmoid(x * beta)
+    return s + activation_grad(x * beta - 20.0, 1.0 - s, "relu")
 
 
 def _silu_derivative(x) -> Tensor:
