@@ -2,7 +2,10 @@
 
 Every csrc/*.c file is compiled; every csrc/*.h file is both #included by the generated
 module and fed to cffi's cdef. Headers therefore hold only plain declarations (enums,
-structs, prototypes); lines starting with '#' (include guards, includes) are dropped for cdef.
+structs, prototypes). cdef sees them through the C preprocessor (the op-code enums are
+generated from elementwise.def by X-macros), with the system headers replaced by empty ones:
+cffi knows int64_t and friends itself. Internal C files (templates, the op list, the vector
+math) are .inc / .def files, never cdef'ed.
 
 No -march flags: the baseline is plain x86-64 so the module never dies with SIGILL; the AVX2+FMA
 paths are compiled per function with __attribute__((target(...))) and chosen at run time.
@@ -14,7 +17,11 @@ Environment:
 """
 import glob
 import os
+import shlex
+import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from cffi import FFI
 
@@ -23,9 +30,18 @@ HEADERS = sorted(glob.glob(os.path.join(HERE, "*.h")))
 SOURCES = sorted(glob.glob(os.path.join(HERE, "*.c")))
 
 
-def _cdef_text(path):
-    with open(path) as f:
-        return "".join(line for line in f if not line.lstrip().startswith("#"))
+def _cdef_text(headers):
+    """The declarations of `headers` as the C compiler sees them, without system headers."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    source = "".join(f'#include "{os.path.basename(h)}"\n' for h in headers)
+    with tempfile.TemporaryDirectory() as shim:
+        for name in ("stdint.h", "stddef.h"):
+            open(os.path.join(shim, name), "w").close()
+        out = subprocess.run(cc + ["-E", "-P", "-nostdinc", "-I", shim, "-I", HERE, "-x", "c", "-"],
+                             input=source, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"preprocessing the csrc headers for cffi failed:\n{out.stderr}")
+    return out.stdout
 
 
 def _compile_args():
@@ -50,8 +66,7 @@ def make_builder(absolute_sources=False, module="graphc._cgraphc", only=None):
     headers = [h for h in HEADERS if only is None or os.path.basename(h)[:-2] in only]
     sources = [s for s in SOURCES if only is None or os.path.basename(s)[:-2] in only]
     builder = FFI()
-    for h in headers:
-        builder.cdef(_cdef_text(h))
+    builder.cdef(_cdef_text(headers))
     cargs, largs = _compile_args()
     builder.set_source(
         module,

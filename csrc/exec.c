@@ -85,7 +85,22 @@ static int cast_any(int64_t src, int64_t dst, int64_t n, const void *x, void *y)
 #undef CAST_LOOP
 
 /* ---- strided gather into a contiguous y: transpose, broadcast (stride 0), plain copies ----
- * Element-size generic (bytes are moved, never interpreted), so it serves every dtype. */
+ * Element-size generic (bytes are moved, never interpreted), so it serves every dtype. Each row
+ * of the output is one loop specialised for the element size: a fixed-size memcpy compiles to a
+ * single (unaligned-safe) load and store, where a memcpy of a run-time size would be a library call
+ * per element (which made 1-byte copies several times slower than NumPy's). */
+#define COPY_ROW(TY)                                                                   \
+    do {                                                                               \
+        TY *d = (TY *)(void *)y;                                                       \
+        if (s_in == 0) { /* broadcast along the row */                                 \
+            TY v;                                                                      \
+            memcpy(&v, src, sizeof(TY));                                               \
+            for (int64_t i = 0; i < inner; i++) memcpy(d + i, &v, sizeof(TY));        \
+        } else {                                                                       \
+            for (int64_t i = 0; i < inner; i++) memcpy(d + i, src + i * s_in, sizeof(TY)); \
+        }                                                                              \
+    } while (0)
+
 static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const int64_t *xstr,
                          const uint8_t *x, uint8_t *y) {
     int64_t total = 1;
@@ -102,12 +117,17 @@ static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const in
         const uint8_t *src = x + off;
         if (s_in == esize) {
             memcpy(y, src, (size_t)(inner * esize));
-        } else if (esize == 8) {
-            for (int64_t i = 0; i < inner; i++) memcpy(y + 8 * i, src + i * s_in, 8);
-        } else if (esize == 4) {
-            for (int64_t i = 0; i < inner; i++) memcpy(y + 4 * i, src + i * s_in, 4);
+        } else if (esize == 1 && s_in == 0) {
+            memset(y, src[0], (size_t)inner);
         } else {
-            for (int64_t i = 0; i < inner; i++) memcpy(y + esize * i, src + i * s_in, (size_t)esize);
+            switch (esize) {
+            case 1: COPY_ROW(uint8_t); break;
+            case 2: COPY_ROW(uint16_t); break;
+            case 4: COPY_ROW(uint32_t); break;
+            case 8: COPY_ROW(uint64_t); break;
+            default:
+                for (int64_t i = 0; i < inner; i++) memcpy(y + esize * i, src + i * s_in, (size_t)esize);
+            }
         }
         y += inner * esize;
         /* odometer over the outer dims */
@@ -119,6 +139,7 @@ static void copy_strided(int64_t esize, int ndim, const int64_t *shape, const in
         }
     }
 }
+#undef COPY_ROW
 
 static int fill_any(int64_t dt, int64_t n, void *y, double v) {
     switch (dt) {
@@ -274,19 +295,19 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         REQUIRE(x && y);
         return TWIN(gc_softmax, a[0], a[1], x, y, (int)a[4]);
     }
-    case GC_OP_SOFTMAX_BWD: {
+    case GC_OP_SOFTMAX_GRAD: {
         NEED(6);
         void *y = PTR(2), *g = PTR(3), *dx = PTR(4);
         REQUIRE(y && g && dx);
         return TWIN(gc_softmax_backward, a[0], a[1], y, g, dx, (int)a[5]);
     }
-    case GC_OP_SCE_FWD: {
+    case GC_OP_SOFTMAX_CROSS_ENTROPY: {
         NEED(5);
         void *logits = PTR(2), *labels = PTR(3), *loss = PTR(4);
         REQUIRE(logits && labels && loss);
         return TWIN(gc_softmax_ce_fwd, a[0], a[1], logits, labels, loss);
     }
-    case GC_OP_SCE_BWD: {
+    case GC_OP_SOFTMAX_CROSS_ENTROPY_GRAD: {
         NEED(6);
         void *logits = PTR(2), *labels = PTR(3), *g = PTR(4), *dl = PTR(5);
         REQUIRE(logits && labels && g && dl);
@@ -294,48 +315,48 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         const double gv = f64 ? *(const double *)g : (double)*(const float *)g;
         return TWIN(gc_softmax_ce_bwd, a[0], a[1], logits, labels, gv, dl);
     }
-    case GC_OP_BCE_FWD: {
+    case GC_OP_BINARY_CROSS_ENTROPY: {
         NEED(4);
         void *z = PTR(1), *t = PTR(2), *loss = PTR(3);
         REQUIRE(z && t && loss);
         return TWIN(gc_bce_logits_fwd, a[0], z, t, loss);
     }
-    case GC_OP_CONV_FWD: {
+    case GC_OP_CONV2D: {
         NEED(15);
         void *x = PTR(11), *w = PTR(12), *bias = PTR(13), *y = PTR(14);
         REQUIRE(x && w && y);
         return TWIN(gc_conv2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x, w,
                     bias, y);
     }
-    case GC_OP_CONV_BWD_INPUT: {
+    case GC_OP_CONV2D_INPUT_GRAD: {
         NEED(14);
         void *w = PTR(11), *gy = PTR(12), *gx = PTR(13);
         REQUIRE(w && gy && gx);
         return TWIN(gc_conv2d_bwd_input, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], w,
                     gy, gx);
     }
-    case GC_OP_CONV_BWD_WEIGHT: {
+    case GC_OP_CONV2D_WEIGHT_GRAD: {
         NEED(14);
         void *x = PTR(11), *gy = PTR(12), *gw = PTR(13);
         REQUIRE(x && gy && gw);
         return TWIN(gc_conv2d_bwd_weight, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], x,
                     gy, gw);
     }
-    case GC_OP_MAXPOOL_FWD: case GC_OP_AVGPOOL_FWD: {
+    case GC_OP_MAX_POOL2D: case GC_OP_AVG_POOL2D: {
         NEED(12);
         void *x = PTR(10), *y = PTR(11);
         REQUIRE(x && y);
-        if (op == GC_OP_MAXPOOL_FWD)
+        if (op == GC_OP_MAX_POOL2D)
             return TWIN(gc_maxpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
         return TWIN(gc_avgpool2d_fwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, y);
     }
-    case GC_OP_MAXPOOL_BWD: {
+    case GC_OP_MAX_POOL2D_GRAD: {
         NEED(13);
         void *x = PTR(10), *gy = PTR(11), *gx = PTR(12);
         REQUIRE(x && gy && gx);
         return TWIN(gc_maxpool2d_bwd, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], x, gy, gx);
     }
-    case GC_OP_AVGPOOL_BWD: {
+    case GC_OP_AVG_POOL2D_GRAD: {
         NEED(12);
         void *gy = PTR(10), *gx = PTR(11);
         REQUIRE(gy && gx);

@@ -24,28 +24,30 @@
 #pragma once
 #include <stdint.h>
 
+/* Opcodes of kernels that run one registry op are named after it: GC_OP_<OP> (graphc/backends/c.py
+ * finds them by that name). */
 enum gc_exec_op {
-    GC_OP_GEMM = 1,           /* ta tb M N K lda ldb ldc A B C bias act alpha_idx */
-    GC_OP_UNARY = 2,          /* kop n x y param_idx                                  (gc_unary) */
-    GC_OP_ACT_BWD = 3,        /* act n y g dx param_idx                        (gc_act_backward) */
-    GC_OP_BINARY = 4,         /* kop ndim a b out shape[ndim] a_strides[ndim] b_strides[ndim] */
-    GC_OP_REDUCE = 5,         /* kop outer n inner x y                               (gc_reduce) */
-    GC_OP_SOFTMAX = 6,        /* rows cols x y log */
-    GC_OP_SOFTMAX_BWD = 7,    /* rows cols y g dx log */
-    GC_OP_SCE_FWD = 8,        /* rows cols logits labels loss */
-    GC_OP_SCE_BWD = 9,        /* rows cols logits labels g(scalar ref) dlogits */
-    GC_OP_BCE_FWD = 10,       /* n z t loss */
-    GC_OP_CONV_FWD = 11,      /* N C H W O KH KW sh sw ph pw x w bias y */
-    GC_OP_CONV_BWD_INPUT = 12,  /* N C H W O KH KW sh sw ph pw w gy gx */
-    GC_OP_CONV_BWD_WEIGHT = 13, /* N C H W O KH KW sh sw ph pw x gy gw */
-    GC_OP_MAXPOOL_FWD = 14,   /* N C H W kh kw sh sw ph pw x y */
-    GC_OP_MAXPOOL_BWD = 15,   /* N C H W kh kw sh sw ph pw x gy gx */
-    GC_OP_AVGPOOL_FWD = 16,   /* N C H W kh kw sh sw ph pw x y */
-    GC_OP_AVGPOOL_BWD = 17,   /* N C H W kh kw sh sw ph pw gy gx */
-    GC_OP_FUSED = 18,         /* n out nin ninstr nvreg nscalar in_ref[nin] in_slot[nin] instr[8*ninstr] */
-    GC_OP_CAST = 19,          /* src_dtype n x y   (word [3] is the destination dtype) */
-    GC_OP_COPY = 20,          /* elem_bytes ndim x y shape[ndim] x_strides[ndim]: strided gather */
-    GC_OP_FILL = 21           /* n y value_idx */
+    GC_OP_GEMM = 1,                       /* ta tb M N K lda ldb ldc A B C bias act alpha_idx */
+    GC_OP_UNARY = 2,                      /* kop n x y param_idx                              (gc_unary) */
+    GC_OP_ACT_BWD = 3,                    /* act n y g dx param_idx                    (gc_act_backward) */
+    GC_OP_BINARY = 4,                     /* kop ndim a b out shape[ndim] a_strides[ndim] b_strides[ndim] */
+    GC_OP_REDUCE = 5,                     /* kop outer n inner x y                           (gc_reduce) */
+    GC_OP_SOFTMAX = 6,                    /* rows cols x y log */
+    GC_OP_SOFTMAX_GRAD = 7,               /* rows cols y g dx log */
+    GC_OP_SOFTMAX_CROSS_ENTROPY = 8,      /* rows cols logits labels loss */
+    GC_OP_SOFTMAX_CROSS_ENTROPY_GRAD = 9, /* rows cols logits labels g(scalar ref) dlogits */
+    GC_OP_BINARY_CROSS_ENTROPY = 10,      /* n z t loss */
+    GC_OP_CONV2D = 11,                    /* N C H W O KH KW sh sw ph pw x w bias y */
+    GC_OP_CONV2D_INPUT_GRAD = 12,         /* N C H W O KH KW sh sw ph pw w gy gx */
+    GC_OP_CONV2D_WEIGHT_GRAD = 13,        /* N C H W O KH KW sh sw ph pw x gy gw */
+    GC_OP_MAX_POOL2D = 14,                /* N C H W kh kw sh sw ph pw x y */
+    GC_OP_MAX_POOL2D_GRAD = 15,           /* N C H W kh kw sh sw ph pw x gy gx */
+    GC_OP_AVG_POOL2D = 16,                /* N C H W kh kw sh sw ph pw x y */
+    GC_OP_AVG_POOL2D_GRAD = 17,           /* N C H W kh kw sh sw ph pw gy gx */
+    GC_OP_FUSED = 18,                     /* n out nin ninstr nvreg nscalar in_ref[nin] in_slot[nin] instr[8*ninstr] */
+    GC_OP_CAST = 19,                      /* src_dtype n x y   (word [3] is the destination dtype) */
+    GC_OP_COPY = 20,                      /* elem_bytes ndim x y shape[ndim] x_strides[ndim]: strided gather */
+    GC_OP_FILL = 21                       /* n y value_idx */
 };
 
 enum gc_exec_dtype { GC_DT_F32 = 0, GC_DT_F64 = 1, GC_DT_I32 = 2, GC_DT_I64 = 3, GC_DT_BOOL = 4 };

@@ -6,30 +6,26 @@
  *
  * Operands: inputs are full-size (n elements) or scalars. Values whose operands are all scalars
  * are computed once, before the blocks, into scalar slots. Each instruction is 8 words:
- *   op (gc_fused_op), dst_kind, dst, a_kind, a, b_kind, b, param_idx
+ *   op (a GC_F_ code), dst_kind, dst, a_kind, a, b_kind, b, param_idx
  * with kinds gc_fused_kind: a vector register, a full input (index into `in`), a scalar slot,
- * or (dst only) the output. param_idx indexes fconst (leaky slope, exponent, constant value).
+ * or (dst only) the output. param_idx indexes fconst (the op's parameter, or a constant's value).
  * in_slot[i] is -1 for a full-size input, else the scalar slot that receives in[i][0].
  * Only the last instruction may write the output; if it writes a scalar slot instead (every
  * input scalar), the output is filled with that value. out may equal a full-size input.
  *
- * Results match graphc.ops.fused.run_program (NumPy): max/min propagate NaN, relu_grad is
- * g * (y > 0), exp/log/sigmoid/tanh use the kernels.h vector math.
+ * Each instruction runs the same code as gc_unary / gc_binary / gc_act_backward for its op (the
+ * switches generated from elementwise.def), so results match those kernels and
+ * graphc.ops.fused.run_program (NumPy): maximum/minimum propagate NaN, relu_grad is g * (y > 0).
  * Returns GC_K_OK, or GC_K_EINVAL for an index out of range (nothing written).
  */
 #pragma once
 #include <stdint.h>
+#include "kernels.h"
 
-enum gc_fused_op {
-    /* unary: a */
-    GC_F_NEG = 0, GC_F_EXP = 1, GC_F_LOG = 2, GC_F_SQRT = 3, GC_F_ABS = 4, GC_F_SIGN = 5,
-    GC_F_SIGMOID = 6, GC_F_TANH = 7, GC_F_RELU = 8, GC_F_LEAKY_RELU = 9, GC_F_POWER = 10,
-    GC_F_CONST = 11, /* no operands: dst = param (always a scalar slot) */
-    /* binary: a, b */
-    GC_F_ADD = 12, GC_F_SUB = 13, GC_F_MUL = 14, GC_F_DIV = 15, GC_F_MAXIMUM = 16, GC_F_MINIMUM = 17,
-    /* activation gradients from the output y = a and upstream g = b */
-    GC_F_RELU_GRAD = 18, GC_F_LEAKY_RELU_GRAD = 19, GC_F_SIGMOID_GRAD = 20, GC_F_TANH_GRAD = 21
-};
+/* The op codes are GC_F_<NAME> of kernels.h (enum gc_elementwise_op, from elementwise.def).
+ * Their number of operands: 0 for GC_F_CONST, 1 for unary ops, 2 for binary ops and activation
+ * gradients (y = a, g = b); -1 for a code that is no fused op. */
+int gc_fused_arity(int op);
 
 enum gc_fused_kind { GC_FK_VREG = 0, GC_FK_INPUT = 1, GC_FK_SCALAR = 2, GC_FK_OUT = 3 };
 

@@ -36,6 +36,7 @@
 #define GC_X86 1
 #endif
 #include "gemm.h"
+#include "vmath.inc" /* the activations of the epilogue */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Threads and SIMD selection                                                                  */
@@ -120,29 +121,22 @@ typedef struct {
 } gemm_impl;
 
 /* ------------------------------------------------------------------------------------------ */
-/* Scalar activation (also the reference for the vectorised epilogue)                          */
+/* Scalar activation (the portable epilogue; also the reference for the vectorised one)        */
 /* ------------------------------------------------------------------------------------------ */
 
-/* relu as "s < 0 ? 0 : s" keeps NaN (like numpy.maximum) and matches _mm256_max_p*(0, s). */
-static inline float act_f32(float s, int act, float p) {
+/* act(x) in double, from the GC_EW_ACT entries of elementwise.def. float32 epilogues widen to
+ * double and round once: correctly rounded in practice, like the AVX2 path. */
+#define T double
+static double act_f64(double x, int act, double p) {
     switch (act) {
-    case GC_ACT_RELU: return s < 0 ? 0.0f : s;
-    case GC_ACT_LEAKY_RELU: return s < 0 ? s * p : s;
-    /* In double, then rounded once: correctly rounded in practice, exact limits at +-inf. */
-    case GC_ACT_SIGMOID: return (float)(1.0 / (1.0 + exp(-(double)s)));
-    case GC_ACT_TANH: return (float)tanh((double)s);
-    default: return s;
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) case GC_ACT_##NAME: return (EXPR);
+#include "elementwise.def"
+    default: return x;
     }
 }
-
-static inline double act_f64(double s, int act, double p) {
-    switch (act) {
-    case GC_ACT_RELU: return s < 0 ? 0.0 : s;
-    case GC_ACT_LEAKY_RELU: return s < 0 ? s * p : s;
-    case GC_ACT_SIGMOID: return 1.0 / (1.0 + exp(-s));
-    case GC_ACT_TANH: return tanh(s);
-    default: return s;
-    }
+#undef T
+static inline float act_f32(float x, int act, float p) {
+    return act == GC_ACT_IDENTITY ? x : (float)act_f64((double)x, act, (double)p);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -281,105 +275,22 @@ GEN_SCALAR(d, double, act_f64)
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
 
-/* sigmoid and tanh are evaluated in double (float32 inputs are widened exactly), from an exp
- * and an expm1 that are accurate to ~1 ulp, so float32 results are correctly rounded in all but
- * rare cases and float64 results are within a few ulp of libm. Arguments are kept <= 0, so
- * nothing overflows; +-inf give the exact limits and NaN is passed through. */
-
-/* Polynomial degrees: full double accuracy, or enough for float32 results (truncation < 1e-10,
- * so the value rounded to float is still correctly rounded but for ties this close). */
-#define DEG_F64 13
-#define DEG_F32 9
-
-/* e^t for t in [ln(DBL_MIN), 0]: t = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^deg
- * (deg 13: truncation < 5e-18 relative), times 2^n built in the exponent field (n >= -1022). */
-AVX2_INLINE __m256d exp_neg_pd(__m256d t, int deg) {
-    const __m256d n = _mm256_round_pd(_mm256_mul_pd(t, _mm256_set1_pd(1.4426950408889634)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t); /* exact */
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    static const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
-                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
-                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
-    __m256d p = _mm256_set1_pd(inv_fact[deg]);
-    for (int i = deg - 1; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[i]));
-    /* 2^n: n + 1.5 * 2^52 holds n in its low mantissa bits; add the bias and shift into place. */
-    const __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
-    const __m256i scale = _mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52);
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(scale));
-}
-
-/* e^t - 1 for |t| <= ln2/2, without the cancellation of exp(t) - 1: Taylor series to
- * t^(deg+1). */
-AVX2_INLINE __m256d expm1_small_pd(__m256d t, int deg) {
-    static const double inv_fact[13] = {1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
-                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
-                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800,
-                                        1.0 / 87178291200};
-    __m256d q = _mm256_set1_pd(inv_fact[deg - 1]);
-    for (int i = deg - 2; i >= 0; i--) q = _mm256_fmadd_pd(q, t, _mm256_set1_pd(inv_fact[i]));
-    return _mm256_fmadd_pd(_mm256_mul_pd(t, t), q, t); /* t + t^2 (1/2 + t/6 + ...) */
-}
-
-#define EXP_MIN_ARG (-708.3964185322641) /* ln(DBL_MIN): below it e^t is flushed to 0 (error < DBL_MIN) */
-
-AVX2_INLINE __m256d exp_neg_clamped_pd(__m256d t, int deg) { /* t <= 0 or NaN (caller handles) */
-    const __m256d lo = _mm256_set1_pd(EXP_MIN_ARG);
-    const __m256d e = exp_neg_pd(_mm256_max_pd(t, lo), deg);
-    return _mm256_andnot_pd(_mm256_cmp_pd(t, lo, _CMP_LT_OQ), e);
-}
-
-AVX2_INLINE __m256d sigmoid_pd(__m256d x, int deg) {
-    const __m256d one = _mm256_set1_pd(1.0), sign = _mm256_set1_pd(-0.0);
-    const __m256d e = exp_neg_clamped_pd(_mm256_or_pd(x, sign), deg); /* e^-|x| in (0, 1] */
-    const __m256d d = _mm256_add_pd(one, e);
-    /* x >= 0: 1 / (1 + e^-x);  x < 0: e^x / (1 + e^x), both free of overflow and cancellation */
-    const __m256d neg = _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_LT_OQ);
-    const __m256d s = _mm256_div_pd(_mm256_blendv_pd(one, e, neg), d);
-    return _mm256_blendv_pd(s, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-}
-
-AVX2_INLINE __m256d tanh_pd(__m256d x, int deg) {
-    const __m256d sign = _mm256_set1_pd(-0.0);
-    const __m256d t = _mm256_mul_pd(_mm256_or_pd(x, sign), _mm256_set1_pd(2.0)); /* -2|x| */
-    /* tanh|x| = -expm1(t) / (2 + expm1(t)); expm1 from its series near 0, else e^t - 1 */
-    const __m256d small = _mm256_cmp_pd(t, _mm256_set1_pd(-0.34657359027997264), _CMP_GE_OQ);
-    const __m256d em = _mm256_blendv_pd(_mm256_sub_pd(exp_neg_clamped_pd(t, deg), _mm256_set1_pd(1.0)),
-                                        expm1_small_pd(t, deg), small);
-    const __m256d th = _mm256_div_pd(em, _mm256_sub_pd(_mm256_set1_pd(-2.0), em)); /* >= 0 */
-    const __m256d r = _mm256_or_pd(th, _mm256_and_pd(x, sign));                   /* sign of x */
-    return _mm256_blendv_pd(r, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-}
-
-/* relu as max(0, v) keeps NaN (the second operand is returned when either is NaN), the same
- * as the scalar "s < 0 ? 0 : s". */
-AVX2_INLINE __m256d d_act4(__m256d v, int act, __m256d p, int deg) {
-    const __m256d zero = _mm256_setzero_pd();
+/* The activation of the write-back, from the GC_EW_ACT entries of elementwise.def and their
+ * vmath.inc forms. float32 tiles are widened to double (exactly) and rounded once at the end, as
+ * in the scalar path: the results stay correctly rounded in practice. */
+AVX2_INLINE __m256d d_act4(__m256d v, int act, __m256d p) {
     switch (act) {
-    case GC_ACT_RELU: return _mm256_max_pd(zero, v);
-    case GC_ACT_LEAKY_RELU:
-        return _mm256_blendv_pd(v, _mm256_mul_pd(v, p), _mm256_cmp_pd(v, zero, _CMP_LT_OQ));
-    case GC_ACT_SIGMOID: return sigmoid_pd(v, deg);
-    case GC_ACT_TANH: return tanh_pd(v, deg);
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) case GC_ACT_##NAME: return vop_##VEC##_pd(v, p);
+#include "elementwise.def"
     default: return v;
     }
 }
 
-AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256 p) {
-    const __m256 zero = _mm256_setzero_ps();
-    switch (act) {
-    case GC_ACT_RELU: return _mm256_max_ps(zero, v);
-    case GC_ACT_LEAKY_RELU:
-        return _mm256_blendv_ps(v, _mm256_mul_ps(v, p), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-    case GC_ACT_SIGMOID:
-    case GC_ACT_TANH: {
-        const __m256d pd = _mm256_setzero_pd();
-        const __m256d lo = d_act4(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), act, pd, DEG_F32);
-        const __m256d hi = d_act4(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), act, pd, DEG_F32);
-        return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
-    }
-    default: return v;
-    }
+AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256d p) {
+    if (act == GC_ACT_IDENTITY) return v;
+    const __m256d lo = d_act4(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), act, p);
+    const __m256d hi = d_act4(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), act, p);
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -426,7 +337,7 @@ AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256 p) {
 
 AVX2_INLINE void s_wb_row(float *cr, __m256 v0, __m256 v1, int full, __m256i mask0, __m256i mask1,
                           int add_c, __m256 vbeta, int has_bias, __m256 bias0, __m256 bias1, int act,
-                          __m256 vp) {
+                          __m256d vp) {
     if (add_c) {
         const __m256 old0 = full ? _mm256_loadu_ps(cr) : _mm256_maskload_ps(cr, mask0);
         const __m256 old1 = full ? _mm256_loadu_ps(cr + 8) : _mm256_maskload_ps(cr + 8, mask1);
@@ -461,8 +372,8 @@ AVX2_INLINE void d_wb_row(double *cr, __m256d v0, __m256d v1, int full, __m256i 
         v0 = _mm256_add_pd(v0, bias0);
         v1 = _mm256_add_pd(v1, bias1);
     }
-    v0 = d_act4(v0, act, vp, DEG_F64);
-    v1 = d_act4(v1, act, vp, DEG_F64);
+    v0 = d_act4(v0, act, vp);
+    v1 = d_act4(v1, act, vp);
     if (full) {
         _mm256_storeu_pd(cr, v0);
         _mm256_storeu_pd(cr + 4, v1);
@@ -695,7 +606,8 @@ AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t 
     const int act = e->last ? e->act : GC_ACT_IDENTITY;
     __m256i mask0 = _mm256_set1_epi32(-1), mask1 = mask0;
     if (!full) edge_masks(n, 8, 0, &mask0, &mask1);
-    const __m256 vbeta = _mm256_set1_ps((float)e->beta), vp = _mm256_set1_ps((float)e->act_param);
+    const __m256 vbeta = _mm256_set1_ps((float)e->beta);
+    const __m256d vp = _mm256_set1_pd((double)(float)e->act_param); /* the float parameter, widened */
     __m256 bias0 = _mm256_setzero_ps(), bias1 = bias0;
     if (bias) {
         bias0 = full ? _mm256_loadu_ps(bias) : _mm256_maskload_ps(bias, mask0);

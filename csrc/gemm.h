@@ -6,15 +6,24 @@
  * op(A) = A^T (A stored K x M, row stride lda) when transA != 0; likewise B (K x N or N x K).
  * beta is 0 (overwrite C; C may hold garbage, even NaN) or 1 (accumulate into C).
  * bias may be NULL; it is added per column (length N), before the activation.
- * act is a gc_act value; act_param is the leaky-ReLU slope (ignored otherwise). NaN propagates
- * through every activation (relu(NaN) = NaN, like numpy.maximum); sigmoid/tanh are accurate to
- * a few ulp of libm (float32: correctly rounded in practice) and exact at +-inf.
+ * act is a gc_act value; act_param is the activation's parameter (leaky-ReLU slope, ELU alpha;
+ * ignored otherwise). NaN propagates through every activation (relu(NaN) = NaN, like
+ * numpy.maximum). The activations are computed in double (float32 results are rounded once from
+ * it) with the vmath.inc functions: sigmoid/tanh/elu are accurate to a few ulp of libm (float32:
+ * correctly rounded in practice) and exact at +-inf.
  * Any of M, N, K may be 0 (K == 0 gives act(beta*C + bias)).
  */
 #pragma once
 #include <stdint.h>
 
-enum gc_act { GC_ACT_IDENTITY = 0, GC_ACT_RELU = 1, GC_ACT_LEAKY_RELU = 2, GC_ACT_SIGMOID = 3, GC_ACT_TANH = 4 };
+/* Activations, generated from the GC_EW_ACT entries of elementwise.def (relu, leaky_relu,
+ * sigmoid, tanh, elu, ...); GC_ACT_<NAME> is named after graphc's activation name, upper-cased. */
+enum gc_act {
+    GC_ACT_IDENTITY = 0,
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) GC_ACT_##NAME,
+#include "elementwise.def"
+    GC_ACT_END /* one past the last code */
+};
 
 void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const float *A, int64_t lda, const float *B, int64_t ldb,

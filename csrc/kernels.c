@@ -1,8 +1,9 @@
-/* graphc C kernels (API in kernels.h): elementwise, broadcasting binary ops, reductions, softmax,
- * fused losses, conv2d and pooling, for float32 and float64.
+/* graphc C kernels (API in kernels.h and fused.h): elementwise ops, fused elementwise programs,
+ * broadcasting binary ops, reductions, softmax, fused losses, conv2d and pooling, for float32 and
+ * float64.
  *
- * The kernels are written once, as ordinary C over a type T, in kernels_ops.inc and
- * kernels_conv.inc; this file includes each template twice, once per precision. Inside a
+ * The kernels are written once, as ordinary C over a type T, in elementwise.inc, kernels_ops.inc
+ * and kernels_conv.inc; this file includes each template twice, once per precision. Inside a
  * template:
  *   T        element type (float / double)
  *   ACC      accumulator for loss, softmax and cancellation-prone sums: double for both
@@ -10,6 +11,10 @@
  *   SFX(f)   the name f with the type suffix (f_f32 / f_f64)
  *   GEMM     gc_sgemm / gc_dgemm
  * <tgmath.h> makes exp/log/pow/sqrt/fabs pick expf etc. for float arguments.
+ *
+ * The elementwise ops come from the X-macro list elementwise.def: this file generates from it
+ * the op kinds (ew_kind, gc_fused_arity), the activation -> gradient map and the AVX2 array loops
+ * of the vectorised ops (vec_*, over the vmath.inc functions, picked at run time).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,8 +28,10 @@ static int omp_get_thread_num(void) { return 0; }
 static int omp_get_num_threads(void) { return 1; }
 #pragma GCC diagnostic ignored "-Wunused-variable" /* the thread counts nobody reads then */
 #endif
+#include "fused.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "vmath.inc"
 
 /* Below this many elements (or multiply-adds) a kernel runs on the calling thread: starting an
  * OpenMP team costs a few microseconds, which is more than small kernels take. */
@@ -84,11 +91,157 @@ static int64_t first_bad_label(int64_t rows, int64_t cols, const int64_t *labels
 /* The status is an int: for more than 2^31 - 1 rows, row + 1 saturates instead of wrapping. */
 static int bad_label_code(int64_t code) { return code > 2147483647 ? 2147483647 : (int)code; }
 
+/* ------------------------------- elementwise op kinds ------------------------------- */
+
+enum ew_kind_t { EW_NONE = 0, EW_CONST, EW_UNARY, EW_BINARY, EW_ACT_GRAD };
+
+/* What an op code is: the flags of elementwise.def, by code. */
+static int ew_kind(int op) {
+    switch (op) {
+    case GC_F_CONST: return EW_CONST;
+#define GC_EW_UNARY(NAME, EXPR) case GC_F_##NAME: return EW_UNARY;
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) GC_EW_UNARY(NAME, EXPR) case GC_F_##NAME##_GRAD: return EW_ACT_GRAD;
+#define GC_EW_BINARY(NAME, EXPR) case GC_F_##NAME: return EW_BINARY;
+#include "elementwise.def"
+    default: return EW_NONE;
+    }
+}
+
+int gc_fused_arity(int op) {
+    switch (ew_kind(op)) {
+    case EW_CONST: return 0;
+    case EW_UNARY: return 1;
+    case EW_BINARY: case EW_ACT_GRAD: return 2;
+    default: return -1;
+    }
+}
+
+/* The GC_F_*_GRAD code of an activation, -1 for identity or an unknown code. */
+static int act_grad_op(int act) {
+    switch (act) {
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) case GC_ACT_##NAME: return GC_F_##NAME##_GRAD;
+#include "elementwise.def"
+    default: return -1;
+    }
+}
+
+/* ------------------------ run-time SIMD selection for the math kernels ------------------------ */
+
+/* Written once when the library is loaded (constructor), only read afterwards: no data race. */
+static int g_cpu_has_avx2_fma = 0;
+/* Flipped by tests while other threads may be running kernels: atomic (a plain load on x86). */
+static _Atomic int g_math_simd_enabled = 1;
+
+#ifdef GC_VM_AVX2
+__attribute__((constructor)) static void detect_cpu(void) {
+    __builtin_cpu_init(); /* required when called from a constructor */
+    g_cpu_has_avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+int gc_kernels_simd_level(void) { return g_cpu_has_avx2_fma && g_math_simd_enabled; }
+void gc_kernels_set_simd(int enabled) { g_math_simd_enabled = enabled != 0; }
+
+/* vec_<op>_f32 / _f64(n, x, y, p): y = op(x) with the AVX2 form of a vectorised op; returns 0
+ * (nothing written) when the AVX2 path is off, so the caller runs the portable loop. Full
+ * vectors, then the tail through a zero-padded stack buffer (never touches memory past n; x == y
+ * is fine because each block is loaded before it is stored). */
+#ifdef GC_VM_AVX2
+#define VEC_LOOP(NAME, T, W, VT, LOAD, STORE, SET1, KERNEL)                           \
+    static __attribute__((target("avx2,fma"))) void NAME##_avx2(int64_t n, const T *x, T *y, T p) { \
+        const VT vp = SET1(p);                                                        \
+        int64_t i = 0;                                                                \
+        for (; i + W <= n; i += W) STORE(y + i, KERNEL(LOAD(x + i), vp));             \
+        if (i < n) {                                                                  \
+            T buf[W] = {0};                                                           \
+            memcpy(buf, x + i, (size_t)(n - i) * sizeof(T));                          \
+            STORE(buf, KERNEL(LOAD(buf), vp));                                        \
+            memcpy(y + i, buf, (size_t)(n - i) * sizeof(T));                          \
+        }                                                                             \
+    }                                                                                 \
+    static int NAME(int64_t n, const T *x, T *y, T p) {                               \
+        if (!gc_kernels_simd_level()) return 0;                                       \
+        NAME##_avx2(n, x, y, p);                                                      \
+        return 1;                                                                     \
+    }
+#define GC_EW_UNARY_VEC(NAME, EXPR, VEC)                                                                   \
+    VEC_LOOP(vec_##VEC##_f32, float, 8, __m256, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, vop_##VEC##_ps) \
+    VEC_LOOP(vec_##VEC##_f64, double, 4, __m256d, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, vop_##VEC##_pd)
+#include "elementwise.def"
+#undef VEC_LOOP
+#else /* portable build: no vector forms */
+#define GC_EW_UNARY_VEC(NAME, EXPR, VEC)                                                              \
+    static int vec_##VEC##_f32(int64_t n, const float *x, float *y, float p) { (void)n, (void)x, (void)y, (void)p; return 0; } \
+    static int vec_##VEC##_f64(int64_t n, const double *x, double *y, double p) { (void)n, (void)x, (void)y, (void)p; return 0; }
+#include "elementwise.def"
+#endif
+
+/* ------------------------------- fused program checks ------------------------------- */
+
+/* Is operand (kind, index) valid to read? Scalars and registers by range, inputs only when full. */
+static int fused_operand_ok(int64_t kind, int64_t idx, int64_t nin, const int64_t *in_slot, int64_t nvreg,
+                            int64_t nscalar) {
+    switch (kind) {
+    case GC_FK_VREG: return idx >= 0 && idx < nvreg;
+    case GC_FK_INPUT: return idx >= 0 && idx < nin && in_slot[idx] == -1;
+    case GC_FK_SCALAR: return idx >= 0 && idx < nscalar;
+    default: return 0;
+    }
+}
+
+/* Checks every index of a program before anything is read or written. */
+static int fused_validate(int64_t n, int64_t nin, const int64_t *in_slot, int64_t ninstr, const int64_t *instr,
+                          int64_t nvreg, int64_t nscalar, int64_t nfconst) {
+    if (n < 0 || nin < 0 || ninstr < 1 || nvreg < 0 || nvreg > GC_FUSED_MAX_VREGS || nscalar < 0 ||
+        nscalar > GC_FUSED_MAX_SCALARS)
+        return GC_K_EINVAL;
+    for (int64_t i = 0; i < nin; i++)
+        if (in_slot[i] < -1 || in_slot[i] >= nscalar) return GC_K_EINVAL;
+    for (int64_t j = 0; j < ninstr; j++) {
+        const int64_t *w = instr + j * GC_FUSED_INSTR_WORDS;
+        const int64_t op = w[0], dk = w[1], d = w[2];
+        if (w[7] < 0 || w[7] >= nfconst) return GC_K_EINVAL;
+        if (op < INT32_MIN || op > INT32_MAX) return GC_K_EINVAL;
+        const int last = j == ninstr - 1;
+        if (dk == GC_FK_OUT) {
+            if (!last) return GC_K_EINVAL;
+        } else if (dk == GC_FK_VREG) {
+            if (d < 0 || d >= nvreg) return GC_K_EINVAL;
+        } else if (dk == GC_FK_SCALAR) {
+            if (d < 0 || d >= nscalar) return GC_K_EINVAL;
+        } else {
+            return GC_K_EINVAL;
+        }
+        const int dst_scalar = dk == GC_FK_SCALAR;
+        switch (gc_fused_arity((int)op)) {
+        case 0:
+            if (!dst_scalar) return GC_K_EINVAL;
+            break;
+        case 1:
+            if (!fused_operand_ok(w[3], w[4], nin, in_slot, nvreg, nscalar)) return GC_K_EINVAL;
+            /* a scalar result needs a scalar operand and a vector result a vector one */
+            if (dst_scalar != (w[3] == GC_FK_SCALAR)) return GC_K_EINVAL;
+            break;
+        case 2: {
+            if (!fused_operand_ok(w[3], w[4], nin, in_slot, nvreg, nscalar) ||
+                !fused_operand_ok(w[5], w[6], nin, in_slot, nvreg, nscalar))
+                return GC_K_EINVAL;
+            const int both_scalar = w[3] == GC_FK_SCALAR && w[5] == GC_FK_SCALAR;
+            if (dst_scalar != both_scalar) return GC_K_EINVAL;
+            break;
+        }
+        default: return GC_K_EINVAL;
+        }
+    }
+    return GC_K_OK;
+}
+
 /* ---------------------------------- float32 ---------------------------------- */
 #define T float
 #define ACC double
 #define SFX(name) name##_f32
 #define GEMM gc_sgemm
+#include "elementwise.inc"
 #include "kernels_ops.inc"
 #include "kernels_conv.inc"
 #undef T
@@ -101,6 +254,7 @@ static int bad_label_code(int64_t code) { return code > 2147483647 ? 2147483647 
 #define ACC double
 #define SFX(name) name##_f64
 #define GEMM gc_dgemm
+#include "elementwise.inc"
 #include "kernels_ops.inc"
 #include "kernels_conv.inc"
 #undef T

@@ -17,12 +17,14 @@
  * Threads: large kernels use OpenMP with gc_get_num_threads() threads (gemm.h). No kernel keeps
  * state between calls (scratch is malloc'ed per call), so two threads may call at once.
  *
- * SIMD: exp/log/sigmoid/tanh have AVX2+FMA versions picked at run time (CPU check once at load).
+ * SIMD: exp/log/sigmoid/tanh and the vectorised ops of elementwise.def have AVX2+FMA versions
+ * (vmath.inc) picked at run time (CPU check once at load).
  * gc_kernels_set_simd(0) forces the portable libm path (used by the tests to check both);
  * this flag is separate from gemm.h's gc_set_simd_enabled, which only steers the GEMM.
  */
 #pragma once
 #include <stdint.h>
+#include "gemm.h" /* gc_act */
 
 enum gc_status { GC_K_OK = 0, GC_K_EINVAL = -1, GC_K_ENOMEM = -2 };
 
@@ -46,20 +48,30 @@ void gc_vlog_f64(int64_t n, const double *x, double *y);
 void gc_vsigmoid_f64(int64_t n, const double *x, double *y);
 void gc_vtanh_f64(int64_t n, const double *x, double *y);
 
-/* ---- elementwise unary: y[i] = op(x[i]); y may equal x ----
- * param: slope for GC_U_LEAKY_RELU, exponent for GC_U_POW_SCALAR, ignored otherwise.
- * relu/leaky_relu/sign/abs propagate NaN. */
-enum gc_unary_op {
-    GC_U_NEG = 0, GC_U_EXP = 1, GC_U_LOG = 2, GC_U_SQRT = 3, GC_U_ABS = 4, GC_U_SIGN = 5,
-    GC_U_SIGMOID = 6, GC_U_TANH = 7, GC_U_RELU = 8, GC_U_LEAKY_RELU = 9, GC_U_SQUARE = 10,
-    GC_U_RECIPROCAL = 11, GC_U_POW_SCALAR = 12
+/* ---- elementwise op codes, generated from elementwise.def ----
+ * One code space for every elementwise kernel: GC_U_<NAME> (gc_unary) and GC_B_<NAME> (gc_binary)
+ * are the fused program codes GC_F_<NAME> of the same op under the name of the kernel taking them;
+ * activations add GC_F_<NAME>_GRAD (their gradient from the output, see gc_act_backward) and
+ * GC_ACT_<NAME> (gemm.h). Names follow graphc's op registry: the kernel of a node is
+ * REGISTRY[op].kernel(attrs), upper-cased. gc_fused_arity (fused.h) tells the kinds apart. */
+enum gc_elementwise_op {
+    GC_F_CONST = 0, /* fused programs only: no operands, dst = param */
+#define GC_EW_UNARY(NAME, EXPR) GC_F_##NAME, GC_U_##NAME = GC_F_##NAME,
+#define GC_EW_ACT(NAME, EXPR, VEC, GRAD) GC_EW_UNARY(NAME, EXPR) GC_F_##NAME##_GRAD,
+#define GC_EW_BINARY(NAME, EXPR) GC_F_##NAME, GC_B_##NAME = GC_F_##NAME,
+#include "elementwise.def"
+    GC_F_END /* one past the last code */
 };
+
+/* ---- elementwise unary: y[i] = op(x[i]); y may equal x ----
+ * op a GC_U_ code (else GC_K_EINVAL); param: the op's parameter (leaky slope, exponent, beta of
+ * softplus, alpha of elu), ignored otherwise. Every op propagates NaN. */
 int gc_unary_f32(int op, int64_t n, const float *x, float *y, float param);
 int gc_unary_f64(int op, int64_t n, const double *x, double *y, double param);
 
 /* Activation backward from the activation's OUTPUT y (act is a gc_act from gemm.h):
- * identity: g; relu: g*(y>0); leaky: g*(y>0 ? 1 : param); sigmoid: g*y*(1-y); tanh: g*(1-y*y).
- * dx may equal g or y. */
+ * identity: g; relu: g*(y>0); leaky: g*(y>0 ? 1 : param); sigmoid: g*y*(1-y); tanh: g*(1-y*y);
+ * elu: g*(y>0 ? 1 : y+param) (the GRAD column of elementwise.def). dx may equal g or y. */
 int gc_act_backward_f32(int act, int64_t n, const float *y, const float *g, float *dx, float param);
 int gc_act_backward_f64(int act, int64_t n, const double *y, const double *g, double *dx, double param);
 
@@ -68,9 +80,8 @@ int gc_act_backward_f64(int act, int64_t n, const double *y, const double *g, do
  * sum_k i_k * a_strides[k] (0 on broadcast dims; any sign allowed), likewise b.
  * 0 <= ndim <= 8 (GC_BINARY_MAX_NDIM; callers collapse dims first, the kernel also merges
  * contiguous dims itself); ndim == 0 is a scalar. out may alias a or b when that operand has
- * out's shape and is contiguous (in place); other overlaps are not allowed.
- * max/min propagate NaN like np.maximum/np.minimum. */
-enum gc_binary_op { GC_B_ADD = 0, GC_B_SUB = 1, GC_B_MUL = 2, GC_B_DIV = 3, GC_B_POW = 4, GC_B_MAX = 5, GC_B_MIN = 6 };
+ * out's shape and is contiguous (in place); other overlaps are not allowed. op is a GC_B_ code.
+ * maximum/minimum propagate NaN like np.maximum/np.minimum. */
 enum { GC_BINARY_MAX_NDIM = 8 };
 int gc_binary_f32(int op, int ndim, const int64_t *out_shape, const float *a, const int64_t *a_strides,
                   const float *b, const int64_t *b_strides, float *out);
@@ -96,6 +107,9 @@ int gc_softmax_backward_f64(int64_t rows, int64_t cols, const double *y, const d
 
 /* ---- fused losses, mean over the batch; float32 sums are accumulated in double ----
  * Softmax cross-entropy with integer labels: loss = mean_r(logsumexp(logits[r]) - logits[r, label_r]).
+ * A row whose max logit is not finite (NaN, +inf, or all -inf) makes the loss NaN and its gradient
+ * row NaN, as in NumPy and PyTorch; -inf logits in a row with a finite max are exact zeros of the
+ * softmax (a -inf logit at the label gives a +inf loss).
  * All labels are checked before anything else is read or written: returns (r + 1) for the first
  * row whose label is outside [0, cols) (saturating at INT_MAX), else 0. rows == 0: *loss = NaN (mean of nothing), returns 0. */
 int gc_softmax_ce_fwd_f32(int64_t rows, int64_t cols, const float *logits, const int64_t *labels, float *loss);

@@ -23,6 +23,7 @@ from .compiler.runtime import Function, compile
 from .ir.errors import GraphError
 from .ir.graph import reachable
 from .ir.tensor import Tensor, as_tensor, constant, parameter, placeholder
+from .learn.nn import manual_seed
 from .learn.train import Trainer, accuracy, predict, predict_logits, train
 from .ops import *  # every public op function (graphc.ops.__all__)
 from .ops import REGISTRY
@@ -45,10 +46,11 @@ def to_networkx(outputs) -> _nx.DiGraph:
 
 
 # Subpackages a user reaches as attributes right after `import graphc` (imported on first use,
-# so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, ...
+# so `import graphc` stays light): gc.nn, gc.optim, gc.data, gc.attacks, gc.testing, gc.distributed, ...
 _LAZY = {"nn": "graphc.learn.nn", "optim": "graphc.learn.optim", "data": "graphc.learn.data",
          "attacks": "graphc.adversarial.attacks", "testing": "graphc.verify.strategies",
-         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz"}
+         "viz": "graphc.tools.viz", "fuzz": "graphc.verify.fuzz", "onnx": "graphc.interop.onnx",
+         "distributed": "graphc.distributed"}
 
 
 def __getattr__(name: str):

@@ -193,7 +193,7 @@ def test_non_finite_gradients_are_reported_and_never_returned(digits):
     X, Y = digits.X_test[:30], digits.y_test[:30]
     model = nn.MLP([64, 8, 10], seed=0)
     w = model.parameters()[0].value
-    w[0, :] = np.nan  # pixel 0 is 0 in these digits, but NaN * 0 is NaN: every example is poisoned
+    w[:, 0] = np.nan  # pixel 0 is 0 in these digits, but NaN * 0 is NaN: every example is poisoned
     with pytest.warns(attacks.GradientMaskingWarning, match="30 non-finite"):
         x_adv = attacks.pgd(model, X, Y, 0.1, steps=2)
     assert np.isfinite(x_adv).all()

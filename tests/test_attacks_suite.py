@@ -359,15 +359,15 @@ def test_mifgsm_matches_a_numpy_reference_on_softmax_regression(digits):
     model = nn.SoftmaxRegression(64, 10, seed=0, dtype="float64")
     gc.train(model, digits.X_train.astype(np.float64), digits.y_train, epochs=3, optimizer="adam", progress=False)
     x, y = digits.X_test[:80].astype(np.float64), digits.y_test[:80]
-    W, b = (p.value for p in model.parameters())
+    W, b = (p.value for p in model.parameters())  # W is (out, in), as PyTorch's Linear
     eps, steps, decay = 0.1, 6, 0.9
     step = eps / steps
     xa, g = x.copy(), np.zeros_like(x)
     for _ in range(steps):
-        z = xa @ W + b
+        z = xa @ W.T + b
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        grad = (p - np.eye(10)[y]) @ W.T
+        grad = (p - np.eye(10)[y]) @ W
         g = decay * g + grad / np.abs(grad).sum(1, keepdims=True)
         xa = np.clip(np.clip(xa + step * np.sign(g), x - eps, x + eps), 0, 1)
     ours = attacks.mifgsm(model, x, y, eps, steps=steps, decay=decay, keep_best=False)

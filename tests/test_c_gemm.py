@@ -10,7 +10,10 @@ from csrc/gemm.c (e.g. `python csrc/build_cffi.py /tmp/gemmdev _gemm_dev gemm`) 
 import importlib
 import mmap
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 import threading
 
 import numpy as np
@@ -26,7 +29,8 @@ ffi, lib = _mod.ffi, _mod.lib
 if not hasattr(lib, "gc_sgemm"):
     pytest.skip("C extension has no GEMM", allow_module_level=True)
 
-IDENTITY, RELU, LEAKY, SIGMOID, TANH = 0, 1, 2, 3, 4
+IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU = (lib.GC_ACT_IDENTITY, lib.GC_ACT_RELU, lib.GC_ACT_LEAKY_RELU,
+                                             lib.GC_ACT_SIGMOID, lib.GC_ACT_TANH, lib.GC_ACT_ELU)
 CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
@@ -75,6 +79,8 @@ def act_ref(z, act, p):
             return 1.0 / (1.0 + np.exp(-z))
         if act == TANH:
             return np.tanh(z)
+        if act == ELU:
+            return np.where(z > 0, z, p * np.expm1(np.minimum(z, 0)))
     return z
 
 
@@ -112,7 +118,7 @@ SIZES = st.one_of(st.integers(0, 20),
        transA=st.booleans(), transB=st.booleans(),
        pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
        beta=st.sampled_from([0.0, 1.0]), with_bias=st.booleans(),
-       act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH]),
+       act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU]),
        simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
 def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, with_bias, act, simd,
                                  threads, seed):
@@ -239,7 +245,7 @@ SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-3, -1e-3, 0.3, -0.3, 0.5, -
            700.0, -700.0, 800.0, -800.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
 
 
-@pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY])
+@pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY, ELU])
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N", [(40, 5), (192, 200)])  # the direct path and the packed path
@@ -352,3 +358,27 @@ def test_simd_switch():
             flags = next((line.split() for line in f if line.startswith("flags")), [])
         # 1 only where the CPU has AVX2+FMA (a build may still choose the portable path only)
         assert lib.gc_simd_level() <= int("avx2" in flags and "fma" in flags)
+
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
+    """csrc/tests/gemm_in_team.c: two threads of the caller's OpenMP team run serial GEMMs with
+    different numbers of K blocks. A barrier on the GEMM's serial path binds to that team and hangs
+    (fixed in 5430ddc; this harness hangs on the code before it). Built with the C compiler and
+    run with a timeout, since a deadlock cannot be caught inside this process."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    if not shutil.which(cc.split()[0]):
+        pytest.skip(f"no C compiler ({cc})")
+    exe = tmp_path / "gemm_in_team"
+    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-I", CSRC,
+                                         os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
+                                         "-lm", "-o", str(exe)], capture_output=True, text=True)
+    if build.returncode:
+        pytest.skip(f"cannot build the OpenMP harness: {build.stderr.strip()[:300]}")
+    try:
+        run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("GEMMs called from inside an OpenMP team deadlocked (no exit within 120 s)")
+    assert run.returncode == 0 and "2 outer threads, 0 wrong results" in run.stdout, run.stdout + run.stderr

@@ -1,7 +1,7 @@
 """Tests of the C kernels in csrc/kernels*.c (header csrc/kernels.h) against NumPy references.
 
 Imports the real extension, graphc._cgraphc (skipped when it is not built). To test a module
-built elsewhere, e.g. `python csrc/build_cffi.py /tmp/kdev _k_dev gemm,kernels,kernels_math`,
+built elsewhere, e.g. `python csrc/build_cffi.py /tmp/kdev _k_dev gemm,kernels`,
 set GRAPHC_TEST_CMODULE=/tmp/kdev:_k_dev.
 
 Error measure: max |got - ref| / max |ref| (infinity norm relative to the output), with NaN and
@@ -9,6 +9,7 @@ inf required at the same places; tolerances 1e-5 for float32 and 1e-12 for float
 kernels are also checked against central finite differences in float64.
 """
 import importlib
+import math
 import os
 import sys
 import threading
@@ -126,6 +127,29 @@ def _sigmoid_ref(x):
     return np.where(x >= 0, 1, e) / (1 + e)
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+# PyTorch's definitions (torch.nn.functional), in float64
+def _softplus_ref(x, beta):
+    with np.errstate(over="ignore"):
+        return np.where(x * beta > 20, x, np.log1p(np.exp(x * beta)) / beta)
+
+
+def _elu_ref(x, alpha):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _gelu_ref(x):
+    with np.errstate(invalid="ignore"):
+        return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _gelu_tanh_ref(x):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
 MATH_REFS = {"exp": np.exp, "log": np.log, "sigmoid": _sigmoid_ref, "tanh": np.tanh}
 MATH_TOL = {F32: 5e-7, F64: 1e-15}
 
@@ -227,11 +251,15 @@ UNARY = {
     "GC_U_TANH": lambda x, p: np.tanh(x),
     "GC_U_RELU": lambda x, p: np.maximum(x, 0),
     "GC_U_LEAKY_RELU": lambda x, p: np.where(x < 0, x * p, x),
-    "GC_U_SQUARE": lambda x, p: x * x,
-    "GC_U_RECIPROCAL": lambda x, p: 1 / x,
-    "GC_U_POW_SCALAR": lambda x, p: np.power(x, p),
+    "GC_U_POWER": lambda x, p: np.power(x, p),
+    "GC_U_SOFTPLUS": lambda x, p: _softplus_ref(x, p),
+    "GC_U_ELU": lambda x, p: _elu_ref(x, p),
+    "GC_U_GELU": lambda x, p: _gelu_ref(x),
+    "GC_U_GELU_TANH": lambda x, p: _gelu_tanh_ref(x),
+    "GC_U_SILU": lambda x, p: x * _sigmoid_ref(x),
+    "GC_U_ERF": lambda x, p: _erf(x),
 }
-POSITIVE_ONLY = {"GC_U_LOG", "GC_U_SQRT", "GC_U_POW_SCALAR", "GC_U_RECIPROCAL"}
+POSITIVE_ONLY = {"GC_U_LOG", "GC_U_SQRT", "GC_U_POWER"}
 
 
 def _unary_input(rng, op, n, dt):
@@ -265,7 +293,7 @@ def test_unary_large_parallel_and_nan(dt):
         assert kfn("gc_unary", dt)(getattr(lib, op), x.size, ptr(x), ptr(y), 0.5) == 0
         assert_close(y, UNARY[op](x.astype(np.float64), 0.5), dt)
     nan = np.full(3, np.nan, dtype=dt)
-    for op in ("GC_U_RELU", "GC_U_LEAKY_RELU", "GC_U_ABS", "GC_U_SIGN", "GC_U_NEG"):
+    for op in sorted(UNARY):
         out = np.zeros_like(nan)
         kfn("gc_unary", dt)(getattr(lib, op), 3, ptr(nan), ptr(out), 0.1)
         assert np.all(np.isnan(out)), op
@@ -278,6 +306,7 @@ ACTS = {
     "GC_ACT_LEAKY_RELU": (lambda x, p: np.where(x > 0, x, p * x), lambda y, g, p: g * np.where(y > 0, 1, p)),
     "GC_ACT_SIGMOID": (lambda x, p: _sigmoid_ref(x), lambda y, g, p: g * y * (1 - y)),
     "GC_ACT_TANH": (lambda x, p: np.tanh(x), lambda y, g, p: g * (1 - y * y)),
+    "GC_ACT_ELU": (_elu_ref, lambda y, g, p: g * np.where(y > 0, 1, y + p)),
 }
 
 
@@ -310,12 +339,186 @@ def test_act_backward_finite_differences(act):
 
 
 # ------------------------------------------------------------------------------------------
+# the activations added with the op table: softplus, elu, gelu (erf and tanh forms), silu, erf
+# ------------------------------------------------------------------------------------------
+
+NEW_UNARY = {"GC_U_SOFTPLUS": [1.0, 2.0, 0.5], "GC_U_ELU": [1.0, 0.3], "GC_U_GELU": [0.0],
+             "GC_U_GELU_TANH": [0.0], "GC_U_SILU": [0.0], "GC_U_ERF": [0.0]}
+
+
+def _activation_inputs(dt):
+    fi = np.finfo(dt)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, fi.max, -fi.max, fi.tiny, -fi.tiny, fi.smallest_subnormal,
+               1e30, -1e30, 10.0, -10.0, 20.0, -20.0, 40.0, 1e-8, -1e-8]
+    parts = [np.linspace(-40, 40, 40001), np.linspace(-1, 1, 4001), np.asarray(special, float)]
+    return np.concatenate(parts).astype(dt)
+
+
+def _assert_activation_close(got, ref, x, dt, rel_ulps=16, x_ulps=4):
+    """|got - ref| <= rel_ulps eps |ref| + x_ulps eps |x|: the second term allows for 1 + erf(x)
+    and 1 + tanh(u), which cancel for x << 0 in the formulas PyTorch defines (a 1-ulp error of
+    erf or tanh near -1 moves 0.5 x (1 + ...) by about eps |x|). NaN and inf where ref has them."""
+    got, ref, x = (np.asarray(a, np.float64) for a in (got, ref, x))
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), ("NaN positions differ", x[np.isnan(got) != np.isnan(ref)])
+    inf = np.isinf(ref)
+    assert np.array_equal(got[inf], ref[inf]), "infinities differ"
+    fin = np.isfinite(ref)
+    eps = float(np.finfo(dt).eps)
+    # (subnormal results have fewer bits: relative to the smallest normal number there)
+    scale = np.maximum(np.abs(ref[fin]), float(np.finfo(dt).tiny))
+    bound = rel_ulps * eps * scale + x_ulps * eps * np.minimum(np.abs(x[fin]), 1e300)
+    err = np.abs(got[fin] - ref[fin])
+    worst = int(np.argmax(err - bound))
+    assert err[worst] <= bound[worst], f"x={x[fin][worst]!r}: got {got[fin][worst]!r}, want {ref[fin][worst]!r}"
+
+
+@pytest.mark.parametrize("simd", [1, 0], ids=["avx2", "libm"])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("op", sorted(NEW_UNARY))
+def test_new_activations_whole_range(op, dt, simd):
+    """Against PyTorch's definitions evaluated in float64 (float32 inputs are exact in float64)."""
+    set_simd(simd)
+    x = _activation_inputs(dt)
+    for param in NEW_UNARY[op]:
+        y = np.empty_like(x)
+        assert kfn("gc_unary", dt)(getattr(lib, op), x.size, ptr(x), ptr(y), param) == 0
+        with np.errstate(all="ignore"):
+            ref = UNARY[op](x.astype(np.float64), param)
+        _assert_activation_close(y, ref, x, dt)
+
+
+_TORCH_FORMS = {
+    "GC_U_SOFTPLUS": lambda F, t, p: F.softplus(t, beta=p, threshold=20),
+    "GC_U_ELU": lambda F, t, p: F.elu(t, alpha=p),
+    "GC_U_GELU": lambda F, t, p: F.gelu(t),
+    "GC_U_GELU_TANH": lambda F, t, p: F.gelu(t, approximate="tanh"),
+    "GC_U_SILU": lambda F, t, p: F.silu(t),
+    "GC_U_ERF": lambda F, t, p: t.erf(),
+}
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("op", sorted(NEW_UNARY))
+def test_new_activations_match_torch(op, dt):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.concatenate([np.linspace(-30, 30, 6001), [0.0, -0.0, 1e-7, -1e-7, 19.99, 20.0, 20.01]]).astype(dt)
+    for param in NEW_UNARY[op]:
+        y = np.empty_like(x)
+        assert kfn("gc_unary", dt)(getattr(lib, op), x.size, ptr(x), ptr(y), param) == 0
+        want = _TORCH_FORMS[op](F, torch.from_numpy(x.copy()), param).numpy()
+        # torch's own float32 kernels are a few ulp off the exact values too
+        _assert_activation_close(y, want, x, dt, rel_ulps=32, x_ulps=8)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
+def test_elu_gradient_from_its_output_matches_torch(dt, alpha):
+    """gc_act_backward(GC_ACT_ELU) and the fused elu_grad take y = elu(x), PyTorch's
+    elu_backward(is_result=True): g * (y > 0 ? 1 : y + alpha)."""
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-8, 8, 1601).astype(dt)
+    g = np.cos(np.arange(x.size)).astype(dt)
+    t = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = torch.nn.functional.elu(t, alpha=alpha)
+    yt.backward(torch.from_numpy(g.copy()))
+    y = yt.detach().numpy()
+    dx = np.empty_like(x)
+    assert kfn("gc_act_backward", dt)(lib.GC_ACT_ELU, x.size, ptr(y), ptr(g), ptr(dx), alpha) == 0
+    np.testing.assert_allclose(dx, t.grad.numpy(), rtol=8 * np.finfo(dt).eps, atol=8 * np.finfo(dt).eps)
+
+
+# ------------------------------------------------------------------------------------------
+# the op table: every code of elementwise.def, through every kernel that takes it
+# ------------------------------------------------------------------------------------------
+
+def _codes(prefix):
+    return {name[len(prefix):]: getattr(lib, name) for name in dir(lib) if name.startswith(prefix)}
+
+
+def run_fused(dt, op, inputs, param=0.0, scalar_b=False):
+    """One-instruction fused program op(inputs...) -> out; with scalar_b, input 1 is a scalar slot."""
+    n = inputs[0].size
+    nin = len(inputs)
+    in_slot = [-1] + ([0] if scalar_b else [-1] * (nin - 1))
+    b_kind = lib.GC_FK_SCALAR if scalar_b else lib.GC_FK_INPUT
+    b_idx = 0 if scalar_b else min(1, nin - 1)
+    instr = np.array([op, lib.GC_FK_OUT, 0, lib.GC_FK_INPUT, 0, b_kind if nin > 1 else lib.GC_FK_INPUT, b_idx, 1],
+                     np.int64)
+    fconst = np.array([0.0, param])
+    ins = ffi.new(f"{CTYPE[np.dtype(dt)][:-2]} *[]", [ptr(a) for a in inputs])
+    slots = np.array(in_slot, np.int64)
+    out = np.full(n, SENTINEL, dt)
+    rc = kfn("gc_fused", dt)(n, nin, ins, ffi.cast("int64_t *", slots.ctypes.data), 1,
+                              ffi.cast("int64_t *", instr.ctypes.data), 0, int(scalar_b),
+                              ffi.cast("double *", fconst.ctypes.data), 2, ptr(out))
+    return rc, out
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_every_op_code_has_one_kind_and_fuses_exactly_like_its_kernel(dt):
+    """The code spaces agree (GC_U_ and GC_B_ codes are fused codes of arity 1 and 2, every
+    activation has a GC_F_<ACT>_GRAD), and a one-instruction fused program gives bit for bit what
+    gc_unary / gc_binary / gc_act_backward give (the same generated switch runs both)."""
+    unary, binary, fused, acts = _codes("GC_U_"), _codes("GC_B_"), _codes("GC_F_"), _codes("GC_ACT_")
+    assert lib.gc_fused_arity(lib.GC_F_CONST) == 0 and lib.gc_fused_arity(lib.GC_F_END) == -1
+    assert not set(unary) & set(binary)
+    for name, code in unary.items():
+        assert fused[name] == code and lib.gc_fused_arity(code) == 1, name
+    for name, code in binary.items():
+        assert fused[name] == code and lib.gc_fused_arity(code) == 2, name
+    acts.pop("END")
+    for act in acts:
+        if act != "IDENTITY":
+            assert act in unary and lib.gc_fused_arity(fused[act + "_GRAD"]) == 2, act
+    grads = {k for k in fused if k.endswith("_GRAD")}
+    assert set(fused) == set(unary) | set(binary) | grads | {"CONST", "END"}
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(997) * 3, [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(dt)
+    z = np.concatenate([rng.standard_normal(997) * 3, [1.0, -2.0, 0.0, np.nan, 0.5]]).astype(dt)
+    for name, code in unary.items():
+        want = np.empty_like(x)
+        assert kfn("gc_unary", dt)(code, x.size, ptr(x), ptr(want), 0.7) == 0
+        rc, got = run_fused(dt, code, [x], 0.7)
+        assert rc == 0 and np.array_equal(got, want, equal_nan=True), name
+    shape = ffi.new("int64_t[]", [x.size])
+    for name, code in binary.items():
+        for scalar_b in (False, True):
+            b = z[:1].copy() if scalar_b else z
+            want = np.empty_like(x)
+            strides = ffi.new("int64_t[]", [0 if scalar_b else 1])
+            assert kfn("gc_binary", dt)(code, 1, shape, ptr(x), ffi.new("int64_t[]", [1]), ptr(b), strides,
+                                        ptr(want)) == 0
+            rc, got = run_fused(dt, code, [x, b], scalar_b=scalar_b)
+            assert rc == 0 and np.array_equal(got, want, equal_nan=True), name
+    for act in acts:
+        if act == "IDENTITY":
+            continue
+        y = np.empty_like(x)
+        kfn("gc_unary", dt)(unary[act], x.size, ptr(x), ptr(y), 0.7)
+        want = np.empty_like(x)
+        assert kfn("gc_act_backward", dt)(acts[act], x.size, ptr(y), ptr(z), ptr(want), 0.7) == 0
+        rc, got = run_fused(dt, fused[act + "_GRAD"], [y, z], 0.7)
+        assert rc == 0 and np.array_equal(got, want, equal_nan=True), act
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_fused_rejects_codes_that_are_no_fused_op(dt):
+    x = np.ones(4, dt)
+    for code in (-1, lib.GC_F_END, 10_000):
+        rc, out = run_fused(dt, code, [x])
+        assert rc == lib.GC_K_EINVAL and np.all(out == SENTINEL)
+    assert kfn("gc_act_backward", dt)(lib.GC_ACT_END, 4, ptr(x), ptr(x), ptr(x), 0.0) == lib.GC_K_EINVAL
+
+
+# ------------------------------------------------------------------------------------------
 # binary ops with broadcasting
 # ------------------------------------------------------------------------------------------
 
 BINARY = {
     "GC_B_ADD": np.add, "GC_B_SUB": np.subtract, "GC_B_MUL": np.multiply, "GC_B_DIV": np.divide,
-    "GC_B_POW": np.power, "GC_B_MAX": np.maximum, "GC_B_MIN": np.minimum,
+    "GC_B_POW": np.power, "GC_B_MAXIMUM": np.maximum, "GC_B_MINIMUM": np.minimum,
 }
 
 
@@ -395,7 +598,7 @@ def test_binary_fast_paths_and_in_place(case, dt):
 def test_binary_nan_and_bad_args(dt):
     a = np.array([np.nan, 1.0, np.nan, 2.0], dtype=dt)
     b = np.array([1.0, np.nan, np.nan, 3.0], dtype=dt)
-    for op in ("GC_B_MAX", "GC_B_MIN"):
+    for op in ("GC_B_MAXIMUM", "GC_B_MINIMUM"):
         out = run_binary(op, a, b)
         assert np.array_equal(np.isnan(out), [True, True, True, False])
     shp = ffi.new("int64_t[]", [1] * 9)
@@ -680,6 +883,48 @@ def test_bce_finite_differences_and_edges():
     assert run_bce_fwd(z, np.array([1.0, 0.0])) == 0
     assert run_bce_fwd(z, np.array([0.0, 1.0])) == 1000.0
     assert np.isnan(run_bce_fwd(np.zeros(0), np.zeros(0)))
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_losses_and_softmax_with_non_finite_inputs_follow_numpy(dt, bad):
+    """NumPy's max-shifted formulas (graphc's NumPy backend): a row whose max is NaN or +inf, or that
+    is all -inf, is NaN in softmax, log-softmax and the cross-entropy gradient, and makes the loss
+    NaN; a -inf logit below a finite max is an exact 0 of the softmax. BCE from logits follows its
+    stable formula max(z, 0) - z t + log1p(exp(-|z|)) and sigmoid(z) - t."""
+    for row, label in [([bad, 0.0, 1.0], 0), ([bad, 0.0, 1.0], 2), ([0.0, 1.0, bad], 0), ([bad, bad, bad], 1)]:
+        x = np.array([row], dt)
+        labels = np.array([label], np.int64)
+        with np.errstate(all="ignore"):
+            xd = x.astype(np.float64)
+            z = xd - np.max(xd, axis=1, keepdims=True)
+            e = np.exp(z)
+            p = e / e.sum(axis=1, keepdims=True)
+            want_loss = np.mean(np.log(e.sum(axis=1)) - z[0, label])
+            want_grad = p.copy()
+            want_grad[0, label] -= 1
+            want_log = z - np.log(e.sum(axis=1, keepdims=True))
+        rc, loss = run_ce_fwd(x, labels)
+        assert rc == 0
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=str((row, label)))  # NaN/inf must match
+        rc, grad = run_ce_bwd(x, labels, 1.0)
+        assert rc == 0
+        assert np.array_equal(np.isnan(grad), np.isnan(want_grad)), (row, label, grad)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+        for log, want in ((0, p), (1, want_log)):
+            y = np.empty_like(x)
+            assert kfn("gc_softmax", dt)(1, 3, ptr(x), ptr(y), log) == 0
+            np.testing.assert_allclose(y, want, rtol=1e-6)  # NaN and inf must match too
+    z = np.array([bad, -bad, bad, 0.5], dt)
+    t = np.array([1.0, 0.0, 0.0, 0.5], dt)
+    with np.errstate(all="ignore"):
+        zd, td = z.astype(np.float64), t.astype(np.float64)
+        want_loss = bce_ref(zd, td)
+        want_grad = (_sigmoid_ref(zd) - td) / z.size
+    np.testing.assert_allclose(run_bce_fwd(z, t), want_loss, rtol=1e-6)
+    dz = np.empty_like(z)
+    assert kfn("gc_bce_logits_bwd", dt)(z.size, ptr(z), ptr(t), 1.0, ptr(dz)) == 0
+    np.testing.assert_allclose(dz, want_grad, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ def test_linear_matches_numpy(rng):
     layer.bias.value = rng.normal(size=3).astype(np.float32)
     X = rng.normal(size=(4, 5)).astype(np.float32)
     out = run(layer(gc.placeholder("x", (None, 5))), x=X)
-    np.testing.assert_allclose(out, X @ layer.weight.value + layer.bias.value, rtol=1e-5, atol=1e-6)
-    assert layer.weight.dtype == np.float32
+    np.testing.assert_allclose(out, X @ layer.weight.value.T + layer.bias.value, rtol=1e-5, atol=1e-6)
+    assert layer.weight.dtype == np.float32 and layer.weight.shape == (3, 5)  # (out, in), as PyTorch
 
 
 def test_initialisers_have_the_stated_scale_and_are_seeded():
@@ -47,11 +47,11 @@ def test_initialisers_have_the_stated_scale_and_are_seeded():
 def test_mlp_structure_names_and_forward(rng):
     m = nn.MLP([64, 128, 10], seed=0)
     assert [(n, p.shape) for n, p in m.named_parameters()] == [
-        ("0.weight", (64, 128)), ("0.bias", (128,)), ("2.weight", (128, 10)), ("2.bias", (10,))]
+        ("0.weight", (128, 64)), ("0.bias", (128,)), ("2.weight", (10, 128)), ("2.bias", (10,))]
     assert m.num_parameters() == 64 * 128 + 128 + 128 * 10 + 10
     X = rng.random((3, 64)).astype(np.float32)
     W1, b1, W2, b2 = (p.value for p in m.parameters())
-    np.testing.assert_allclose(predict_logits(m, X), np.maximum(X @ W1 + b1, 0) @ W2 + b2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predict_logits(m, X), np.maximum(X @ W1.T + b1, 0) @ W2.T + b2, rtol=1e-4, atol=1e-5)
     tanh = nn.MLP([4, 6, 2], activation="tanh")
     assert isinstance(tanh[1], nn.Tanh)
     with pytest.raises(ValueError, match="activation"):
@@ -170,7 +170,7 @@ def test_loading_a_truncated_file_is_a_clear_error(tmp_path):
 def test_mismatched_shapes_or_names_are_reported(tmp_path):
     path = tmp_path / "m.npz"
     nn.MLP([64, 128, 10]).save(path)
-    with pytest.raises(nn.ModelFileError, match=r"'0.weight' has shape \(64, 128\), the model expects \(64, 64\)"):
+    with pytest.raises(nn.ModelFileError, match=r"'0.weight' has shape \(128, 64\), the model expects \(64, 64\)"):
         nn.MLP([64, 64, 10]).load_weights(path)
     with pytest.raises(nn.ModelFileError, match="names do not match"):
         nn.MLP([64, 128, 128, 10]).load_weights(path)
@@ -232,3 +232,40 @@ def test_small_cnn_digits_accuracy():
     Trainer(model, optim.Adam(0.01), batch_size=32, seed=0).fit(s.X_train, s.y_train, 8)
     acc = accuracy(model, s.X_test, s.y_test)
     assert acc >= 0.96, acc  # measured 0.982 (442/450)
+
+
+# -- Linear weight layout: (out, in) as PyTorch; graphc-model-v1 files (in, out) convert on load --------
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_a_v1_model_file_loads_with_its_linear_weights_transposed():
+    # saved by graphc 0.1.0 before the layout change (Linear weights stored as (in, out))
+    old = DATA / "mlp-4-5-3-graphc-model-v1.npz"
+    expected = np.load(DATA / "mlp-4-5-3-graphc-model-v1-expected.npz")
+    with np.load(old) as z:
+        assert str(z["__format__"]) == "graphc-model-v1" and z["param:0.weight"].shape == (4, 5)
+    model = nn.Module.load(old)
+    assert model.state_dict()["0.weight"].shape == (5, 4)
+    # the logits were computed by the C backend; the NumPy backend rounds its sums differently
+    np.testing.assert_allclose(predict_logits(model, expected["X"]), expected["logits"], rtol=1e-6, atol=1e-6)
+    into = nn.MLP([4, 5, 3], seed=7).load_weights(old)
+    np.testing.assert_allclose(predict_logits(into, expected["X"]), expected["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_saved_model_is_v2_and_round_trips(tmp_path):
+    m = nn.MLP([4, 5, 3], seed=1)
+    m.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        assert str(z["__format__"]) == "graphc-model-v2" and z["param:0.weight"].shape == (5, 4)
+    X = np.random.default_rng(0).random((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(predict_logits(nn.Module.load(tmp_path / "m.npz"), X), predict_logits(m, X))
+
+
+def test_a_pytorch_state_dict_loads_into_the_same_architecture():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    m = nn.MLP([4, 6, 3], seed=0)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    X = np.random.default_rng(1).random((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(predict_logits(m, X), tm(torch.from_numpy(X)).detach().numpy(), rtol=1e-5, atol=1e-6)

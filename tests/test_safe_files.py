@@ -232,9 +232,9 @@ def test_byte_flips_give_a_model_file_error_or_the_same_model(tmp_path, saved):
     ({"__config__": np.array(json.dumps({"class": "builtins.eval", "args": {}}))}, r"unknown layer class"),
     ({"__config__": np.array(json.dumps(["MLP"]))}, r"unknown layer class"),
     ({"__format__": np.array("graphc-model-v0")}, r"unsupported model format"),
-    ({"param:0.weight": np.zeros((6, 4), np.float32)}, r"'0.weight' has shape \(6, 4\)"),
-    ({"param:0.weight": np.zeros((4, 6), np.int32)}, r"non-float dtype int32"),
-    ({"param:0.weight": np.zeros((4, 6), np.complex64)}, r"non-float dtype complex64"),
+    ({"param:0.weight": np.zeros((4, 6), np.float32)}, r"'0.weight' has shape \(4, 6\)"),
+    ({"param:0.weight": np.zeros((6, 4), np.int32)}, r"non-float dtype int32"),
+    ({"param:0.weight": np.zeros((6, 4), np.complex64)}, r"non-float dtype complex64"),
     ({"param:9.weight": np.zeros(3, np.float32)}, r"names do not match"),
 ])
 def test_a_tampered_file_is_a_clear_error_and_changes_nothing(tmp_path, saved, tamper, pattern):

@@ -96,7 +96,7 @@ def test_forward_and_gradient_nodes_are_classified():
     assert dot.startswith("digraph graphc {") and dot.rstrip().endswith("}")
     assert dot.count(viz.COLORS["gradient"]) > 0 and dot.count(viz.COLORS["forward"]) > 0
     assert dot.count("->") == sum(len(n.inputs) for n in gc.reachable([loss, *grads]))
-    assert '"0.weight\\n(3,4)"' in dot  # parameters are drawn with their dotted names
+    assert '"0.weight\\n(4,3)"' in dot  # parameters are drawn with their dotted names
 
 
 def test_draw_graph_with_networkx(tmp_path):

@@ -76,9 +76,19 @@ static double act_ref(int act, double v, double alpha) {
     case GC_ACT_LEAKY_RELU: return v > 0 ? v : v * alpha;
     case GC_ACT_SIGMOID: return 1.0 / (1.0 + exp(-v));
     case GC_ACT_TANH: return tanh(v);
+    case GC_ACT_ELU: return v > 0 ? v : alpha * expm1(v);
     default: return v;
     }
 }
+
+/* Every activation, and every gc_unary op: written out here (not generated from elementwise.def)
+ * so that the driver checks the list against independent references. */
+static const int ACTS[] = {GC_ACT_IDENTITY, GC_ACT_RELU, GC_ACT_LEAKY_RELU, GC_ACT_SIGMOID, GC_ACT_TANH, GC_ACT_ELU};
+static const int UNARY_OPS[] = {GC_U_NEG, GC_U_EXP, GC_U_LOG, GC_U_SQRT, GC_U_ABS, GC_U_SIGN, GC_U_SIGMOID,
+                                GC_U_TANH, GC_U_RELU, GC_U_LEAKY_RELU, GC_U_POWER, GC_U_SOFTPLUS, GC_U_ELU,
+                                GC_U_GELU, GC_U_GELU_TANH, GC_U_SILU, GC_U_ERF};
+static const int BINARY_OPS[] = {GC_B_ADD, GC_B_SUB, GC_B_MUL, GC_B_DIV, GC_B_POW, GC_B_MAXIMUM, GC_B_MINIMUM};
+#define COUNT(a) (int)(sizeof(a) / sizeof((a)[0]))
 
 static double unary_ref(int op, double v, double param) {
     switch (op) {
@@ -92,8 +102,12 @@ static double unary_ref(int op, double v, double param) {
     case GC_U_TANH: return tanh(v);
     case GC_U_RELU: return v > 0 ? v : 0;
     case GC_U_LEAKY_RELU: return v > 0 ? v : v * param;
-    case GC_U_SQUARE: return v * v;
-    case GC_U_RECIPROCAL: return 1 / v;
+    case GC_U_SOFTPLUS: return v * param > 20 ? v : log(1 + exp(v * param)) / param;
+    case GC_U_ELU: return v > 0 ? v : param * (exp(v) - 1);
+    case GC_U_GELU: return 0.5 * v * (1 + erf(v / sqrt(2.0)));
+    case GC_U_GELU_TANH: return 0.5 * v * (1 + tanh(sqrt(2 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
+    case GC_U_SILU: return v / (1 + exp(-v));
+    case GC_U_ERF: return erf(v);
     default: return pow(v, param);
     }
 }
@@ -105,7 +119,7 @@ static double binary_ref(int op, double a, double b) {
     case GC_B_MUL: return a * b;
     case GC_B_DIV: return a / b;
     case GC_B_POW: return pow(a, b);
-    case GC_B_MAX: return a > b ? a : b;
+    case GC_B_MAXIMUM: return a > b ? a : b;
     default: return a < b ? a : b;
     }
 }
@@ -143,7 +157,35 @@ static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p) { return (i
 #undef OTHER_DT
 #undef TOL
 
+/* ---- GC_OP_COPY for every element size: 1, 2, 4, 8 bytes (typed loops) and 3 (the generic one),
+ * with an inner stride of 2 elements, an inner stride 0 (broadcast) and an outer stride 0 ---- */
+#define REF(kind, v) ((int64_t)(((int64_t)(v) << 2) | (kind)))
+static void test_copy_element_sizes(void) {
+    const int64_t R = 5, C = 7;
+    for (int64_t es = 1; es <= 8; es++) {
+        if (es != 1 && es != 2 && es != 3 && es != 4 && es != 8) continue;
+        uint8_t *x = xmalloc((size_t)(R * 2 * C * es)), *y = xmalloc((size_t)(R * C * es));
+        for (int64_t i = 0; i < R * 2 * C * es; i++) x[i] = (uint8_t)(i * 7 + 3);
+        /* (inner stride, outer stride) in elements: every other element, broadcast column, broadcast row */
+        const int64_t strides[3][2] = {{2, 2 * C}, {0, 2 * C}, {1, 0}};
+        for (int k = 0; k < 3; k++) {
+            void *ext[2] = {x, y};
+            const int64_t code[] = {GC_OP_COPY, 12, 0, GC_DT_BOOL, es, 2, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 1),
+                                    R, C, strides[k][1], strides[k][0]};
+            check_int("copy status", gc_exec(code, 12, NULL, 0, NULL, ext, NULL), 0);
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t b = 0; b < es; b++)
+                        check_int("copy byte", y[(r * C + c) * es + b],
+                                  x[(r * strides[k][1] + c * strides[k][0]) * es + b]);
+        }
+        free(x);
+        free(y);
+    }
+}
+
 int main(void) {
+    test_copy_element_sizes();
     for (int threads = 1; threads <= 2; threads++) {
         gc_set_num_threads(threads);
         for (int simd = 1; simd >= 0; simd--) {
@@ -202,8 +244,8 @@ static void SFX(test_gemm)(void) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
-                for (int act = GC_ACT_IDENTITY; act <= GC_ACT_TANH; act++)
-                    SFX(test_gemm_case)(ta, tb, sizes[s][0], sizes[s][1], sizes[s][2], act, act % 2, act == 2);
+                for (int k = 0; k < COUNT(ACTS); k++)
+                    SFX(test_gemm_case)(ta, tb, sizes[s][0], sizes[s][1], sizes[s][2], ACTS[k], k % 2, k == 2);
     SFX(test_gemm_case)(0, 0, 300, 260, 300, GC_ACT_RELU, 1, 0); /* several K blocks and threads */
 }
 
@@ -228,10 +270,11 @@ static void SFX(test_vmath)(void) {
 
 static void SFX(test_unary)(void) {
     const int64_t n = 19;
-    for (int op = GC_U_NEG; op <= GC_U_POW_SCALAR; op++) {
-        const int positive = op == GC_U_LOG || op == GC_U_SQRT || op == GC_U_POW_SCALAR || op == GC_U_RECIPROCAL;
+    for (int k = 0; k < COUNT(UNARY_OPS); k++) {
+        const int op = UNARY_OPS[k];
+        const int positive = op == GC_U_LOG || op == GC_U_SQRT || op == GC_U_POWER;
         T *x = SFX(vec)(n, positive ? 0.1 : -3, 3), *y = xmalloc(sizeof(T) * n);
-        const double param = op == GC_U_POW_SCALAR ? 2.5 : 0.1;
+        const double param = op == GC_U_POWER ? 2.5 : op == GC_U_SOFTPLUS ? 2.0 : op == GC_U_ELU ? 1.5 : 0.1;
         check_int("unary status", SFX(gc_unary)(op, n, x, y, (T)param), GC_K_OK);
         for (int64_t i = 0; i < n; i++) check_close("unary", op * 100 + (long)i, y[i], unary_ref(op, x[i], param), TOL);
         memcpy(y, x, sizeof(T) * n); /* in place */
@@ -242,14 +285,20 @@ static void SFX(test_unary)(void) {
     }
     T one = 1;
     check_int("unary bad op", SFX(gc_unary)(99, 1, &one, &one, 0), GC_K_EINVAL);
+    check_int("unary given a binary op", SFX(gc_unary)(GC_B_ADD, 1, &one, &one, 0), GC_K_EINVAL);
+    check_int("unary given an activation gradient", SFX(gc_unary)(GC_F_RELU_GRAD, 1, &one, &one, 0), GC_K_EINVAL);
     check_int("unary n = 0", SFX(gc_unary)(GC_U_EXP, 0, &one, &one, 0), GC_K_OK);
 }
 
 static void SFX(test_act_backward)(void) {
     const int64_t n = 23;
     const double alpha = 0.2;
-    for (int act = GC_ACT_IDENTITY; act <= GC_ACT_TANH; act++) {
-        T *y = SFX(vec)(n, act >= GC_ACT_SIGMOID ? -0.9 : -2, act >= GC_ACT_SIGMOID ? 0.9 : 2);
+    for (int k = 0; k < COUNT(ACTS); k++) {
+        const int act = ACTS[k];
+        const int bounded = act == GC_ACT_SIGMOID || act == GC_ACT_TANH; /* outputs in (-1, 1) */
+        T *y = SFX(vec)(n, bounded ? -0.9 : -2, bounded ? 0.9 : 2);
+        if (act == GC_ACT_ELU) /* an elu output is > -alpha */
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] < -alpha ? (T)(-alpha / 2) : y[i];
         if (act == GC_ACT_SIGMOID)
             for (int64_t i = 0; i < n; i++) y[i] = (T)fabs((double)y[i]);
         T *g = SFX(vec)(n, -1, 1), *dx = xmalloc(sizeof(T) * n);
@@ -257,7 +306,8 @@ static void SFX(test_act_backward)(void) {
         for (int64_t i = 0; i < n; i++) {
             const double yv = y[i], gv = g[i];
             const double want = act == GC_ACT_RELU ? gv * (yv > 0) : act == GC_ACT_LEAKY_RELU ? gv * (yv > 0 ? 1 : alpha)
-                              : act == GC_ACT_SIGMOID ? gv * yv * (1 - yv) : act == GC_ACT_TANH ? gv * (1 - yv * yv) : gv;
+                              : act == GC_ACT_SIGMOID ? gv * yv * (1 - yv) : act == GC_ACT_TANH ? gv * (1 - yv * yv)
+                              : act == GC_ACT_ELU ? gv * (yv > 0 ? 1 : yv + alpha) : gv;
             check_close("act_backward", act * 100 + (long)i, dx[i], want, TOL);
         }
         free(y);
@@ -270,7 +320,8 @@ static void SFX(test_act_backward)(void) {
 static void SFX(test_binary)(void) {
     const int64_t shape[2] = {3, 4}, sa[2] = {4, 1}, sb[2] = {0, 1}, sbt[2] = {1, 0};
     T *a = SFX(vec)(12, 0.5, 2), *b = SFX(vec)(4, 0.5, 2), *c = SFX(vec)(3, 0.5, 2), *out = xmalloc(sizeof(T) * 12);
-    for (int op = GC_B_ADD; op <= GC_B_MIN; op++) {
+    for (int k = 0; k < COUNT(BINARY_OPS); k++) {
+        const int op = BINARY_OPS[k];
         check_int("binary status", SFX(gc_binary)(op, 2, shape, a, sa, b, sb, out), GC_K_OK);
         for (int64_t i = 0; i < 12; i++) check_close("binary row-broadcast", op * 100 + (long)i, out[i], binary_ref(op, a[i], b[i % 4]), TOL);
         check_int("binary status", SFX(gc_binary)(op, 2, shape, c, sbt, a, sa, out), GC_K_OK);
@@ -281,6 +332,7 @@ static void SFX(test_binary)(void) {
     check_close("binary scalar", 0, r, 12, TOL);
     int64_t big[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     check_int("binary ndim > 8", SFX(gc_binary)(GC_B_ADD, 9, big, a, big, b, big, out), GC_K_EINVAL);
+    check_int("binary given a unary op", SFX(gc_binary)(GC_U_EXP, 2, shape, a, sa, b, sb, out), GC_K_EINVAL);
     free(a);
     free(b);
     free(c);
@@ -599,7 +651,7 @@ static void SFX(test_exec)(void) {
     labels[1] = N;
     labels[2] = 1;
     void *ext2[3] = {A, labels, filled};
-    const int64_t sce[] = {GC_OP_SCE_FWD, 9, 41, DT, M, N, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 1), REF(GC_REF_EXT, 2)};
+    const int64_t sce[] = {GC_OP_SOFTMAX_CROSS_ENTROPY, 9, 41, DT, M, N, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 1), REF(GC_REF_EXT, 2)};
     check_int("exec bad label", gc_exec(sce, 9, fconst, 3, NULL, ext2, arena), ((int64_t)42 << 32) | 2);
     const int64_t short_header[] = {GC_OP_FILL, 2, 0, DT};
     check_int("exec malformed", gc_exec(short_header, 4, fconst, 3, NULL, ext, arena), (int64_t)(uint32_t)GC_E_BADCODE);

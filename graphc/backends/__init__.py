@@ -10,11 +10,23 @@ from typing import Optional
 
 from ..ir.errors import GraphError
 
-try:  # the extension is optional: installs without a compiler still work on NumPy
-    from .. import _cgraphc  # type: ignore[attr-defined]
-    C_AVAILABLE, C_IMPORT_ERROR = True, None
-except ImportError as exc:  # pragma: no cover - depends on the build
-    _cgraphc, C_AVAILABLE, C_IMPORT_ERROR = None, False, str(exc)
+
+def _load_extension():
+    """(module, None) or (None, the reason it is missing, in words a user can act on)."""
+    import importlib
+    import importlib.util
+    try:
+        if importlib.util.find_spec("graphc._cgraphc") is None:
+            return None, ("graphc._cgraphc was not built (no C compiler at install time? reinstall with a C "
+                          "compiler and the Python headers: pip install --force-reinstall --no-deps graphc)")
+        return importlib.import_module("graphc._cgraphc"), None
+    except ImportError as exc:  # built, but it does not load (wrong platform, missing libgomp, ...)
+        return None, f"graphc._cgraphc is built but does not load: {exc}"
+
+
+# the extension is optional: installs without a compiler still work on NumPy
+_cgraphc, C_IMPORT_ERROR = _load_extension()
+C_AVAILABLE = _cgraphc is not None
 
 BACKENDS = ("auto", "c", "numpy")
 _warned = False

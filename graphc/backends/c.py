@@ -6,7 +6,10 @@ Lowering (once per Plan, in `make_runner`):
     *external*: outputs are written straight into fresh arrays, never copied.
   * Each step with a C kernel for its op, dtypes and shapes becomes one or a few instructions
     in a flat int64 array (format in csrc/exec.h); float attributes go to a double array,
-    constants to a byte pool. The rules are the table `_LOWER` below.
+    constants to a byte pool. The rules are `LOWERINGS` below, picked by each OpDef's `lowering`.
+    C codes are found by name, never by a table here: an elementwise kernel K of the registry
+    (`OpDef.kernel(attrs)`) is GC_U_K / GC_B_K / GC_F_K, an activation A is GC_ACT_A, the opcode
+    of a one-op kernel is GC_OP_<OP> (all upper-cased; csrc/elementwise.def and csrc/exec.h).
   * Steps without a C lowering stay NumPy steps: the code is cut into segments around them and
     they read and write the arena through ndarray views at the planned offsets.
 
@@ -16,14 +19,17 @@ the op and its source line.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Optional
 
 import numpy as np
 
 from .. import _cgraphc
 from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
 from ..ir.errors import GraphError, node_error
-from ..ops import REGISTRY
+from ..ops import REGISTRY, memory_traits
+from .numpy_backend import run_node
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
 
@@ -33,29 +39,20 @@ DTYPE_CODE = {F32: lib.GC_DT_F32, F64: lib.GC_DT_F64, np.dtype(np.int32): lib.GC
               np.dtype(np.int64): lib.GC_DT_I64, np.dtype(np.bool_): lib.GC_DT_BOOL}
 MAX_NDIM = 8  # gc_binary and the strided copy take at most 8 dims after collapsing
 
-ACT_CODE = {"identity": lib.GC_ACT_IDENTITY, "relu": lib.GC_ACT_RELU, "leaky_relu": lib.GC_ACT_LEAKY_RELU,
-            "sigmoid": lib.GC_ACT_SIGMOID, "tanh": lib.GC_ACT_TANH}
-# op -> (gc_unary op, name of the attribute passed as its parameter)
-UNARY = {"neg": (lib.GC_U_NEG, None), "exp": (lib.GC_U_EXP, None), "log": (lib.GC_U_LOG, None),
-         "sqrt": (lib.GC_U_SQRT, None), "abs": (lib.GC_U_ABS, None), "sign": (lib.GC_U_SIGN, None),
-         "sigmoid": (lib.GC_U_SIGMOID, None), "tanh": (lib.GC_U_TANH, None), "relu": (lib.GC_U_RELU, None),
-         "leaky_relu": (lib.GC_U_LEAKY_RELU, "alpha"), "power": (lib.GC_U_POW_SCALAR, "p")}
-BINARY = {"add": lib.GC_B_ADD, "sub": lib.GC_B_SUB, "mul": lib.GC_B_MUL, "div": lib.GC_B_DIV, "pow": lib.GC_B_POW,
-          "maximum": lib.GC_B_MAX, "minimum": lib.GC_B_MIN}
-FUSED_OPS = {"neg": lib.GC_F_NEG, "exp": lib.GC_F_EXP, "log": lib.GC_F_LOG, "sqrt": lib.GC_F_SQRT,
-             "abs": lib.GC_F_ABS, "sign": lib.GC_F_SIGN, "sigmoid": lib.GC_F_SIGMOID, "tanh": lib.GC_F_TANH,
-             "relu": lib.GC_F_RELU, "leaky_relu": lib.GC_F_LEAKY_RELU, "power": lib.GC_F_POWER,
-             "const": lib.GC_F_CONST, "add": lib.GC_F_ADD, "sub": lib.GC_F_SUB, "mul": lib.GC_F_MUL,
-             "div": lib.GC_F_DIV, "maximum": lib.GC_F_MAXIMUM, "minimum": lib.GC_F_MINIMUM,
-             "relu_grad": lib.GC_F_RELU_GRAD, "leaky_relu_grad": lib.GC_F_LEAKY_RELU_GRAD,
-             "sigmoid_grad": lib.GC_F_SIGMOID_GRAD, "tanh_grad": lib.GC_F_TANH_GRAD}
-FUSED_BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "relu_grad", "leaky_relu_grad",
-                "sigmoid_grad", "tanh_grad"}
 
-# Ops that are a new shape over the same contiguous bytes: no instruction, a shared buffer.
-ALIASES = frozenset({"reshape", "expand_dims", "squeeze", "reshape_like", "stop_gradient"})
-# Ops whose kernels allow out == in (same index), so the arena may write them over a dying input.
-INPLACE = frozenset(set(UNARY) | set(BINARY) | {"activation_grad", "softmax", "fused_elementwise"})
+
+@functools.cache
+def c_code(prefix: str, name: str) -> Optional[int]:
+    """The C code named prefix + NAME, e.g. c_code("GC_U_", "gelu_tanh") -> lib.GC_U_GELU_TANH;
+    None when the C library has none (that step then runs in NumPy)."""
+    return getattr(lib, prefix + name.upper(), None)
+
+
+def _kernel(node) -> tuple:
+    """(kernel name, float parameter) of an elementwise node, from its OpDef."""
+    opdef = REGISTRY[node.op]
+    return opdef.kernel(node.attrs), opdef.kernel_value(node.attrs)
+
 
 _NO_REF = -1
 _EMPTY_ARENA = np.zeros(ALIGN, np.uint8)  # the arena of plans whose intermediates hold no bytes
@@ -152,7 +149,9 @@ def _gemm(lw, k, step):
         n, ldb = 1, 1
     ins = step.inputs
     bias = lw.ref(ins[2]) if len(ins) == 3 else _NO_REF
-    act = ACT_CODE[node.attrs.get("act", "identity")]
+    act = c_code("GC_ACT_", node.attrs.get("act", "identity"))
+    if act is None:
+        return False
     lw.emit(lib.GC_OP_GEMM, k, node.dtype, int(ta), int(tb), m, n, kk, max(lda, 1), max(ldb, 1), max(n, 1),
             lw.ref(ins[0]), lw.ref(ins[1]), lw.ref(step.out), bias, act, lw.fidx(node.attrs.get("alpha", 0.0)))
     return True
@@ -162,8 +161,10 @@ def _unary(lw, k, step):
     node = step.node
     if not _floats(node):
         return False
-    op, attr = UNARY[node.op]
-    param = node.attrs[attr] if attr else 0.0
+    kernel, param = _kernel(node)
+    op = c_code("GC_U_", kernel)
+    if op is None:
+        return False
     if _prod(node.shape):
         lw.emit(lib.GC_OP_UNARY, k, node.dtype, op, _prod(node.shape), lw.ref(step.inputs[0]), lw.ref(step.out),
                 lw.fidx(param))
@@ -173,18 +174,19 @@ def _unary(lw, k, step):
 def _act_grad(lw, k, step):
     node = step.node
     y, g = node.inputs
-    if not _floats(node) or y.shape != g.shape:
+    act = c_code("GC_ACT_", node.attrs["act"])
+    if not _floats(node) or y.shape != g.shape or act is None:
         return False
     if _prod(node.shape):
-        lw.emit(lib.GC_OP_ACT_BWD, k, node.dtype, ACT_CODE[node.attrs["act"]], _prod(node.shape),
-                lw.ref(step.inputs[0]), lw.ref(step.inputs[1]), lw.ref(step.out),
-                lw.fidx(node.attrs.get("alpha", 0.0)))
+        lw.emit(lib.GC_OP_ACT_BWD, k, node.dtype, act, _prod(node.shape), lw.ref(step.inputs[0]),
+                lw.ref(step.inputs[1]), lw.ref(step.out), lw.fidx(_kernel(node)[1]))
     return True
 
 
 def _binary(lw, k, step):
     node = step.node
-    if not _floats(node):
+    op = c_code("GC_B_", _kernel(node)[0])
+    if not _floats(node) or op is None:
         return False
     a, b = node.inputs
     shape = node.shape
@@ -193,7 +195,7 @@ def _binary(lw, k, step):
     dims, (sa, sb) = _collapse(shape, _broadcast_strides(a.shape, shape), _broadcast_strides(b.shape, shape))
     if len(dims) > MAX_NDIM:
         return False
-    lw.emit(lib.GC_OP_BINARY, k, node.dtype, BINARY[node.op], len(dims), lw.ref(step.inputs[0]),
+    lw.emit(lib.GC_OP_BINARY, k, node.dtype, op, len(dims), lw.ref(step.inputs[0]),
             lw.ref(step.inputs[1]), lw.ref(step.out), *dims, *sa, *sb)
     return True
 
@@ -253,7 +255,9 @@ def _reduce(lw, k, step):
     node = step.node
     if not _floats(node):
         return False
-    op = lib.GC_R_SUM if node.op == "sum" else lib.GC_R_MAX
+    op = c_code("GC_R_", node.op)
+    if op is None:
+        return False
     return _emit_reduce(lw, k, op, node.dtype, node.inputs[0].shape, set(node.attrs["axes"]),
                         lw.ref(step.inputs[0]), lw.ref(step.out))
 
@@ -291,14 +295,13 @@ def _softmax(lw, k, step):
     node = step.node
     if not _floats(node) or node.attrs["axis"] != node.ndim - 1:
         return False
-    if node.op == "softmax_grad" and node.inputs[0].shape != node.inputs[1].shape:
+    if len(node.inputs) == 2 and node.inputs[0].shape != node.inputs[1].shape:  # softmax_grad(y, g)
         return False
     if _prod(node.shape):
         cols = node.shape[-1]
         rows = _prod(node.shape) // cols
         refs = [lw.ref(s) for s in step.inputs] + [lw.ref(step.out)]
-        op = lib.GC_OP_SOFTMAX if node.op == "softmax" else lib.GC_OP_SOFTMAX_BWD
-        lw.emit(op, k, node.dtype, rows, cols, *refs, int(bool(node.attrs["log"])))
+        lw.emit(c_code("GC_OP_", node.op), k, node.dtype, rows, cols, *refs, int(bool(node.attrs["log"])))
     return True
 
 
@@ -308,16 +311,13 @@ def _sce(lw, k, step):
     if not _floats(node, 1) or labels.dtype != np.dtype(np.int64):
         return False
     rows, cols = logits.shape
-    if node.op == "softmax_cross_entropy":
-        lw.emit(lib.GC_OP_SCE_FWD, k, node.dtype, rows, cols, lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
-                lw.ref(step.out))
-        return True
-    if node.inputs[2].dtype != node.dtype or node.inputs[2].shape != ():
-        return False
-    if rows == 0:  # nothing to write, but the label check must still see every row: none
-        return True
-    lw.emit(lib.GC_OP_SCE_BWD, k, node.dtype, rows, cols, lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
-            lw.ref(step.inputs[2]), lw.ref(step.out))
+    if len(node.inputs) == 3:  # the gradient (logits, labels, upstream g)
+        if node.inputs[2].dtype != node.dtype or node.inputs[2].shape != ():
+            return False
+        if rows == 0:  # nothing to write, but the label check must still see every row: none
+            return True
+    lw.emit(c_code("GC_OP_", node.op), k, node.dtype, rows, cols, *[lw.ref(s) for s in step.inputs],
+            lw.ref(step.out))
     return True
 
 
@@ -326,8 +326,8 @@ def _bce(lw, k, step):
     z, t = node.inputs
     if not _floats(node) or z.shape != t.shape:
         return False
-    lw.emit(lib.GC_OP_BCE_FWD, k, node.dtype, _prod(z.shape), lw.ref(step.inputs[0]), lw.ref(step.inputs[1]),
-            lw.ref(step.out))
+    lw.emit(lib.GC_OP_BINARY_CROSS_ENTROPY, k, node.dtype, _prod(z.shape), lw.ref(step.inputs[0]),
+            lw.ref(step.inputs[1]), lw.ref(step.out))
     return True
 
 
@@ -341,19 +341,15 @@ def _conv(lw, k, step):
     ins = step.inputs
     if node.op == "conv2d":
         bias = lw.ref(ins[2]) if len(ins) == 3 else _NO_REF
-        lw.emit(lib.GC_OP_CONV_FWD, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[1]), bias,
+        lw.emit(lib.GC_OP_CONV2D, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[1]), bias,
                 lw.ref(step.out))
     elif node.op == "conv2d_input_grad":
-        lw.emit(lib.GC_OP_CONV_BWD_INPUT, k, node.dtype, *geometry, lw.ref(ins[1]), lw.ref(ins[2]),
+        lw.emit(lib.GC_OP_CONV2D_INPUT_GRAD, k, node.dtype, *geometry, lw.ref(ins[1]), lw.ref(ins[2]),
                 lw.ref(step.out))
     else:
-        lw.emit(lib.GC_OP_CONV_BWD_WEIGHT, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[2]),
+        lw.emit(lib.GC_OP_CONV2D_WEIGHT_GRAD, k, node.dtype, *geometry, lw.ref(ins[0]), lw.ref(ins[2]),
                 lw.ref(step.out))
     return True
-
-
-_POOL = {"max_pool2d": lib.GC_OP_MAXPOOL_FWD, "avg_pool2d": lib.GC_OP_AVGPOOL_FWD,
-         "max_pool2d_grad": lib.GC_OP_MAXPOOL_BWD, "avg_pool2d_grad": lib.GC_OP_AVGPOOL_BWD}
 
 
 def _pool(lw, k, step):
@@ -365,7 +361,7 @@ def _pool(lw, k, step):
     ins = [lw.ref(s) for s in step.inputs]
     if node.op == "avg_pool2d_grad":
         ins = ins[1:]  # x only gives the shape
-    lw.emit(_POOL[node.op], k, node.dtype, *geometry, *ins, lw.ref(step.out))
+    lw.emit(c_code("GC_OP_", node.op), k, node.dtype, *geometry, *ins, lw.ref(step.out))
     return True
 
 
@@ -398,7 +394,8 @@ def _fused(lw, k, step):
     """fused_elementwise: allocate vector registers by liveness, scalars to scalar slots."""
     node = step.node
     program = node.attrs["program"]
-    if not _floats(node) or not program or any(op not in FUSED_OPS for op, _, _ in program):
+    codes = [c_code("GC_F_", op) for op, _, _ in program]
+    if not _floats(node) or not program or None in codes:
         return False
     n = _prod(node.shape)
     nin = len(node.inputs)
@@ -421,9 +418,9 @@ def _fused(lw, k, step):
     free_regs: list = []
     nvreg = 0
     instr: list = []
-    for j, (op, args, param) in enumerate(program):
+    for j, ((_, args, param), code) in enumerate(zip(program, codes)):
         vid = nin + j
-        if any(not 0 <= a < vid for a in args) or len(args) != (2 if op in FUSED_BINARY else 0 if op == "const" else 1):
+        if any(not 0 <= a < vid for a in args) or len(args) != lib.gc_fused_arity(code):
             return False  # a malformed program: NumPy reports it
         ops = [where[a] for a in args]
         is_scalar = all(kind == lib.GC_FK_SCALAR for kind, _ in ops)
@@ -446,7 +443,7 @@ def _fused(lw, k, step):
             free_regs.append(dst[1])  # never read
         a = ops[0] if ops else (lib.GC_FK_SCALAR, 0)
         b = ops[1] if len(ops) > 1 else a
-        instr += [FUSED_OPS[op], dst[0], dst[1], a[0], a[1], b[0], b[1],
+        instr += [code, dst[0], dst[1], a[0], a[1], b[0], b[1],
                   lw.fidx(0.0 if param is None else param)]
     if nvreg > lib.GC_FUSED_MAX_VREGS or nscalar > lib.GC_FUSED_MAX_SCALARS:
         return False
@@ -455,16 +452,18 @@ def _fused(lw, k, step):
     return True
 
 
-_LOWER = {
-    "matmul": _gemm, "dense": _gemm, "activation_grad": _act_grad, "sum": _reduce, "max": _reduce,
-    "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose,
-    "softmax": _softmax, "softmax_grad": _softmax, "softmax_cross_entropy": _sce,
-    "softmax_cross_entropy_grad": _sce, "binary_cross_entropy": _bce,
-    "conv2d": _conv, "conv2d_input_grad": _conv, "conv2d_weight_grad": _conv,
-    "cast": _cast, "zeros_like": _fill, "ones_like": _fill, "fused_elementwise": _fused,
-    **{op: _pool for op in _POOL}, **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
-    **{op: _alias for op in ALIASES},
+# lowering rules by the name an OpDef gives in its `lowering` field
+LOWERINGS = {
+    "gemm": _gemm, "unary": _unary, "binary": _binary, "act_grad": _act_grad, "reduce": _reduce,
+    "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose, "softmax": _softmax,
+    "sce": _sce, "bce": _bce, "conv": _conv, "pool": _pool, "cast": _cast, "fill": _fill, "fused": _fused,
+    "alias": _alias,
 }
+
+
+def _rule(op: str):
+    lowering = REGISTRY[op].lowering
+    return LOWERINGS[lowering] if lowering else None
 
 
 # -- building the runner -------------------------------------------------------------------------
@@ -475,15 +474,16 @@ class Lowered:
         self.plan = plan
         steps = plan.steps
         leaves = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
-        alias_slots = {st.out for st in steps if st.node.op in ALIASES}
+        inplace_ops, aliasing = memory_traits()
+        alias_slots = {st.out for st in steps if st.node.op in aliasing}
         direct: dict = {}  # output slot written straight into outs[j]
         for j, s in enumerate(plan.outputs):
             if s not in leaves and s not in alias_slots and s not in direct:
                 direct[s] = j
         external = frozenset(leaves | set(direct))
-        self.arena = plan_arena(plan, reuse=reuse, inplace_ops=INPLACE, aliasing=ALIASES, external=external)
+        self.arena = plan_arena(plan, reuse=reuse, inplace_ops=inplace_ops, aliasing=aliasing, external=external)
         if not self._inplace_is_elementwise(plan, self.arena):  # never trust a planner bug with memory
-            self.arena = plan_arena(plan, reuse=reuse, aliasing=ALIASES, external=external)
+            self.arena = plan_arena(plan, reuse=reuse, aliasing=aliasing, external=external)
         lw = self.lw = _Lowering(plan)
         # the pointer table: used feeds, parameters, then the outputs
         self.feed_ext = [(e, k) for e, (_, k) in enumerate(plan.feeds)]
@@ -510,12 +510,12 @@ class Lowered:
         self.numpy_steps = []
         start = 0
         for k, step in enumerate(steps):
-            rule = _LOWER.get(step.node.op)
+            rule = _rule(step.node.op)
             before = len(lw.words)
             if rule is not None and rule(lw, k, step):
                 continue
             del lw.words[before:]
-            if step.node.op in ALIASES:  # pragma: no cover - aliases always lower
+            if step.node.op in aliasing:  # pragma: no cover - aliases always lower
                 raise AssertionError("alias step without a lowering")
             if len(lw.words) > start:
                 self.program.append(("c", start, len(lw.words)))
@@ -649,8 +649,7 @@ def _mixed_runner(lo: Lowered):
     plan = lo.plan
     specs = _out_specs(lo)
     steps = plan.steps
-    np_steps = {k: (REGISTRY[steps[k].node.op].forward, steps[k].inputs, steps[k].out, steps[k].node.attrs,
-                    steps[k].node) for k in lo.numpy_steps}
+    np_steps = {k: (steps[k].inputs, steps[k].out, steps[k].node) for k in lo.numpy_steps}
     segs = iter(lo.segments_code)
     program = [("c", next(segs)) if item[0] == "c" else ("np", np_steps[item[1]]) for item in lo.program]
     fconst, nfc, pool = lo.fconst_ptr, len(lo.fconst), lo.pool_ptr
@@ -676,14 +675,8 @@ def _mixed_runner(lo: Lowered):
                     if rc:
                         _raise(lo, rc, feeds, params, outs, arena)
                     continue
-                fwd, ins, out, attrs, node = what
-                vals = [_value(lo, s, feeds, params, outs, arena, pad) for s in ins]
-                try:
-                    r = fwd(*vals, **attrs)
-                except GraphError as exc:
-                    raise node_error(node, str(exc)) from None
-                except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
-                    raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+                ins, out, node = what
+                r = run_node(node, [_value(lo, s, feeds, params, outs, arena, pad) for s in ins])
                 np.copyto(_value(lo, out, feeds, params, outs, arena, pad), r, casting="unsafe")
         return outs
 
@@ -723,7 +716,7 @@ def _raise(lo: Lowered, rc: int, feeds, params, outs, arena):
         raise GraphError(f"internal error in the C plan interpreter (status {status}, step {step})")
     st = lo.plan.steps[step]
     node = st.node
-    if node.op.startswith("softmax_cross_entropy") and status > 0:
+    if REGISTRY[node.op].lowering == "sce" and status > 0:  # the first bad label row + 1
         pad = _arena_pad(arena) if arena is not None else 0
         labels = _value(lo, st.inputs[1], feeds, params, outs, arena, pad)
         classes = node.inputs[0].shape[1]

@@ -8,23 +8,24 @@ from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY
 
 
-def compile_steps(plan: Plan, overrides: dict | None = None) -> list:
-    """(forward, input slots, output slot, slots to free, attrs, node) per step.
+def run_node(node, args: list) -> np.ndarray:
+    """THE NumPy step: node's registry forward on `args`, as an array of node's dtype.
 
-    `overrides` maps an op name to a replacement forward taking (node, *arrays) — the C backend
-    uses it for ops with a kernel."""
-    steps = []
-    for s in plan.steps:
-        fwd = REGISTRY[s.node.op].forward
-        if overrides and s.node.op in overrides:
-            fast = overrides[s.node.op](s.node)
-            fwd = fast or fwd
-        steps.append((fwd, s.inputs, s.out, s.free, s.node.attrs if fwd is REGISTRY[s.node.op].forward else {},
-                      s.node))
-    return steps
+    Used by the NumPy backend, the C backend's NumPy steps and gradcheck's float64 re-run, so
+    every way of running an op on NumPy errs and casts the same way: an op that raises names
+    the node and the user's line that created it."""
+    try:
+        r = REGISTRY[node.op].forward(*args, **node.attrs)
+    except GraphError as exc:
+        raise node_error(node, str(exc)) from None
+    except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
+        raise node_error(node, f"{type(exc).__name__}: {exc}") from None
+    if type(r) is not np.ndarray or r.dtype != node.dtype:
+        r = np.asarray(r, dtype=node.dtype)
+    return r
 
 
-def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
+def execute(plan: Plan, feeds: list, params: list) -> list:
     vals = [None] * len(plan.nodes)
     leaf_ids = set()
     for slot, v in plan.constants:
@@ -41,19 +42,13 @@ def execute(plan: Plan, steps: list, feeds: list, params: list) -> list:
             # a diverged weight is the usual source of NaN: no node "makes" it, so say so here
             raise node_error(plan.nodes[slot], f"the parameter holds non-finite values ({_summary(params[k])})")
     with np.errstate(all="ignore"):  # NaN/inf propagate as in C; check_finite reports them
-        for fwd, ins, out, free, attrs, node in steps:
-            try:
-                r = fwd(*[vals[i] for i in ins], **attrs)
-            except GraphError as exc:
-                raise node_error(node, str(exc)) from None
-            except (ValueError, IndexError, TypeError, FloatingPointError, MemoryError) as exc:
-                raise node_error(node, f"{type(exc).__name__}: {exc}") from None
-            if type(r) is not np.ndarray or r.dtype != node.dtype:
-                r = np.asarray(r, dtype=node.dtype)
+        for step in plan.steps:
+            args = [vals[i] for i in step.inputs]
+            r = run_node(step.node, args)
             if plan.check_finite:
-                _check_finite(node, r, [vals[i] for i in ins])
-            vals[out] = r
-            for f in free:
+                _check_finite(step.node, r, args)
+            vals[step.out] = r
+            for f in step.free:
                 vals[f] = None
     return fresh_outputs(vals, plan.outputs, leaf_ids | {id(v) for _, v in plan.constants})
 
@@ -91,5 +86,4 @@ def fresh_outputs(vals: list, slots: list, leaf_ids: set) -> list:
 
 
 def make_runner(plan: Plan):
-    steps = compile_steps(plan)
-    return lambda feeds, params: execute(plan, steps, feeds, params)
+    return lambda feeds, params: execute(plan, feeds, params)

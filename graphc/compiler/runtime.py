@@ -12,17 +12,10 @@ import numpy as np
 from .. import backends
 from ..ir.errors import GraphError, fmt_shape, node_error, user_source
 from ..ir.graph import reachable
-from ..ir.tensor import Tensor, constant
-from ..ops import REGISTRY
+from ..ir.tensor import Tensor, constant, placeholder_exists
+from ..ops import REGISTRY, memory_traits
 from .passes import DEFAULT_PASSES, run_pipeline
 from .schedule import Plan, make_plan, plan_arena
-
-# Arena layout: elementwise kernels may write over a dead input; reshape-like ops are views.
-INPLACE_OPS = frozenset({"add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "relu",
-                         "leaky_relu", "power", "maximum", "minimum", "activation_grad", "fused_elementwise"})
-ALIASING_OPS = frozenset({"reshape", "reshape_like", "expand_dims", "squeeze", "stop_gradient"})
-# Shape-plumbing ops that are the identity once shapes are concrete and equal.
-_IDENTITY_WHEN_SAME_SHAPE = ("sum_to", "broadcast_like", "reshape_like")
 
 
 class Function:
@@ -85,6 +78,14 @@ class Function:
         self._last_plan: Optional[Plan] = None
         self._lock = threading.Lock()
 
+    def __reduce__(self):
+        """A Function pickles as its graph and options; its plans are rebuilt where it is unpickled.
+        The graph's nodes go first, in creation order, so that pickling recurses once per node
+        (every input is already pickled) instead of once per level of a deep graph."""
+        outputs = self.outputs[0] if self._single else self.outputs
+        return _unpickle_function, (reachable(self._all_outputs), outputs, self.updates, self.backend, self.passes,
+                                    self.check_finite)
+
     # -- calling -----------------------------------------------------------------------------
     def __call__(self, *args, **feeds):
         if args:
@@ -111,10 +112,12 @@ class Function:
 
     def _check_feeds(self, feeds: dict) -> list:
         names = {p.name for p in self.placeholders}
-        extra = sorted(set(feeds) - names, key=str)
+        # a feed dict may serve several Functions of one graph (loss and predictions): extra feeds
+        # that name a placeholder the program created are ignored; any other name is a typo
+        extra = sorted((k for k in set(feeds) - names if not placeholder_exists(k)), key=str)
         if extra:
-            raise GraphError(f"unexpected feed(s) {extra}: this function's placeholders are {sorted(names)} "
-                             f"(called at {user_source()})")
+            raise GraphError(f"unexpected feed(s) {extra}: no placeholder has that name; this function's "
+                             f"placeholders are {sorted(names)} (called at {user_source()})")
         arrays = []
         for p in self.placeholders:
             if p.name not in feeds:
@@ -163,21 +166,28 @@ class Function:
         self._plans[key] = entry
         return entry
 
+    def __repr__(self) -> str:
+        outs = ", ".join(f"{o.op}{list(o.shape)}" for o in self.outputs)
+        ups = f", updates {len(self.updates)} parameter(s)" if self.updates else ""
+        return (f"<Function [{outs}] of placeholders {[p.name for p in self.placeholders]}{ups}; backend "
+                f"{self.backend}, {len(self._plans)} plan(s) compiled>")
+
     # -- reports -----------------------------------------------------------------------------
     def arena_options(self, plan: Optional[Plan] = None) -> dict:
         """How this Function's plans are laid out in memory (see schedule.plan_arena)."""
         plan = plan or self._last_plan
         external = {s for s, _ in plan.feeds} | {s for s, _ in plan.params} | {s for s, _ in plan.constants}
-        return dict(reuse=True, inplace_ops=INPLACE_OPS, aliasing=ALIASING_OPS,
-                    external=external | set(plan.outputs))
+        inplace_ops, aliasing = memory_traits()
+        return dict(reuse=True, inplace_ops=inplace_ops, aliasing=aliasing, external=external | set(plan.outputs))
 
-    def explain(self) -> str:
+    def explain(self) -> Explanation:
         """The plan of the most recent call: steps in order with op, shapes, fused groups and the
         source lines of the nodes they came from; arena bytes vs one buffer per intermediate;
-        compile time."""
+        compile time. Returns the report as a string that also displays as the report at the
+        prompt (print(f.explain()) works the same)."""
         plan = self._last_plan
         if plan is None:
-            return "(not called yet: the plan is built for the shapes of the first call)"
+            return Explanation("(not called yet: the plan is built for the shapes of the first call)")
         arena = plan_arena(plan, **self.arena_options(plan))
         lines = [f"Plan: {len(plan.steps)} steps, backend {self.backend}, passes {', '.join(self.passes) or 'none'}; "
                  f"compiled in {plan.compile_seconds * 1e3:.1f} ms",
@@ -193,7 +203,19 @@ class Function:
             where = n.source.replace("; ", "\n" + " " * 10 + "# ") if "; " in n.source else n.source
             lines.append(f"  {k:4d}  %{step.out} = {n.op}({ins}){attrs} -> {fmt_shape(n.shape)} {n.dtype}   # {where}")
         lines.append("  outputs: " + ", ".join(f"%{s}" for s in plan.outputs))
-        return "\n".join(lines)
+        return Explanation("\n".join(lines))
+
+
+class Explanation(str):
+    """Function.explain()'s report: a str whose repr is the report itself, so it reads at the prompt."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _unpickle_function(nodes, outputs, updates, backend, passes, check_finite) -> Function:
+    return Function(outputs, backend=backend, updates=dict(updates) or None, passes=passes,
+                    check_finite=check_finite)
 
 
 def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor]:
@@ -211,7 +233,7 @@ def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor
             new = node
         else:
             ins = [clone[i.id] for i in node.inputs]
-            if node.op in _IDENTITY_WHEN_SAME_SHAPE and ins[0].shape == ins[1].shape:
+            if REGISTRY[node.op].same_shape_identity and ins[0].shape == ins[1].shape:
                 clone[node.id] = ins[0]
                 continue
             try:
@@ -228,38 +250,71 @@ def specialize(outputs, placeholders, arrays, parameters, params) -> list[Tensor
     return [clone[o.id] for o in outputs]
 
 
-def _check_feed(p: Tensor, value) -> np.ndarray:
-    """Validate one feed against its placeholder: dtype kind and precision, rank, fixed sizes."""
+_DLPACK_CPU = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory): readable by the CPU in place
+
+
+def _from_dlpack(value, what: str) -> np.ndarray:
+    """A NumPy view of an array from another library (PyTorch, JAX, CuPy, ...) through DLPack:
+    CPU memory is read in place (a copy is made later only where dtype or layout need one)."""
+    kind = type(value).__name__
+    try:
+        device = value.__dlpack_device__() if hasattr(value, "__dlpack_device__") else (1, 0)
+    except Exception as exc:  # noqa: BLE001 - a foreign library's own error, reported as a feed error
+        raise GraphError(f"{what} ({kind}) does not say where its data lives: {exc}") from None
+    if int(device[0]) not in _DLPACK_CPU:
+        raise GraphError(f"{what} is a {kind} on device {device[0]!s}:{device[1]}; graphc runs on the CPU: move it "
+                         f"there first (PyTorch: x.cpu(); JAX: jax.device_get(x); CuPy: x.get())")
+    if getattr(value, "requires_grad", False):
+        raise GraphError(f"{what} is a {kind} that requires grad; pass x.detach() (graphc computes gradients "
+                         f"with gc.grad on its own graph)")
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise GraphError(f"{what} ({kind}) cannot be read through DLPack: {exc} (convert it to a NumPy-compatible "
+                         f"dtype, e.g. float32, first)") from None
+
+
+def convert_array(value, want: np.dtype, what: str) -> np.ndarray:
+    """`value` (an array, a list, a scalar) as a NumPy array of dtype `want`, by ONE rule for every
+    way data enters graphc (feeds, gc.train, the attacks, gradcheck): NumPy's "same_kind" casting.
+
+    Accepted: any conversion within a kind or up the ladder bool -> int -> float (float64 ->
+    float32 rounds; int -> float is exact for the values models see). Refused, with the reason: a
+    change of kind that would lose meaning (floats to an integer placeholder truncate; negative or
+    fractional labels). Raises GraphError naming `what`; the caller adds the node and source line.
+    """
     if isinstance(value, Tensor):
-        raise node_error(p, "feeds must be arrays, not symbolic Tensors")
+        raise GraphError(f"{what} must be an array, not a symbolic Tensor")
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):  # torch/JAX/CuPy arrays, in place
+        value = _from_dlpack(value, what)
     if isinstance(value, np.ma.MaskedArray):
-        raise node_error(p, f"feed '{p.name}' is a masked array; graphc would ignore its mask: pass "
-                            f"value.filled(...) or value.data")
-    if not isinstance(value, np.ndarray):
-        try:  # without a dtype: a list of floats fed to an integer placeholder must not truncate
-            raw, value = value, np.asarray(value)
+        raise GraphError(f"{what} is a masked array; graphc would ignore its mask: pass value.filled(...) or "
+                         f"value.data")
+    raw = value
+    if type(value) is not np.ndarray:  # lists, scalars, np.matrix & co. (which change what * means)
+        try:
+            value = np.asarray(value)
         except (TypeError, ValueError) as exc:
-            raise node_error(p, f"feed '{p.name}' cannot be converted to {p.dtype}: {exc}") from None
-        if value.dtype.kind not in "fiub":
-            raise node_error(p, f"feed '{p.name}' cannot be converted to {p.dtype}: a {type(raw).__name__} "
-                                f"of {value.dtype} values is not numeric")
-        if value.dtype.kind == "f" and p.dtype.kind == "f" and not isinstance(raw, np.generic):
-            # Python floats carry no precision of their own
-            value = value.astype(p.dtype)
-    elif type(value) is not np.ndarray:  # np.matrix & co. change what * and reshape mean
-        value = np.asarray(value)
+            raise GraphError(f"{what} cannot be converted to {want}: {exc}") from None
     if value.dtype.kind not in "fiub":
-        raise node_error(p, f"feed '{p.name}' has non-numeric dtype {value.dtype}")
+        raise GraphError(f"{what} cannot be converted to {want}: a {type(raw).__name__} of {value.dtype} values "
+                         f"is not numeric")
+    have = value.dtype.newbyteorder("=")  # a byte-swapped ('>f4') array holds the same values
+    if have != want and not np.can_cast(have, want, casting="same_kind"):
+        why = ("floats would be truncated to integers" if have.kind == "f" and want.kind in "iub" else
+               "it would change the kind of the values")
+        raise GraphError(f"{what} has dtype {have} but {want} is expected: {why} (NumPy's 'same_kind' rule); "
+                         f"convert it explicitly, e.g. value.astype(np.{want}), if that is what you mean")
+    return value
+
+
+def _check_feed(p: Tensor, value) -> np.ndarray:
+    """Validate one feed against its placeholder: dtype (convert_array's rule), rank, fixed sizes."""
+    try:
+        value = convert_array(value, p.dtype, f"feed '{p.name}'")
+    except GraphError as exc:
+        raise node_error(p, str(exc)) from None
     want = p.dtype
-    have = value.dtype.newbyteorder("=")  # a byte-swapped ('>f4') feed holds the same values
-    if have != want:
-        if want.kind == "f" and have.kind == "f":
-            raise node_error(p, f"feed '{p.name}' has dtype {have} but the placeholder is {want}; "
-                                f"convert it with .astype(np.{want})")
-        if want.kind in "iu" and have.kind not in "iub":
-            raise node_error(p, f"feed '{p.name}' must hold integers ({want}), got {have}")
-        if want.kind == "f" and have.kind not in "iub":
-            raise node_error(p, f"feed '{p.name}' must hold {want}, got {have}")
     if value.ndim != len(p.shape):
         raise node_error(p, f"feed '{p.name}' has shape {value.shape} but the placeholder has "
                             f"{len(p.shape)} dimension(s), {fmt_shape(p.shape)}")
@@ -267,13 +322,29 @@ def _check_feed(p: Tensor, value) -> np.ndarray:
         if exp is not None and got != exp:
             raise node_error(p, f"feed '{p.name}' has shape {value.shape}, expected {fmt_shape(p.shape)}")
     if value.dtype != want or not value.flags.c_contiguous or not value.flags.aligned:
+        need = value.size * want.itemsize
+        if need > _available_memory():  # e.g. a huge zero-stride view: say so before the OOM killer does
+            raise node_error(p, f"feed '{p.name}' of shape {value.shape} needs a contiguous {want} copy of "
+                                f"{need:,} bytes, more than this machine has available")
         try:  # the kernels read native, aligned, C-contiguous memory (ascontiguousarray alone keeps
             # a contiguous but misaligned array as it is: undefined behaviour in the C kernels)
             value = np.require(value, dtype=want, requirements=("C_CONTIGUOUS", "ALIGNED"))
-        except MemoryError:  # e.g. a huge zero-stride view, whose contiguous copy does not fit
+        except MemoryError:
             raise node_error(p, f"feed '{p.name}' of shape {value.shape} needs a contiguous {want} copy of "
-                                f"{value.size * want.itemsize:,} bytes, more than can be allocated") from None
+                                f"{need:,} bytes, more than can be allocated") from None
     return value
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (Linux /proc/meminfo; elsewhere, no limit is assumed)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
 
 
 def compile(outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,  # noqa: A001

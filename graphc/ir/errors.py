@@ -7,6 +7,10 @@ import sys
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # graphc/
 
 
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 class GraphError(ValueError):
     """Raised for any user-facing graph problem: bad shapes, dtypes, feeds, labels.
 

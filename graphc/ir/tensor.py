@@ -8,6 +8,7 @@ Nothing is global: a graph is the closure of its outputs.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -37,6 +38,12 @@ class Tensor:
         self.value = value  # ndarray for parameters and constants, None otherwise
         self.id = next(_ids)  # creation order: inputs always have smaller ids (a topological order)
 
+    def __reduce__(self):
+        # Ids order a graph (inputs have smaller ids) and key every graph walk, so an unpickled
+        # Tensor (e.g. on a Dask worker) takes a fresh id of its process: the constructor runs
+        # again, after its inputs have been rebuilt.
+        return Tensor, (self.op, self.inputs, self.attrs, self.shape, self.dtype, self.name, self.source, self.value)
+
     # -- introspection -------------------------------------------------------------------
     @property
     def ndim(self) -> int:
@@ -53,6 +60,11 @@ class Tensor:
 
     def __hash__(self) -> int:
         return self.id
+
+    def __array__(self, dtype=None, copy=None):
+        raise GraphError(f"{self!r} is symbolic: it has no values until a compiled Function runs it "
+                         f"(gc.compile(tensor)(**feeds) returns arrays), so NumPy cannot convert it "
+                         f"(at {user_source()})")
 
     def __eq__(self, other):  # elementwise, as in NumPy; identity is `is`
         return _F.equal(self, other)
@@ -71,6 +83,10 @@ class Tensor:
 
     def __iter__(self):
         raise GraphError(f"cannot iterate over symbolic {self!r}")
+
+    def __getitem__(self, key) -> Tensor:
+        """NumPy indexing: integers, slices, ..., None and one integer array (gradients flow back)."""
+        return _F.getitem(self, key)
 
     # -- arithmetic ----------------------------------------------------------------------
     def __add__(self, o): return _F.add(self, o)
@@ -138,7 +154,19 @@ def placeholder(name: str, shape: Sequence[Optional[int]] = (), dtype="float32")
         raise GraphError(f"placeholder name must be a Python identifier (it is a keyword argument), got {name!r} "
                          f"(at {user_source()})")
     dtype = _numeric_dtype(dtype, f"placeholder '{name}'")
-    return Tensor("placeholder", (), {}, _check_shape(shape), dtype, name=name)
+    t = Tensor("placeholder", (), {}, _check_shape(shape), dtype, name=name)
+    _PLACEHOLDERS.add(t)
+    return t
+
+
+# Live placeholders (weakly held): a feed dict may then name placeholders that a Function's
+# outputs do not reach (one dict for a loss and its predictions) without hiding typos.
+_PLACEHOLDERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def placeholder_exists(name: str) -> bool:
+    """Is some live placeholder called `name`?"""
+    return any(t.name == name for t in list(_PLACEHOLDERS))
 
 
 def _numeric_dtype(dtype, what: str) -> np.dtype:

@@ -21,6 +21,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..ir.errors import MissingExtra
+
 __all__ = ["Dataset", "Split", "load", "load_digits", "load_breast_cancer", "load_iris", "mnist_data",
            "make_moons", "make_blobs", "train_test_split", "batches", "standardize", "DATASETS"]
 
@@ -81,8 +83,8 @@ def _sklearn():
     try:
         import sklearn.datasets as skd
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("this dataset ships with scikit-learn: pip install 'graphc[demo]' "
-                          "(or pip install scikit-learn)") from exc
+        raise MissingExtra("this dataset ships with scikit-learn: pip install 'graphc[demo]' "
+                           "(or pip install scikit-learn)") from exc
     return skd
 
 

@@ -40,11 +40,13 @@ from .. import ops as F
 from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, parameter
 
-__all__ = ["Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout", "ReLU",
+__all__ = ["manual_seed", "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Reshape", "Dropout",
+           "ReLU", "Softplus", "ELU", "GELU", "SiLU",
            "Sigmoid", "Tanh", "LeakyReLU", "Identity", "Sequential", "LogisticRegression", "SoftmaxRegression",
            "MLP", "SmallCNN", "ModelFileError", "he_normal", "xavier_uniform", "LAYERS"]
 
-FORMAT = "graphc-model-v1"
+FORMAT = "graphc-model-v2"  # v2: Linear weights are (out, in); v1 files are converted on load
+READABLE_FORMATS = ("graphc-model-v1", FORMAT)
 LAYERS: dict = {}  # class name -> class, for rebuilding a saved architecture
 
 
@@ -77,6 +79,23 @@ def xavier_uniform(shape: Sequence[int], fan_in: int, fan_out: int, rng: np.rand
     return rng.uniform(-a, a, size=tuple(shape)).astype(dtype)
 
 
+_SEEDS = [np.random.default_rng(0)]  # draws the seeds of layers built without one
+
+
+def manual_seed(seed: int) -> None:
+    """Restart the generator that seeds layers built without `seed=` (as torch.manual_seed).
+
+    Every such layer draws its own seed from it, so two same-shape layers start different, and a
+    program that builds its models in the same order gets the same weights on every run (the
+    generator starts at seed 0 when graphc is imported)."""
+    _SEEDS[0] = np.random.default_rng(int(seed))
+
+
+def _seed(seed: Optional[int]) -> int:
+    """The seed a layer uses: its own, or the next one from the manual_seed generator."""
+    return int(_SEEDS[0].integers(0, 2**31 - 1)) if seed is None else int(seed)
+
+
 def _init(init: str, shape, fan_in: int, fan_out: int, seed: int, dtype) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if init == "he":
@@ -100,17 +119,45 @@ class Module:
         self._children: dict[str, Module] = {}
         self._config: dict[str, Any] = {}
         self._cache: dict = {}  # compiled Functions built on this model (Trainer, attacks)
+        self.training = False  # model(x) builds the evaluation graph unless train() was called
+
+    def __getstate__(self) -> dict:
+        # Pickling (e.g. to a Dask worker) carries the architecture and weights, not the compiled
+        # Functions: those hold plans and C handles, and are rebuilt on first use after unpickling.
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
 
     # graph building
     def forward(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: Tensor, training: bool = False, seed: Union[Tensor, int, None] = None) -> Tensor:
-        """Build the graph of this model on input `x`; returns the output (logits) Tensor."""
+    def __call__(self, x: Tensor, training: Optional[bool] = None, seed: Union[Tensor, int, None] = None) -> Tensor:
+        """Build the graph of this model on input `x`; returns the output (logits) Tensor.
+
+        training: dropout active (True) or not (False); None follows the model's mode, set by
+        train() / eval() (a new model is in eval mode; gc.train and the Trainer build their
+        training graph explicitly, and predict/accuracy always evaluate with dropout off)."""
+        if training is None:
+            training = self.training
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} is called on a graphc Tensor (e.g. gc.placeholder), "
                             f"got {type(x).__name__}; use graphc.train.predict for arrays")
         return self.forward(x, training=training, seed=seed)
+
+    # modes
+    def train(self, mode: bool = True) -> Module:
+        """Put this model and its layers in training mode (dropout active in graphs built by
+        model(x)); returns the model, as torch.nn.Module.train does."""
+        for m in self.modules():
+            if m.training != bool(mode):
+                m.training = bool(mode)
+                m._cache.clear()  # compiled graphs of the other mode
+        return self
+
+    def eval(self) -> Module:
+        """Put this model and its layers in evaluation mode (dropout off); returns the model."""
+        return self.train(False)
 
     # parameters
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Tensor]]:
@@ -229,8 +276,16 @@ class Module:
         return path
 
     @staticmethod
-    def _read(path) -> tuple[dict, dict]:
+    def _read(path) -> tuple[dict, dict, str]:
         path = _fspath(path)
+        try:
+            with open(path, "rb") as f:  # NumPy would try any non-zip, non-.npy bytes as a pickle
+                head = f.read(6)
+        except IsADirectoryError:
+            raise ModelFileError(f"{path}: a directory, not a model file") from None
+        if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
+            what = "a pickle, which can run code" if head[:1] == b"\x80" else "not a zip archive"
+            raise ModelFileError(f"{path}: not a graphc model file ({what}; graphc saves .npz archives)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if not hasattr(z, "files"):
@@ -239,7 +294,7 @@ class Module:
                 if "__format__" not in files or "__config__" not in files:
                     raise ModelFileError(f"{path}: not a graphc model file (no __format__/__config__ entries)")
                 fmt = str(z["__format__"])
-                if fmt != FORMAT:
+                if fmt not in READABLE_FORMATS:
                     raise ModelFileError(f"{path}: unsupported model format {fmt!r} (expected {FORMAT!r})")
                 cfg = json.loads(str(z["__config__"]))
                 state = {k[len("param:"):]: z[k] for k in z.files if k.startswith("param:")}
@@ -257,7 +312,7 @@ class Module:
             # a damaged archive reaches zipfile/numpy code paths that raise all of these (a flipped
             # flag bit reads as "encrypted" or "unsupported compression", a length as a huge shape)
             raise ModelFileError(f"{path}: corrupt or truncated model file ({type(exc).__name__}: {exc})") from None
-        return cfg, state
+        return cfg, state, fmt
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> Module:
@@ -266,19 +321,23 @@ class Module:
         Raises ModelFileError for a pickle, a truncated or foreign file, or weights whose names or
         shapes do not match the saved architecture. Called on a subclass (e.g. `MLP.load`), the
         file must hold that class."""
-        cfg, state = cls._read(path)
+        cfg, state, fmt = cls._read(path)
         try:
             model = Module.from_config(cfg)
         except ModelFileError as exc:
             raise ModelFileError(f"{_fspath(path)}: {exc}") from None
         if cls is not Module and not isinstance(model, cls):
             raise ModelFileError(f"{os.fspath(path)} holds a {type(model).__name__}, not a {cls.__name__}")
+        if fmt == "graphc-model-v1":
+            state = _upgrade_v1_state(model, state)
         model.load_state_dict(state, source=_fspath(path))
         return model
 
     def load_weights(self, path: Union[str, os.PathLike]) -> Module:
         """Load weights saved from a model of the same architecture into this one (names and shapes checked)."""
-        _, state = self._read(path)
+        _, state, fmt = self._read(path)
+        if fmt == "graphc-model-v1":
+            state = _upgrade_v1_state(self, state)
         self.load_state_dict(state, source=os.fspath(path))
         return self
 
@@ -286,24 +345,40 @@ class Module:
 # -- layers ------------------------------------------------------------------------------------
 @_register
 class Linear(Module):
-    """y = x W + b with W of shape (in_features, out_features).
+    """y = x Wᵀ + b with W of shape (out_features, in_features), PyTorch's layout (the transpose is
+    a flag of the GEMM, not a copy), so a PyTorch state_dict converted to NumPy loads as it is.
 
     init: "he" (default; for ReLU nets), "xavier" (tanh/sigmoid/linear outputs) or "zeros"."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he",
-                 seed: int = 0, dtype: str = "float32"):
+                 seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), out_features=int(out_features), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
-        w = _init(init, (in_features, out_features), in_features, out_features, seed, dtype)
+        # drawn as (in, out) and transposed: a seed gives the same network as before the layout change
+        w = np.ascontiguousarray(_init(init, (in_features, out_features), in_features, out_features, seed, dtype).T)
         self.weight = self._params["weight"] = parameter(w, name="weight")
         self.bias = None
         if bias:
             self.bias = self._params["bias"] = parameter(np.zeros(out_features, dtype), name="bias")
 
     def forward(self, x, training=False, seed=None):
-        y = x @ self.weight
+        y = F.matmul(x, self.weight, trans_b=True)
         return y + self.bias if self.bias is not None else y
+
+
+def _upgrade_v1_state(model: Module, state: dict) -> dict:
+    """graphc-model-v1 files stored Linear weights as (in, out); v2 stores (out, in) like PyTorch."""
+    linear = {prefix + "weight" for prefix, m in _named_modules(model) if isinstance(m, Linear)}
+    return {k: (np.ascontiguousarray(np.asarray(v).T) if k in linear and np.ndim(v) == 2 else v)
+            for k, v in state.items()}
+
+
+def _named_modules(model: Module, prefix: str = ""):
+    yield prefix, model
+    for name, child in model._children.items():
+        yield from _named_modules(child, prefix + name + ".")
 
 
 @_register
@@ -311,8 +386,10 @@ class Conv2d(Module):
     """2-d convolution on NCHW inputs; weight (out, in, k, k), He-initialised by default."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 0, bias: bool = True, init: str = "he", seed: int = 0, dtype: str = "float32"):
+                 padding: int = 0, bias: bool = True, init: str = "he", seed: Optional[int] = None,
+                 dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_channels=int(in_channels), out_channels=int(out_channels),
                             kernel_size=int(kernel_size), stride=int(stride), padding=int(padding), bias=bool(bias),
                             init=init, seed=int(seed), dtype=str(np.dtype(dtype)))
@@ -429,7 +506,54 @@ class LeakyReLU(Module):
         return F.leaky_relu(x, self._config["alpha"])
 
 
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity}
+@_register
+class Softplus(Module):
+    """log(1 + exp(beta·x)) / beta (x itself where beta·x > 20), as torch.nn.Softplus."""
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self._config = dict(beta=float(beta))
+
+    def forward(self, x, training=False, seed=None):
+        return F.softplus(x, self._config["beta"])
+
+
+@_register
+class ELU(Module):
+    """x for x > 0, alpha·(exp(x) − 1) otherwise, as torch.nn.ELU."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self._config = dict(alpha=float(alpha))
+
+    def forward(self, x, training=False, seed=None):
+        return F.elu(x, self._config["alpha"])
+
+
+@_register
+class GELU(Module):
+    """x·Φ(x) (approximate="none") or its tanh approximation (approximate="tanh"), as torch.nn.GELU."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise GraphError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self._config = dict(approximate=approximate)
+
+    def forward(self, x, training=False, seed=None):
+        return F.gelu(x, self._config["approximate"])
+
+
+@_register
+class SiLU(Module):
+    """x·sigmoid(x), as torch.nn.SiLU."""
+
+    def forward(self, x, training=False, seed=None):
+        return F.silu(x)
+
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU, "identity": Identity,
+               "softplus": Softplus, "elu": ELU, "gelu": GELU, "silu": SiLU}
 
 
 @_register
@@ -491,8 +615,9 @@ class LogisticRegression(Module):
     ((None, 2), (None,))
     """
 
-    def __init__(self, in_features: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, seed: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
+        seed = _seed(seed)
         self._config = dict(in_features=int(in_features), seed=int(seed), dtype=str(np.dtype(dtype)))
         self.weight = self._params["weight"] = parameter(np.zeros((in_features, 1), dtype), name="weight")
         self.bias = self._params["bias"] = parameter(np.zeros(1, dtype), name="bias")
@@ -514,7 +639,8 @@ class LogisticRegression(Module):
 class SoftmaxRegression(_Wrapper):
     """Multiclass logistic regression: logits = x W + b (Xavier-initialised)."""
 
-    def __init__(self, in_features: int, classes: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, in_features: int, classes: int, seed: Optional[int] = None, dtype: str = "float32"):
+        seed = _seed(seed)
         self._args = dict(in_features=int(in_features), classes=int(classes), seed=int(seed),
                           dtype=str(np.dtype(dtype)))
         super().__init__(Linear(in_features, classes, init="xavier", seed=seed, dtype=dtype))
@@ -531,8 +657,9 @@ class MLP(_Wrapper):
     9610
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: int = 0, dropout: float = 0.0,
-                 dtype: str = "float32"):
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", seed: Optional[int] = None,
+                 dropout: float = 0.0, dtype: str = "float32"):
+        seed = _seed(seed)
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"MLP needs at least [in, out] sizes, got {sizes}")
@@ -561,8 +688,9 @@ class SmallCNN(_Wrapper):
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, classes: int = 10,
-                 channels: Sequence[int] = (16, 32), seed: int = 0, flat_input: bool = False,
+                 channels: Sequence[int] = (16, 32), seed: Optional[int] = None, flat_input: bool = False,
                  dtype: str = "float32"):
+        seed = _seed(seed)
         c1, c2 = (int(c) for c in channels)
         self._args = dict(in_channels=int(in_channels), image_size=int(image_size), classes=int(classes),
                           channels=[c1, c2], seed=int(seed), flat_input=bool(flat_input), dtype=str(np.dtype(dtype)))

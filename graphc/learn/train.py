@@ -32,6 +32,8 @@ import numpy as np
 from .. import ops as F
 from ..compiler.autodiff import grad
 from ..compiler.runtime import compile as gc_compile
+from ..compiler.runtime import convert_array
+from ..ir.errors import GraphError, user_source
 from ..ir.tensor import Tensor, placeholder
 
 __all__ = ["Trainer", "History", "train", "predict_logits", "predict", "accuracy", "loss_tensor", "model_cache",
@@ -69,6 +71,24 @@ def loss_tensor(loss: LossSpec, logits: Tensor, labels: Tensor) -> Tensor:
         z_other = F.max(logits - 1e4 * onehot, axis=1)
         return F.mean(z_other - z_true)
     raise ValueError(f"unknown loss {loss!r}; choose cross_entropy, mse, cw or pass a callable")
+
+
+def training_data(X, y, dtype, x_name: str = "X", y_name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """(X as `dtype`, y as int64 class labels) by graphc's one conversion rule (NumPy's same_kind:
+    float64 data trains a float32 model; float or string labels are refused), or a GraphError that
+    names the argument and the user's line."""
+    where = f" (at {user_source()})"
+    try:
+        X = convert_array(X, np.dtype(dtype), x_name)
+        y = convert_array(y, np.dtype(np.int64), f"{y_name} (class labels)")
+    except GraphError as exc:
+        raise GraphError(f"{exc}{where}") from None
+    if X.ndim == 0 or y.ndim != 1:
+        raise GraphError(f"{x_name} needs one row per example and {y_name} one label per row; got shapes "
+                         f"{X.shape} and {y.shape}{where}")
+    if len(X) != len(y):
+        raise GraphError(f"{x_name} has {len(X)} rows but {y_name} has {len(y)}{where}")
+    return X.astype(dtype, copy=False), y.astype(np.int64, copy=False)
 
 
 def _feature_shape(X: np.ndarray) -> tuple:
@@ -200,11 +220,25 @@ class Trainer:
                  batch_size: Optional[int] = 32, backend: Optional[str] = None, seed: int = 0,
                  progress: Optional[bool] = None, verbose: bool = False):
         from . import optim as _optim
+        if not hasattr(model, "parameters") or not callable(model):
+            raise GraphError(f"model must be a graphc.nn model (called on a Tensor, with .parameters()), got "
+                             f"{type(model).__name__} (at {user_source()})")
         self.model = model
         if optimizer is None:
             optimizer = _optim.Adam(1e-3)
         elif isinstance(optimizer, str):
-            optimizer = _optim.get(optimizer)
+            try:
+                optimizer = _optim.get(optimizer)
+            except ValueError as exc:
+                raise GraphError(f"optimizer={optimizer!r}: {exc} (at {user_source()})") from None
+        if not isinstance(optimizer, _optim.Optimizer):
+            hint = f" (a learning rate? use optimizer=graphc.optim.SGD({optimizer!r}))" \
+                if isinstance(optimizer, (int, float)) else ""
+            raise GraphError(f"optimizer must be a graphc.optim optimiser or one of 'gd', 'sgd', 'momentum', "
+                             f"'adam'; got {type(optimizer).__name__} {optimizer!r}{hint} (at {user_source()})")
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+            raise GraphError(f"batch_size must be a positive integer or None (whole batch), got {batch_size!r} "
+                             f"(at {user_source()})")
         self.optimizer = optimizer
         self.loss = loss
         self.batch_size = batch_size
@@ -259,10 +293,7 @@ class Trainer:
         adversary(x_batch, y_batch) -> x_batch', if given, replaces each batch before the step
         (adversarial training). metrics {column: fn() -> float} adds columns computed after each
         epoch. callback(row) runs after each epoch; returning True stops training."""
-        X = np.asarray(X, dtype=self.model.dtype)
-        y = np.asarray(y, dtype=np.int64)
-        if len(X) != len(y):
-            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        X, y = training_data(X, y, self.model.dtype, "X", "y")
         self._compile(_feature_shape(X))
         history = history if history is not None else History()
         history.trainer = self

@@ -100,11 +100,13 @@ def _weight_grad_vjp(gg, out, x, w, gy, stride, padding):
     return [apply("conv2d_input_grad", [x, gg, gy], **attrs), None, apply("conv2d", [x, gg], **attrs)]
 
 
-register(OpDef("conv2d", infer=_conv_infer, forward=_conv_forward, vjp=_conv_vjp, c_kernel="conv2d"))
+register(OpDef("conv2d", infer=_conv_infer, forward=_conv_forward, vjp=_conv_vjp, lowering="conv", fuzz="conv"))
 register(OpDef("conv2d_input_grad", infer=lambda i, stride, padding: (i[0].shape, i[0].dtype),
-               forward=_conv_input_grad_forward, vjp=_input_grad_vjp, arity=3))
+               forward=_conv_input_grad_forward, vjp=_input_grad_vjp, arity=3, lowering="conv", fuzz="conv",
+               made_by="vjp"))
 register(OpDef("conv2d_weight_grad", infer=lambda i, stride, padding: (i[1].shape, i[1].dtype),
-               forward=_conv_weight_grad_forward, vjp=_weight_grad_vjp, arity=3))
+               forward=_conv_weight_grad_forward, vjp=_weight_grad_vjp, arity=3, lowering="conv", fuzz="conv",
+               made_by="vjp"))
 
 
 def conv2d(x, w, b=None, stride=1, padding=0) -> Tensor:
@@ -142,7 +144,12 @@ def _maxpool_grad_forward(x, gy, kernel, stride, padding):
     (kh, kw) = kernel
     win = _windows(x, *kernel, *stride, *padding, fill=-np.inf)
     flat = win.reshape(win.shape[:4] + (kh * kw,))
-    first = np.argmax(flat, axis=4)  # ties: the first maximum in window order, like PyTorch
+    real = _windows(np.ones(x.shape, bool), *kernel, *stride, *padding, fill=False).reshape(flat.shape)
+    # PyTorch's rule: the first in-bounds element that is the maximum, a NaN beating any number
+    # (so a window of -inf routes to its first real element, never to the padding)
+    nan = np.isnan(flat) & real
+    top = np.where(real, flat, -np.inf).max(axis=4, keepdims=True)
+    first = np.where(nan.any(axis=4), np.argmax(nan, axis=4), np.argmax((flat == top) & real, axis=4))
     cols = np.zeros(flat.shape, dtype=gy.dtype)
     np.put_along_axis(cols, first[..., None], gy[..., None], axis=4)
     return _scatter_windows(cols.reshape(win.shape), x.shape, *kernel, *stride, *padding)
@@ -160,15 +167,26 @@ def _avgpool_grad_forward(x, gy, kernel, stride, padding):
 
 
 _POOL_ATTRS = ("kernel", "stride", "padding")
+def _maxpool_routing(x, out_shape, attrs):
+    # how many windows route their gradient to each input element: a tie can move a window's
+    # maximum between two elements that both stay maxima of other windows, so counts, not support
+    return _maxpool_grad_forward(x, np.ones(out_shape, x.dtype), **attrs)
+
+
 register(OpDef("max_pool2d", infer=_pool_infer, forward=_maxpool_forward, arity=1,
                vjp=lambda g, out, x, **a: [apply("max_pool2d_grad", [x, g], **a)],
-               domain=(Domain(distinct=True),)))
+               domain=(Domain(distinct=True),), lowering="pool", fuzz="pool", value_preserving=True,
+               branch=lambda out, x, **a: _maxpool_routing(x, out.shape, a)))
 register(OpDef("max_pool2d_grad", infer=lambda i, **a: (i[0].shape, i[0].dtype), forward=_maxpool_grad_forward,
-               arity=2))
+               arity=2, lowering="pool", fuzz="pool", made_by="vjp",
+               no_vjp="a backward op: its own VJP is not needed for "
+               "first and second derivatives of max_pool2d (the routing is piecewise constant)",
+               branch=lambda out, x, gy, **a: _maxpool_routing(x, gy.shape, a)))
 register(OpDef("avg_pool2d", infer=_pool_infer, forward=_avgpool_forward, arity=1,
-               vjp=lambda g, out, x, **a: [apply("avg_pool2d_grad", [x, g], **a)]))
+               vjp=lambda g, out, x, **a: [apply("avg_pool2d_grad", [x, g], **a)], lowering="pool", fuzz="pool"))
 register(OpDef("avg_pool2d_grad", infer=lambda i, **a: (i[0].shape, i[0].dtype), forward=_avgpool_grad_forward,
-               vjp=lambda gg, out, x, gy, **a: [None, apply("avg_pool2d", [gg], **a)], arity=2))
+               vjp=lambda gg, out, x, gy, **a: [None, apply("avg_pool2d", [gg], **a)], arity=2, lowering="pool",
+               fuzz="pool", made_by="vjp"))
 
 
 def _pool_attrs(kernel, stride: Optional[object], padding):

@@ -55,7 +55,8 @@ def _leaf_infer(inputs):
 
 
 for _leaf in ("placeholder", "parameter", "constant"):
-    register(OpDef(_leaf, infer=_leaf_infer, forward=None, arity=0, differentiable=_leaf != "constant"))
+    register(OpDef(_leaf, infer=_leaf_infer, forward=None, arity=0, differentiable=_leaf != "constant", fuzz="leaf",
+                   no_vjp="a leaf: gradients end here"))
 
 
 # -- cast / stop_gradient / zeros_like ----------------------------------------------------
@@ -64,7 +65,9 @@ def _cast_vjp(g, out, x, dtype):
 
 
 register(OpDef("cast", infer=lambda i, dtype: (i[0].shape, np.dtype(dtype)),
-               forward=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, arity=1, elementwise=True))
+               forward=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, arity=1, elementwise=True,
+               lowering="cast", fuzz="unary", value_preserving=True,
+               fuzz_attrs={"dtype": (np.dtype(np.float32), np.dtype(np.float64))}))
 
 
 def cast(x: Tensor, dtype) -> Tensor:
@@ -77,7 +80,8 @@ def cast(x: Tensor, dtype) -> Tensor:
 
 
 register(OpDef("stop_gradient", infer=lambda i: (i[0].shape, i[0].dtype), forward=lambda x: x,
-               differentiable=False, arity=1, elementwise=True))
+               differentiable=False, arity=1, elementwise=True, alias=True, lowering="alias", fuzz="unary",
+               value_preserving=True))
 
 
 def stop_gradient(x: Tensor) -> Tensor:
@@ -87,10 +91,10 @@ def stop_gradient(x: Tensor) -> Tensor:
 
 register(OpDef("zeros_like", infer=lambda i, dtype=None: (i[0].shape, np.dtype(dtype or i[0].dtype)),
                forward=lambda x, dtype=None: np.zeros(x.shape, dtype or x.dtype),
-               differentiable=False, arity=1))
+               differentiable=False, arity=1, lowering="fill", fuzz="unary", fuzz_attrs={"dtype": (None,)}))
 register(OpDef("ones_like", infer=lambda i, dtype=None: (i[0].shape, np.dtype(dtype or i[0].dtype)),
                forward=lambda x, dtype=None: np.ones(x.shape, dtype or x.dtype),
-               differentiable=False, arity=1))
+               differentiable=False, arity=1, lowering="fill", fuzz="unary", fuzz_attrs={"dtype": (None,)}))
 
 
 def zeros_like(x: Tensor, dtype=None) -> Tensor:
@@ -112,7 +116,7 @@ def _size_forward(x, axes, dtype):
     return np.asarray(np.prod([x.shape[a] for a in axes]), dtype=dtype)
 
 
-register(OpDef("size_of", infer=_size_infer, forward=_size_forward, differentiable=False, arity=1))
+register(OpDef("size_of", infer=_size_infer, forward=_size_forward, differentiable=False, arity=1, fuzz="size_of"))
 
 
 def size_of(x: Tensor, axes=None, dtype=None) -> Tensor:
@@ -145,7 +149,8 @@ def _sum_to_infer(inputs):
 
 
 register(OpDef("sum_to", infer=_sum_to_infer, forward=lambda g, like: sum_to_shape(g, like.shape),
-               vjp=lambda g, out, x, like: [broadcast_like(g, x), None], arity=2))
+               vjp=lambda g, out, x, like: [broadcast_like(g, x), None], arity=2, lowering="sum_to",
+               same_shape_identity=True, fuzz="sum_to", made_by="vjp"))
 
 
 def _broadcast_like_infer(inputs):
@@ -155,7 +160,8 @@ def _broadcast_like_infer(inputs):
 
 register(OpDef("broadcast_like", infer=_broadcast_like_infer,
                forward=lambda x, like: np.broadcast_to(x, np.broadcast_shapes(x.shape, like.shape)),
-               vjp=lambda g, out, x, like: [sum_to(g, x), None], arity=2))
+               vjp=lambda g, out, x, like: [sum_to(g, x), None], arity=2, lowering="broadcast_like",
+               same_shape_identity=True, fuzz="broadcast_like", value_preserving=True, made_by="vjp"))
 
 
 def sum_to(g: Tensor, like: Tensor) -> Tensor:

@@ -7,16 +7,17 @@ fused_elementwise(*inputs; program) evaluates a straight-line elementwise progra
 program is a tuple of (op, args, param) instructions; value ids 0..len(inputs)-1 are the inputs,
 id len(inputs)+j is instruction j's result; the last instruction's result is the output. Every
 input has the output's shape or is a scalar (shape ()). Ops: the unary and binary names of
-FUSED_UNARY / FUSED_BINARY and ("const", (), value).
+graphc.ops.fused_kernels() (derived from the registry: every `fusible` op and its `variants`)
+and ("const", (), value).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir.errors import GraphError
-from . import OpDef, apply, register
+from . import REGISTRY, OpDef, apply, fused_kernels, register
 from .core import unbroadcast
-from .elementwise import ACTIVATIONS, _act_grad_forward, activation_grad, np_sigmoid
+from .elementwise import ACTIVATIONS, activation_grad
 from .linalg import _matmul_forward, _matmul_infer, _matmul_vjp
 from .reduce import sum
 
@@ -25,15 +26,10 @@ __all__ = ["dense"]
 
 # -- dense ------------------------------------------------------------------------------------
 def _act_forward(z, act, alpha):
-    if act == "relu":
-        return np.maximum(z, 0)
-    if act == "leaky_relu":
-        return np.where(z > 0, z, z * np.asarray(alpha, z.dtype))
-    if act == "sigmoid":
-        return np_sigmoid(z)
-    if act == "tanh":
-        return np.tanh(z)
-    return z
+    if act == "identity":
+        return z
+    op = REGISTRY[act]
+    return op.forward(z, **op.kernel_attrs(act, alpha))
 
 
 def _dense_infer(inputs, trans_a, trans_b, act, alpha):
@@ -60,7 +56,12 @@ def _dense_vjp(g, out, x, w, *b, trans_a, trans_b, act, alpha):
     return grads + ([unbroadcast(sum(gz, 0), b[0])] if b else [])
 
 
-register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, c_kernel="gemm"))
+def _dense_branch(out, x, w, *b, act, **_):
+    return np.sign(np.asarray(out, np.float64)) if act in ("relu", "leaky_relu") else None
+
+
+register(OpDef("dense", infer=_dense_infer, forward=_dense_forward, vjp=_dense_vjp, lowering="gemm", fuzz="dense",
+               branch=_dense_branch, made_by="passes"))
 
 
 def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False, trans_b=False):
@@ -70,37 +71,17 @@ def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False
 
 
 # -- fused elementwise ----------------------------------------------------------------------------
-FUSED_UNARY = {
-    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs, "sign": np.sign,
-    "sigmoid": np_sigmoid, "tanh": np.tanh, "relu": lambda x, p: np.maximum(x, 0),
-    "leaky_relu": lambda x, p: np.where(x > 0, x, x * np.asarray(p, x.dtype)),
-    "power": lambda x, p: np.power(x, np.asarray(p, x.dtype)),
-}
-FUSED_BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "maximum": np.maximum,
-    "minimum": np.minimum,
-    # activation gradients: (y, g) -> g * act'(from y)
-    "relu_grad": lambda y, g, p: _act_grad_forward(y, g, "relu"),
-    "leaky_relu_grad": lambda y, g, p: _act_grad_forward(y, g, "leaky_relu", p),
-    "sigmoid_grad": lambda y, g, p: _act_grad_forward(y, g, "sigmoid"),
-    "tanh_grad": lambda y, g, p: _act_grad_forward(y, g, "tanh"),
-}
-_WITH_PARAM = {"relu", "leaky_relu", "power", "relu_grad", "leaky_relu_grad", "sigmoid_grad", "tanh_grad"}
-
-
 def run_program(program, inputs, dtype):
-    """NumPy interpreter of a fused_elementwise program (the reference for the C kernel)."""
+    """NumPy interpreter of a fused_elementwise program (the reference for the C kernel): each
+    instruction runs the forward of the registry op its kernel name stands for."""
+    kernels = fused_kernels()
     vals = list(inputs)
-    for op, args, param in program:
-        if op == "const":
+    for kernel, args, param in program:
+        if kernel == "const":
             vals.append(np.asarray(param, dtype))
-        elif op in FUSED_UNARY:
-            f = FUSED_UNARY[op]
-            vals.append(f(vals[args[0]], param) if op in _WITH_PARAM else f(vals[args[0]]))
-        else:
-            f = FUSED_BINARY[op]
-            a, b = vals[args[0]], vals[args[1]]
-            vals.append(f(a, b, param) if op in _WITH_PARAM else f(a, b))
+            continue
+        op, _ = kernels[kernel]
+        vals.append(op.forward(*[vals[a] for a in args], **op.kernel_attrs(kernel, param)))
     return np.asarray(vals[-1], dtype=dtype)
 
 
@@ -116,4 +97,6 @@ def _fused_forward(*inputs, program, shape, dtype):
     return np.broadcast_to(out, shape) if out.shape != tuple(shape) else out
 
 
-register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True))
+register(OpDef("fused_elementwise", infer=_fused_infer, forward=_fused_forward, elementwise=True, inplace=True,
+               lowering="fused", fuzz="fused_elementwise", no_vjp="made by the fusion pass after differentiation",
+               made_by="passes"))

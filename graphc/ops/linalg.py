@@ -50,7 +50,7 @@ def _matmul_vjp(g, out, a, b, trans_a=False, trans_b=False):
 
 
 register(OpDef("matmul", infer=_matmul_infer, forward=_matmul_forward, vjp=_matmul_vjp, arity=2,
-               c_kernel="gemm"))
+               lowering="gemm", fuzz="matmul", fuzz_weight=2))
 
 
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> Tensor:

@@ -52,9 +52,10 @@ def _same_float(inputs, axis, log):
     return x.shape, x.dtype
 
 
-register(OpDef("softmax", infer=_same_float, forward=_softmax_forward, vjp=_softmax_vjp, arity=1))
+register(OpDef("softmax", infer=_same_float, forward=_softmax_forward, vjp=_softmax_vjp, arity=1, inplace=True,
+               lowering="softmax", fuzz="softmax"))
 register(OpDef("softmax_grad", infer=lambda i, axis, log: (i[0].shape, i[0].dtype), forward=_softmax_grad_forward,
-               vjp=_softmax_grad_vjp, arity=2))
+               vjp=_softmax_grad_vjp, arity=2, lowering="softmax", fuzz="softmax_grad", made_by="vjp"))
 
 
 def softmax(x, axis: int = -1) -> Tensor:
@@ -89,7 +90,7 @@ def _one_hot_forward(labels, classes, dtype):
 
 
 register(OpDef("one_hot", infer=lambda i, classes, dtype: (i[0].shape + (classes,), np.dtype(dtype)),
-               forward=_one_hot_forward, differentiable=False, arity=1))
+               forward=_one_hot_forward, differentiable=False, arity=1, fuzz="one_hot"))
 
 
 def one_hot(labels, classes: int, dtype="float32") -> Tensor:
@@ -147,9 +148,9 @@ def _sce_grad_vjp(gg, out, logits, labels, g):
 
 register(OpDef("softmax_cross_entropy", infer=_sce_infer, forward=_sce_forward,
                vjp=lambda g, out, logits, labels: [apply("softmax_cross_entropy_grad", [logits, labels, g]), None],
-               arity=2))
+               arity=2, lowering="sce", fuzz="classification"))
 register(OpDef("softmax_cross_entropy_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_sce_grad_forward,
-               vjp=_sce_grad_vjp, arity=3))
+               vjp=_sce_grad_vjp, arity=3, lowering="sce", fuzz="classification", made_by="vjp"))
 
 
 def softmax_cross_entropy(logits, labels) -> Tensor:
@@ -184,7 +185,8 @@ def _bce_vjp(g, out, z, t):
     return [(sigmoid(z) - t) * scale, -z * scale]
 
 
-register(OpDef("binary_cross_entropy", infer=_bce_infer, forward=_bce_forward, vjp=_bce_vjp, arity=2))
+register(OpDef("binary_cross_entropy", infer=_bce_infer, forward=_bce_forward, vjp=_bce_vjp, arity=2, lowering="bce",
+               fuzz="bce", domain=(Domain(), Domain("unit", low=0.0, high=1.0))))
 
 
 def binary_cross_entropy(logits, targets) -> Tensor:
@@ -234,7 +236,7 @@ def _dropout_infer(inputs, p, seed):
     return x.shape, x.dtype
 
 
-register(OpDef("dropout", infer=_dropout_infer, forward=_dropout_forward, vjp=_dropout_vjp))
+register(OpDef("dropout", infer=_dropout_infer, forward=_dropout_forward, vjp=_dropout_vjp, fuzz="dropout"))
 
 
 def dropout(x, p: float = 0.5, seed: Union[int, Tensor, None] = 0) -> Tensor:
@@ -272,9 +274,10 @@ def _nll_grad_forward(logp, labels, g):
     return out
 
 
-register(OpDef("nll_loss", infer=_sce_infer, forward=_nll_forward, arity=2,
+register(OpDef("nll_loss", infer=_sce_infer, forward=_nll_forward, arity=2, fuzz="classification",
                vjp=lambda g, out, logp, labels: [apply("nll_loss_grad", [logp, labels, g]), None]))
 register(OpDef("nll_loss_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_nll_grad_forward, arity=3,
+               fuzz="classification", made_by="vjp",
                vjp=lambda gg, out, logp, labels, g: [None, None, -sum(gg * one_hot(labels, logp.shape[1], logp.dtype))
                                                      / size_of(logp, 0)]))
 
@@ -305,8 +308,11 @@ def _bce_probs_grad_forward(p, t, scale):
 
 
 register(OpDef("binary_cross_entropy_probs", infer=_bce_infer, forward=_bce_probs_forward, vjp=_bce_probs_vjp,
-               arity=2, domain=(Domain("unit", low=0.05, high=0.95), Domain("unit", low=0.0, high=1.0))))
-register(OpDef("bce_probs_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_bce_probs_grad_forward, arity=3))
+               arity=2, domain=(Domain("unit", low=0.05, high=0.95), Domain("unit", low=0.0, high=1.0)), fuzz="bce"))
+register(OpDef("bce_probs_grad", infer=lambda i: (i[0].shape, i[0].dtype), forward=_bce_probs_grad_forward, arity=3,
+               fuzz="bce", made_by="vjp",
+               domain=(Domain("unit", low=0.05, high=0.95), Domain("unit", low=0.0, high=1.0)),
+               no_vjp="the backward of binary_cross_entropy_probs; no second derivative through it"))
 
 
 def binary_cross_entropy_probs(probs, targets) -> Tensor:

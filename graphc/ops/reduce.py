@@ -25,6 +25,14 @@ def _reduce_infer(inputs, axes, keepdims):
     return _reduced_shape(x.shape, normalize_axes(axes, x.ndim), keepdims), x.dtype
 
 
+def _sum_infer(inputs, axes, keepdims):
+    """NumPy's rule: small integers (and bools) accumulate in the platform integer, so a sum of
+    int32 values does not wrap at 2**31."""
+    x = inputs[0]
+    shape, _ = _reduce_infer(inputs, axes, keepdims)
+    return shape, np.add.reduce(np.zeros(1, x.dtype)).dtype
+
+
 def _kept(g: Tensor, axes, keepdims) -> Tensor:
     from .shape import expand_dims
     return g if keepdims or not axes else expand_dims(g, axes)
@@ -42,10 +50,12 @@ def _max_vjp(g, out, x, axes, keepdims):
     return [mask * (_kept(g, axes, keepdims) / count)]
 
 
-register(OpDef("sum", infer=_reduce_infer, forward=lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
-               vjp=lambda g, out, x, axes, keepdims: [broadcast_like(_kept(g, axes, keepdims), x)], arity=1))
+register(OpDef("sum", infer=_sum_infer, forward=lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
+               vjp=lambda g, out, x, axes, keepdims: [broadcast_like(_kept(g, axes, keepdims), x)], arity=1,
+               lowering="reduce", fuzz="reduce"))
 register(OpDef("max", infer=_reduce_infer, forward=_max_forward, vjp=_max_vjp, arity=1,
-               domain=(Domain(distinct=True),)))
+               domain=(Domain(distinct=True),), lowering="reduce", fuzz="reduce", value_preserving=True,
+               branch=lambda out, x, axes, keepdims: x == np.max(x, axis=axes, keepdims=True)))
 
 
 def _attrs(x: Tensor, axis, keepdims):
@@ -80,7 +90,7 @@ def _argmax_infer(inputs, axis):
 
 
 register(OpDef("argmax", infer=_argmax_infer, forward=lambda x, axis: np.argmax(x, axis=axis).astype(np.int64),
-               differentiable=False, arity=1))
+               differentiable=False, arity=1, fuzz="argmax", domain=(Domain(distinct=True),)))
 
 
 def argmax(x, axis: int = -1) -> Tensor:

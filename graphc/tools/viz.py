@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ..ir.errors import MissingExtra
 from ..ir.graph import reachable
 from ..ir.tensor import Tensor
 
@@ -41,7 +42,7 @@ def _figure(w: float, h: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("graphc.viz needs matplotlib: pip install 'graphc[demo]'") from exc
+        raise MissingExtra("plots need matplotlib: pip install 'graphc[demo]'") from exc
     fig = Figure(figsize=(w, h), dpi=100)
     FigureCanvasAgg(fig)
     return fig

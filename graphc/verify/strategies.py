@@ -19,6 +19,7 @@ hypothesis.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -34,7 +35,8 @@ from ..ops import REGISTRY, Domain, apply
 from ..ops.elementwise import ACTIVATIONS
 from .gradcheck import GradcheckReport, compare_backends, gradcheck
 
-__all__ = ["arrays_in", "arrays_for", "OpCase", "OP_CASES", "graphs", "RandomGraph", "GRAPH_OPS", "reproducer", "prune",
+__all__ = ["arrays_in", "arrays_for", "OpCase", "CASES", "GRAPH_BUILDERS", "COMPOSITES", "fuzz_attrs", "graphs",
+           "RandomGraph", "GRAPH_OPS", "reproducer", "prune",
            "check_graph", "GraphCheck", "slot_domain", "LEAVES", "no_vjp_ops", "FLOAT_DTYPES"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -96,24 +98,10 @@ def arrays_in(draw, domain: Optional[Domain] = None, shape: Sequence[int] = (), 
     return v.reshape(shape).astype(dt)
 
 
-# -- the domain of one input slot, including what the registry does not declare ----------------
-_COMPARISONS = ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal")
-
-
+# -- the domain of one input slot -------------------------------------------------------------------
 def slot_domain(op: str, slot: int, attrs: Optional[dict] = None) -> Domain:
-    """The Domain an input slot's values must be drawn from: the registry's, plus kinks and ties
-    the registry does not list (clip's actual bounds, sign at 0, comparisons, argmax)."""
-    attrs = attrs or {}
-    opdef = REGISTRY[op]
-    d = opdef.input_domain(slot)
-    if op == "clip":
-        kinks = tuple(float(b) for b in (attrs.get("lo"), attrs.get("hi")) if b is not None)
-        return Domain(d.kind, kinks, d.distinct, d.low, d.high)
-    if op == "sign" or (op == "activation_grad" and slot == 0 and attrs.get("act") in ("relu", "leaky_relu")):
-        return Domain(d.kind, tuple(d.kinks) + (0.0,), d.distinct, d.low, d.high)
-    if op in _COMPARISONS or op == "argmax":
-        return Domain(d.kind, d.kinks, True, d.low, d.high)
-    return d
+    """The Domain an input slot's values must be drawn from (the registry's, for these attributes)."""
+    return REGISTRY[op].input_domain(slot, attrs)
 
 
 def _merge(domains: Sequence[Domain]) -> Domain:
@@ -122,7 +110,7 @@ def _merge(domains: Sequence[Domain]) -> Domain:
     kinds = {d.kind for d in domains}
     low, high = max(d.low for d in domains), min(d.high for d in domains)
     kind = "real"
-    for k in ("unit", "positive", "nonzero"):
+    for k in ("unit", "positive", "nonzero", "bounded"):
         if k in kinds:
             kind = k
             break
@@ -232,31 +220,31 @@ def _reshape_target(draw, shape) -> tuple:
     return target if tuple(target) != tuple(shape) else (-1,) if len(shape) != 1 else (1, n)
 
 
-# each case function: (draw, dt, op, max_side) -> (inputs, attrs)
+def fuzz_attrs(draw, op: str) -> dict:
+    """Attribute values for `op`, drawn from its registry entry's `fuzz_attrs` (candidates per
+    attribute, or a callable given a `draw_from(candidates)` function)."""
+    spec = REGISTRY[op].fuzz_attrs
+    if callable(spec):
+        return dict(spec(lambda candidates: draw(st.sampled_from(tuple(candidates)))))
+    return {name: draw(st.sampled_from(tuple(values))) for name, values in spec.items()}
+
+
+# each case function: (draw, dt, op, max_side) -> (inputs, attrs); CASES maps OpDef.fuzz to one
 def _case_unary(draw, dt, op, ms):
     shape = _shape(draw, max_side=ms)
-    attrs = {}
-    if op == "leaky_relu":
-        attrs = {"alpha": draw(st.sampled_from([0.1, 0.01, 0.3]))}
-    elif op == "power":
-        attrs = {"p": draw(st.sampled_from([-1.5, -1.0, 0.5, 2.0, 3.0]))}
-    elif op == "clip":
-        lo, hi = sorted(draw(st.lists(st.floats(-2.0, 2.0), min_size=2, max_size=2)))
-        assume(hi - lo > 0.2)
-        which = draw(st.sampled_from(["both", "lo", "hi"]))
-        attrs = {"lo": None if which == "hi" else float(lo), "hi": None if which == "lo" else float(hi)}
-    elif op == "cast":
-        attrs = {"dtype": draw(st.sampled_from(FLOAT_DTYPES))}
-    elif op in ("zeros_like", "ones_like"):
-        attrs = {"dtype": None}
-    elif op == "size_of":
-        attrs = {"axes": _axes(draw, len(shape)), "dtype": dt}
+    attrs = fuzz_attrs(draw, op)
+    return [_vals(draw, op, 0, shape, dt, attrs)], attrs
+
+
+def _case_size_of(draw, dt, op, ms):
+    shape = _shape(draw, max_side=ms)
+    attrs = {"axes": _axes(draw, len(shape)), "dtype": dt}
     return [_vals(draw, op, 0, shape, dt, attrs)], attrs
 
 
 def _case_binary(draw, dt, op, ms):
     shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=ms)).input_shapes
-    if op in ("maximum", "minimum") or op in _COMPARISONS:
+    if slot_domain(op, 0).distinct or slot_domain(op, 1).distinct:  # ties are kinks (max) or flips (<)
         return _distinct_pool(draw, shapes, dt), {}
     return [_vals(draw, op, k, s, dt) for k, s in enumerate(shapes)], {}
 
@@ -270,10 +258,12 @@ def _case_where(draw, dt, op, ms):
 def _case_reduce(draw, dt, op, ms):
     shape = _shape(draw, max_side=ms)
     x = _vals(draw, op, 0, shape, dt)
-    if op == "argmax":
-        assume(len(shape) > 0)
-        return [x], {"axis": draw(st.integers(0, len(shape) - 1))}
     return [x], {"axes": _axes(draw, len(shape)), "keepdims": draw(st.booleans())}
+
+
+def _case_argmax(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    return [_vals(draw, op, 0, shape, dt)], {"axis": draw(st.integers(0, len(shape) - 1))}
 
 
 def _case_sum_to(draw, dt, op, ms):
@@ -290,8 +280,7 @@ def _case_broadcast_like(draw, dt, op, ms):
 
 
 def _case_activation_grad(draw, dt, op, ms):
-    act = draw(st.sampled_from(ACTIVATIONS))
-    attrs = {"act": act, "alpha": 0.1 if act == "leaky_relu" else 0.0}
+    attrs = fuzz_attrs(draw, op)
     # y and g broadcast against each other (the VJP un-broadcasts both)
     shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=3, max_side=ms)).input_shapes
     return [_vals(draw, op, 0, shapes[0], dt, attrs), _vals(draw, op, 1, shapes[1], dt)], attrs
@@ -300,12 +289,15 @@ def _case_activation_grad(draw, dt, op, ms):
 def _case_reshape(draw, dt, op, ms):
     shape = _shape(draw, min_dims=1, max_side=ms)
     target = _reshape_target(draw, shape)
-    x = _vals(draw, op, 0, shape, dt)
-    if op == "reshape_like":
-        n = int(np.prod(shape))
-        like = tuple(n // int(np.prod([d for d in target if d != -1])) if d == -1 else d for d in target)
-        return [x, _vals(draw, op, 1, like, dt)], {}
-    return [x], {"shape": tuple(int(d) for d in target)}
+    return [_vals(draw, op, 0, shape, dt)], {"shape": tuple(int(d) for d in target)}
+
+
+def _case_reshape_like(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    target = _reshape_target(draw, shape)
+    n = int(np.prod(shape))
+    like = tuple(n // int(np.prod([d for d in target if d != -1])) if d == -1 else d for d in target)
+    return [_vals(draw, op, 0, shape, dt), _vals(draw, op, 1, like, dt)], {}
 
 
 def _case_transpose(draw, dt, op, ms):
@@ -332,45 +324,57 @@ def _case_squeeze(draw, dt, op, ms):
     return [_vals(draw, op, 0, tuple(shape), dt)], {"axes": axes}
 
 
-def _case_concatenate(draw, dt, op, ms):
+def _concat_parts(draw, dt, op, ms):
     shape = _shape(draw, min_dims=1, max_side=ms)
     axis = draw(st.integers(0, len(shape) - 1))
     k = draw(st.integers(1, 3))
     shapes = [shape[:axis] + (draw(st.integers(1, ms)),) + shape[axis + 1:] for _ in range(k)]
-    xs = [_vals(draw, op, 0, s, dt) for s in shapes]
-    if op == "concat_slice":
-        g = _vals(draw, op, 0, shape[:axis] + (sum(s[axis] for s in shapes),) + shape[axis + 1:], dt)
-        return [g, *xs], {"axis": axis, "index": draw(st.integers(0, k - 1))}
+    return shape, axis, shapes, [_vals(draw, op, 0, s, dt) for s in shapes]
+
+
+def _case_concatenate(draw, dt, op, ms):
+    _, axis, _, xs = _concat_parts(draw, dt, op, ms)
     return xs, {"axis": axis}
 
 
-def _case_matmul(draw, dt, op, ms):
+def _case_concat_slice(draw, dt, op, ms):
+    shape, axis, shapes, xs = _concat_parts(draw, dt, op, ms)
+    g = _vals(draw, op, 0, shape[:axis] + (sum(s[axis] for s in shapes),) + shape[axis + 1:], dt)
+    return [g, *xs], {"axis": axis, "index": draw(st.integers(0, len(xs) - 1))}
+
+
+def _case_matmul(draw, dt, op, ms, ranks=((2, 2), (2, 2), (1, 2), (2, 1), (1, 1))):
     m, k, n = (draw(st.integers(1, ms)) for _ in range(3))
-    a_nd, b_nd = draw(st.sampled_from([(2, 2), (2, 2), (1, 2), (2, 1), (1, 1)]))
+    a_nd, b_nd = draw(st.sampled_from(ranks))
     ta = a_nd == 2 and draw(st.booleans())
     tb = b_nd == 2 and draw(st.booleans())
     a_shape = ((k, m) if ta else (m, k)) if a_nd == 2 else (k,)
     b_shape = ((n, k) if tb else (k, n)) if b_nd == 2 else (k,)
     ins = [_vals(draw, op, 0, a_shape, dt), _vals(draw, op, 1, b_shape, dt)]
-    attrs = {"trans_a": bool(ta), "trans_b": bool(tb)}
-    if op == "dense":
-        assume(a_nd == 2 and b_nd == 2)
-        act = draw(st.sampled_from(ACTIVATIONS))
-        attrs.update(act=act, alpha=0.1 if act == "leaky_relu" else 0.0)
-        if draw(st.booleans()):
-            ins.append(_vals(draw, op, 2, (n,), dt))
+    return ins, {"trans_a": bool(ta), "trans_b": bool(tb)}
+
+
+def _case_dense(draw, dt, op, ms):
+    ins, attrs = _case_matmul(draw, dt, op, ms, ranks=((2, 2),))
+    act = draw(st.sampled_from(ACTIVATIONS))
+    attrs.update(act=act, alpha=0.1 if act == "leaky_relu" else 0.0)
+    if draw(st.booleans()):
+        n = ins[1].shape[0] if attrs["trans_b"] else ins[1].shape[1]
+        ins.append(_vals(draw, op, 2, (n,), dt))
     return ins, attrs
 
 
 def _case_softmax(draw, dt, op, ms):
     shape = _shape(draw, min_dims=1, max_side=ms)
     attrs = {"axis": draw(st.integers(0, len(shape) - 1)), "log": draw(st.booleans())}
-    ins = [_vals(draw, op, 0, shape, dt)]
-    if op == "softmax_grad":
-        if not attrs["log"]:  # y is a softmax output in practice; any values are valid for the VJP
-            ins[0] = np.abs(ins[0]).astype(dt)
-        ins.append(_vals(draw, op, 1, shape, dt))
-    return ins, attrs
+    return [_vals(draw, op, 0, shape, dt)], attrs
+
+
+def _case_softmax_grad(draw, dt, op, ms):
+    (y,), attrs = _case_softmax(draw, dt, op, ms)
+    if not attrs["log"]:  # y is a softmax output in practice; any values are valid for the VJP
+        y = np.abs(y).astype(dt)
+    return [y, _vals(draw, op, 1, y.shape, dt)], attrs
 
 
 def _labels(draw, n, c) -> np.ndarray:
@@ -380,7 +384,7 @@ def _labels(draw, n, c) -> np.ndarray:
 def _case_classification(draw, dt, op, ms):
     n, c = draw(st.integers(1, ms)), draw(st.integers(1, ms))
     ins = [_vals(draw, op, 0, (n, c), dt), _labels(draw, n, c)]
-    if op.endswith("_grad"):
+    if REGISTRY[op].arity == 3:  # a backward op: the upstream gradient is a scalar
         ins.append(_vals(draw, op, 2, (), dt))
     return ins, {}
 
@@ -394,11 +398,8 @@ def _case_one_hot(draw, dt, op, ms):
 
 def _case_bce(draw, dt, op, ms):
     shape = _shape(draw, max_side=ms)
-    if op == "binary_cross_entropy":
-        return [_vals(draw, op, 0, shape, dt), _vals(draw, op, 1, shape, dt, kind="unit", low=0.0, high=1.0)], {}
-    ins = [_vals(draw, op, 0, shape, dt, kind="unit", low=0.05, high=0.95),
-           _vals(draw, op, 1, shape, dt, kind="unit", low=0.0, high=1.0)]
-    if op == "bce_probs_grad":
+    ins = [_vals(draw, op, 0, shape, dt), _vals(draw, op, 1, shape, dt)]
+    if REGISTRY[op].arity == 3:  # a backward op: the upstream gradient is a scalar
         ins.append(_vals(draw, op, 2, (), dt))
     return ins, {}
 
@@ -426,7 +427,7 @@ def _case_conv(draw, dt, op, ms):
     xs, ws, ys, stride, padding = _conv_geometry(draw, ms)
     attrs = {"stride": stride, "padding": padding}
     x, w = _vals(draw, op, 0, xs, dt), _vals(draw, op, 1, ws, dt)
-    if op == "conv2d":
+    if REGISTRY[op].arity != 3:  # the forward, with an optional bias
         ins = [x, w] + ([_vals(draw, op, 2, (ws[0],), dt)] if draw(st.booleans()) else [])
         return ins, attrs
     return [x, w, _vals(draw, op, 2, ys, dt)], attrs
@@ -441,9 +442,9 @@ def _case_pool(draw, dt, op, ms):
     attrs = {"kernel": kernel, "stride": stride, "padding": padding}
     oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
     ow = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    maxpool = op.startswith("max_pool")
-    x = _distinct_pool(draw, [(n, c, h, w)], dt)[0] if maxpool else _vals(draw, op, 0, (n, c, h, w), dt)
-    if op.endswith("_grad"):
+    distinct = slot_domain(op, 0).distinct or REGISTRY[op].branch is not None  # max-pool ties are kinks
+    x = _distinct_pool(draw, [(n, c, h, w)], dt)[0] if distinct else _vals(draw, op, 0, (n, c, h, w), dt)
+    if REGISTRY[op].arity == 2:  # a backward op: x and the output's gradient
         return [x, _vals(draw, op, 1, (n, c, oh, ow), dt)], attrs
     return [x], attrs
 
@@ -455,44 +456,77 @@ def _case_fused_elementwise(draw, dt, op, ms):
         {"program": program, "shape": shape, "dtype": dt}
 
 
-_UNARY_OPS = ("neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power", "clip",
-              "cast", "stop_gradient", "zeros_like", "ones_like", "size_of")
-_BINARY_OPS = ("add", "sub", "mul", "div", "pow", "maximum", "minimum") + _COMPARISONS
+def _case_pad(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shape)
+    return [_vals(draw, op, 0, shape, dt)], {"pads": pads, "value": draw(st.sampled_from([0.0, -1.5]))}
 
-OP_CASES: dict[str, Callable] = {
-    **{op: _case_unary for op in _UNARY_OPS},
-    **{op: _case_binary for op in _BINARY_OPS},
-    "where": _case_where,
-    "sum": _case_reduce, "max": _case_reduce, "argmax": _case_reduce,
-    "sum_to": _case_sum_to, "broadcast_like": _case_broadcast_like,
-    "activation_grad": _case_activation_grad,
-    "reshape": _case_reshape, "reshape_like": _case_reshape, "transpose": _case_transpose,
-    "expand_dims": _case_expand_dims, "squeeze": _case_squeeze,
-    "concatenate": _case_concatenate, "concat_slice": _case_concatenate,
-    "matmul": _case_matmul, "dense": _case_matmul,
-    "softmax": _case_softmax, "softmax_grad": _case_softmax,
-    "softmax_cross_entropy": _case_classification, "softmax_cross_entropy_grad": _case_classification,
-    "nll_loss": _case_classification, "nll_loss_grad": _case_classification,
-    "one_hot": _case_one_hot,
-    "binary_cross_entropy": _case_bce, "binary_cross_entropy_probs": _case_bce, "bce_probs_grad": _case_bce,
-    "dropout": _case_dropout,
-    "conv2d": _case_conv, "conv2d_input_grad": _case_conv, "conv2d_weight_grad": _case_conv,
-    "max_pool2d": _case_pool, "max_pool2d_grad": _case_pool, "avg_pool2d": _case_pool, "avg_pool2d_grad": _case_pool,
-    "fused_elementwise": _case_fused_elementwise,
+
+def _case_slice(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    index = []
+    for d in shape:
+        start, stop = draw(st.integers(-d, d - 1)), draw(st.one_of(st.none(), st.integers(-d, d)))
+        step = draw(st.sampled_from([1, 1, 2, -1, -2]))
+        assume(len(range(*slice(start, stop, step).indices(d))) > 0)
+        index.append((start, stop, step))
+    index = tuple(index)
+    x = _vals(draw, op, 0, shape, dt)
+    if op == "slice_grad":
+        out = x[tuple(slice(*t) for t in index)]
+        return [_vals(draw, op, 0, out.shape, dt), x], {"index": index}
+    return [x], {"index": index}
+
+
+def _case_grouped_conv(draw, dt, op, ms):
+    groups = draw(st.integers(2, 3))
+    (n, c, h, w), (o, _, kh, kw), (_, _, oh, ow), stride, padding = _conv_geometry(draw, ms)
+    xs, ws, ys = (n, c * groups, h, w), (o * groups, c, kh, kw), (n, o * groups, oh, ow)
+    attrs = {"stride": stride, "padding": padding, "groups": groups}
+    x, wv = _vals(draw, op, 0, xs, dt), _vals(draw, op, 1, ws, dt)
+    if op == "grouped_conv2d":
+        return [x, wv] + ([_vals(draw, op, 2, (ws[0],), dt)] if draw(st.booleans()) else []), attrs
+    return [x, wv, _vals(draw, op, 2, ys, dt)], attrs
+
+
+def _indices(draw, size: int) -> np.ndarray:
+    """Integer indices into an axis of `size`, negative ones and repeats included."""
+    n = draw(st.integers(1, 4))
+    return np.asarray(draw(st.lists(st.integers(-size, size - 1), min_size=n, max_size=n)), np.int64)
+
+
+def _case_take(draw, dt, op, ms):
+    shape = _shape(draw, min_dims=1, max_side=ms)
+    axis = draw(st.integers(0, len(shape) - 1))
+    idx = _indices(draw, shape[axis])
+    x = _vals(draw, op, 0, shape, dt)
+    if REGISTRY[op].arity == 3:  # take_grad(g, idx, like)
+        out = np.take(x, idx, axis=axis)
+        return [_vals(draw, op, 0, out.shape, dt), idx, x], {"axis": axis}
+    return [x, idx], {"axis": axis}
+
+
+CASES: dict[str, Callable] = {
+    "unary": _case_unary, "size_of": _case_size_of, "binary": _case_binary, "where": _case_where,
+    "reduce": _case_reduce, "argmax": _case_argmax, "sum_to": _case_sum_to, "broadcast_like": _case_broadcast_like,
+    "activation_grad": _case_activation_grad, "reshape": _case_reshape, "reshape_like": _case_reshape_like,
+    "transpose": _case_transpose, "expand_dims": _case_expand_dims, "squeeze": _case_squeeze,
+    "concatenate": _case_concatenate, "concat_slice": _case_concat_slice, "matmul": _case_matmul,
+    "dense": _case_dense, "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
+    "classification": _case_classification, "one_hot": _case_one_hot, "bce": _case_bce, "dropout": _case_dropout,
+    "conv": _case_conv, "pool": _case_pool, "fused_elementwise": _case_fused_elementwise,
+    "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv, "take": _case_take,
 }
-"""op name -> case function (draw, dtype, op, max_side) -> (inputs, attrs). Add one for a new op."""
+"""OpDef.fuzz (a case kind) -> case function (draw, dtype, op, max_side) -> (inputs, attrs).
+A new op names an existing kind in its registry entry, or adds a kind here."""
 
 
 def _case_fn(op: str) -> Callable:
-    if op in OP_CASES:
-        return OP_CASES[op]
-    opdef = REGISTRY.get(op)
-    if opdef is not None and opdef.elementwise and opdef.arity == 1:
-        return _case_unary
-    if opdef is not None and opdef.elementwise and opdef.arity == 2:
-        return _case_binary
-    raise ValueError(f"graphc.testing has no strategy for op {op!r}; add a case function to "
-                     f"graphc.testing.OP_CASES (or pass like='<similar op>')")
+    kind = REGISTRY[op].fuzz if op in REGISTRY else None
+    if kind in CASES:
+        return CASES[kind]
+    raise ValueError(f"graphc.testing has no strategy for op {op!r} (fuzz kind {kind!r}); give its OpDef a "
+                     f"`fuzz` kind from graphc.testing.CASES (or pass like='<similar op>')")
 
 
 def arrays_for(op: str, *, dtype=None, like: Optional[str] = None, max_side: int = 4) -> st.SearchStrategy:
@@ -632,6 +666,8 @@ class _Builder:
             return apply("add", [apply("mul", [t, t]), self.scalar(0.5)])
         if dom.kind == "unit":
             return apply("add", [apply("mul", [apply("sigmoid", [t]), self.scalar(0.9)]), self.scalar(0.05)])
+        if dom.kind == "bounded":  # e.g. exp's argument: a computed value must not overflow it
+            return apply("mul", [apply("tanh", [t]), self.scalar(max(abs(dom.low), abs(dom.high)))])
         return t
 
 
@@ -647,21 +683,15 @@ def _g_unary(b: _Builder, op: str):
     x = b.pick()
     if x is None:
         return None
-    dom = REGISTRY[op].input_domain(0)
-    attrs: dict = {}
-    if op == "leaky_relu":
-        attrs = {"alpha": b.draw(st.sampled_from([0.1, 0.2]))}
-    elif op == "power":
-        attrs = {"p": b.draw(st.sampled_from([-1.0, 0.5, 2.0, 3.0]))}
-    elif op == "clip":
-        lo = b.draw(st.sampled_from([-1.0, -0.5, None]))
-        hi = b.draw(st.sampled_from([1.0, 0.5] + ([None] if lo is not None else [])))
-        attrs = {"lo": lo, "hi": hi}
-    elif op == "cast":
-        attrs = {"dtype": FLOAT_DTYPES[0] if x.dtype == FLOAT_DTYPES[1] else FLOAT_DTYPES[1]}
-    if op == "exp" and x.op != "placeholder":
-        x = apply("tanh", [x])
-    return apply(op, [b.adapt(x, dom)], **attrs)
+    attrs = fuzz_attrs(b.draw, op)
+    return apply(op, [b.adapt(x, slot_domain(op, 0, attrs))], **attrs)
+
+
+def _g_size_of(b: _Builder, op: str):
+    x = b.pick()
+    if x is None:
+        return None
+    return apply(op, [x], axes=_axes(b.draw, x.ndim), dtype=b.dt)
 
 
 def _g_binary(b: _Builder, op: str):
@@ -669,10 +699,12 @@ def _g_binary(b: _Builder, op: str):
     if a is None:
         return None
     c = b.pick(lambda t: _broadcastable(t.shape, a.shape))
-    d0, d1 = REGISTRY[op].input_domain(0), REGISTRY[op].input_domain(1)
-    if op == "pow" and c.op != "placeholder":
-        c = apply("tanh", [c])
-    return apply(op, [b.adapt(a, d0), b.adapt(c, d1)])
+    out = apply(op, [b.adapt(a, slot_domain(op, 0)), b.adapt(c, slot_domain(op, 1))])
+    return out if out.dtype.kind == "f" else apply("cast", [out], dtype=b.dt)  # comparisons: 0/1 values
+
+
+def _comparisons() -> list:
+    return sorted(n for n, op in REGISTRY.items() if op.fuzz == "binary" and not op.differentiable)
 
 
 def _g_where(b: _Builder, op: str):
@@ -680,7 +712,7 @@ def _g_where(b: _Builder, op: str):
     if c1 is None:
         return None
     c2 = b.pick(lambda t: _broadcastable(t.shape, c1.shape))
-    cond = apply(b.draw(st.sampled_from(_COMPARISONS[:4])), [c1, c2])
+    cond = apply(b.draw(st.sampled_from(_comparisons())), [c1, c2])
     x = b.pick(lambda t: _broadcastable(t.shape, cond.shape))
     x = c1 if x is None else x
     y = b.pick(lambda t: _broadcastable(t.shape, np.broadcast_shapes(cond.shape, x.shape)))
@@ -694,10 +726,25 @@ def _g_reduce(b: _Builder, op: str):
         return None
     axes = _axes(b.draw, x.ndim)
     keep = b.draw(st.booleans())
-    if op == "mean":
+    if op == "mean":  # a composite: sum / size_of
         from ..ops import mean
         return mean(x, axes, keep)
     return apply(op, [x], axes=axes, keepdims=keep)
+
+
+def _g_argmax(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1)
+    if x is None:
+        return None
+    return apply("cast", [apply(op, [x], axis=b.draw(st.integers(0, x.ndim - 1)))], dtype=b.dt)
+
+
+def _g_one_hot(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1)
+    if x is None:
+        return None
+    labels = apply("argmax", [x], axis=x.ndim - 1)
+    return apply(op, [labels], classes=int(x.shape[-1]), dtype=b.dt)
 
 
 def _g_softmax(b: _Builder, op: str):
@@ -726,14 +773,16 @@ def _g_reshape(b: _Builder, op: str):
     return apply(op, [x], shape=tuple(int(d) for d in target))
 
 
-def _g_expand_squeeze(b: _Builder, op: str):
-    if op == "squeeze":
-        x = b.pick(lambda t: 1 in t.shape)
-        if x is None:
-            return None
-        axes = tuple(sorted(b.draw(st.sets(st.sampled_from([i for i, d in enumerate(x.shape) if d == 1]),
-                                           min_size=1))))
-        return apply(op, [x], axes=axes)
+def _g_squeeze(b: _Builder, op: str):
+    x = b.pick(lambda t: 1 in t.shape)
+    if x is None:
+        return None
+    axes = tuple(sorted(b.draw(st.sets(st.sampled_from([i for i, d in enumerate(x.shape) if d == 1]),
+                                       min_size=1))))
+    return apply(op, [x], axes=axes)
+
+
+def _g_expand_dims(b: _Builder, op: str):
     x = b.pick(lambda t: t.ndim <= 2)
     if x is None:
         return None
@@ -768,27 +817,27 @@ def _g_matmul(b: _Builder, op: str):
     return apply(op, [a, w], trans_a=False, trans_b=bool(tb))
 
 
-def _g_loss(b: _Builder, op: str):
-    if op in ("softmax_cross_entropy", "nll_loss"):
-        x = b.pick(lambda t: t.ndim == 2)
+def _g_classification(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim == 2)
+    if x is None:
+        x = b.pick(lambda t: t.ndim >= 1)
         if x is None:
-            x = b.pick(lambda t: t.ndim >= 1)
-            if x is None:
-                return None
-            x = apply("reshape", [x], shape=(1, -1) if x.ndim == 1 else (-1, x.shape[-1]))
-        n, c = x.shape
-        labels = b.const(_labels(b.draw, n, c))
-        return apply(op, [x, labels])
+            return None
+        x = apply("reshape", [x], shape=(1, -1) if x.ndim == 1 else (-1, x.shape[-1]))
+    n, c = x.shape
+    return apply(op, [x, b.const(_labels(b.draw, n, c))])
+
+
+def _g_targets(b: _Builder, op: str):
+    """A loss of (prediction, target in [0, 1]): binary cross entropies and the mse composite."""
     x = b.pick()
     if x is None:
         return None
     target = b.const(b.draw(arrays_in(Domain("unit", low=0.0, high=1.0), x.shape, b.dt)))
-    if op == "binary_cross_entropy_probs":
-        x = b.adapt(x, REGISTRY[op].input_domain(0))
-    if op == "mse":
+    if op == "mse":  # a composite
         from ..ops import mse
         return mse(x, target)
-    return apply(op, [x, target])
+    return apply(op, [b.adapt(x, slot_domain(op, 0)), target])
 
 
 def _g_dropout(b: _Builder, op: str):
@@ -806,12 +855,20 @@ def _g_conv(b: _Builder, op: str):
     _, c, h, w_ = x.shape
     kh, kw = b.draw(st.integers(1, min(h, 3))), b.draw(st.integers(1, min(w_, 3)))
     stride = (b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2)))
-    if op == "conv2d":
-        padding = (b.draw(st.integers(0, 1)), b.draw(st.integers(0, 1)))
-        w = b.new_input((b.draw(st.integers(1, 2)), c, kh, kw))
-        ins = [x, w] + ([b.new_input((w.shape[0],))] if b.draw(st.booleans()) else [])
-        return apply(op, ins, stride=stride, padding=padding)
-    stride = (min(stride[0], kh), min(stride[1], kw))
+    padding = (b.draw(st.integers(0, 1)), b.draw(st.integers(0, 1)))
+    w = b.new_input((b.draw(st.integers(1, 2)), c, kh, kw))
+    ins = [x, w] + ([b.new_input((w.shape[0],))] if b.draw(st.booleans()) else [])
+    return apply(op, ins, stride=stride, padding=padding)
+
+
+def _g_pool(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim == 4 and t.shape[2] >= 2 and t.shape[3] >= 2)
+    if x is None:
+        x = b.new_input((b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2)), b.draw(st.integers(2, 5)),
+                         b.draw(st.integers(2, 5))))
+    _, c, h, w_ = x.shape
+    kh, kw = b.draw(st.integers(1, min(h, 3))), b.draw(st.integers(1, min(w_, 3)))
+    stride = (b.draw(st.integers(1, kh)), b.draw(st.integers(1, kw)))
     padding = (b.draw(st.integers(0, kh // 2)), b.draw(st.integers(0, kw // 2)))
     return apply(op, [x], kernel=(kh, kw), stride=stride, padding=padding)
 
@@ -838,42 +895,107 @@ def _g_grad(b: _Builder, op: str):
     return g
 
 
-_UNARY_GRAPH = ("neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "power",
-                "clip", "cast", "stop_gradient")
-_GRAPH_BUILDERS: dict[str, Callable] = {
-    **{op: _g_unary for op in _UNARY_GRAPH},
-    **{op: _g_binary for op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum")},
-    "where": _g_where, "sum": _g_reduce, "mean": _g_reduce, "max": _g_reduce,
-    "softmax": _g_softmax, "log_softmax": _g_softmax, "transpose": _g_transpose, "reshape": _g_reshape,
-    "expand_dims": _g_expand_squeeze, "squeeze": _g_expand_squeeze, "concatenate": _g_concatenate,
-    "matmul": _g_matmul, "softmax_cross_entropy": _g_loss, "nll_loss": _g_loss,
-    "binary_cross_entropy": _g_loss, "binary_cross_entropy_probs": _g_loss, "mse": _g_loss,
-    "dropout": _g_dropout, "conv2d": _g_conv, "max_pool2d": _g_conv, "avg_pool2d": _g_conv, "grad": _g_grad,
+# OpDef.fuzz (a case kind) -> graph builder (builder, op) -> Tensor or None
+GRAPH_BUILDERS: dict[str, Callable] = {
+    "unary": _g_unary, "size_of": _g_size_of, "binary": _g_binary, "where": _g_where, "reduce": _g_reduce,
+    "argmax": _g_argmax, "one_hot": _g_one_hot, "softmax": _g_softmax, "transpose": _g_transpose,
+    "reshape": _g_reshape, "expand_dims": _g_expand_dims, "squeeze": _g_squeeze, "concatenate": _g_concatenate,
+    "matmul": _g_matmul, "classification": _g_classification, "bce": _g_targets, "dropout": _g_dropout,
+    "conv": _g_conv, "pool": _g_pool,
 }
-GRAPH_OPS = tuple(_GRAPH_BUILDERS)
+def _g_pad(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1)
+    if x is None:
+        return None
+    pads = tuple((b.draw(st.integers(0, 2)), b.draw(st.integers(0, 2))) for _ in x.shape)
+    return apply(op, [x], pads=pads, value=b.draw(st.sampled_from([0.0, -1.5])))
+
+
+def _g_slice(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    index = []
+    for d in x.shape:
+        step = b.draw(st.sampled_from([1, 1, 2, -1]))
+        start = b.draw(st.integers(0, d - 1)) if step > 0 else b.draw(st.integers(-d, -1))
+        index.append((start, None, step))
+    return apply(op, [x], index=tuple(index))
+
+
+def _g_grouped_conv(b: _Builder, op: str):
+    groups = b.draw(st.integers(2, 3))
+    c = b.draw(st.integers(1, 2))
+    x = b.new_input((b.draw(st.integers(1, 2)), c * groups, b.draw(st.integers(2, 4)), b.draw(st.integers(2, 4))))
+    kh, kw = b.draw(st.integers(1, 2)), b.draw(st.integers(1, 2))
+    w = b.new_input((b.draw(st.integers(1, 2)) * groups, c, kh, kw))
+    return apply(op, [x, w], stride=(1, b.draw(st.integers(1, 2))), padding=(b.draw(st.integers(0, 1)), 0),
+                 groups=groups)
+
+
+def _g_take(b: _Builder, op: str):
+    x = b.pick(lambda t: t.ndim >= 1 and all(d >= 1 for d in t.shape))
+    if x is None:
+        return None
+    axis = b.draw(st.integers(0, x.ndim - 1))
+    return apply(op, [x, b.const(_indices(b.draw, x.shape[axis]))], axis=axis)
+
+
+GRAPH_BUILDERS.update(pad=_g_pad, slice=_g_slice, grouped_conv=_g_grouped_conv, take=_g_take)
+
+
+def _g_dense_pattern(b: _Builder, op: str):
+    """act(x @ W + b): what the fusion pass turns into one dense node (the GEMM's epilogue)."""
+    h = _g_matmul(b, "matmul")
+    if h is None or h.ndim != 2:
+        return h
+    h = apply("add", [h, b.new_input((h.shape[1],))])
+    act = b.draw(st.sampled_from(ACTIVATIONS))
+    return h if act == "identity" else apply(act, [h], **fuzz_attrs(b.draw, act))
+
+
+def _g_reshape_like(b: _Builder, op: str):
+    """reshape_like(x, like): the reshape VJP of a graph whose shapes are known only at run time."""
+    x = b.pick(lambda t: t.ndim >= 1 and int(np.prod(t.shape)) > 1)
+    if x is None:
+        return None
+    like = b.new_input(tuple(reversed(x.shape)) if x.ndim > 1 else (1, x.shape[0]))
+    return apply("reshape_like", [x, like])
+
+
+# composites: public functions made of several ops, patterns the passes rewrite, and a gradient
+# taken inside the graph
+COMPOSITES: dict[str, tuple[Callable, int]] = {
+    "mean": (_g_reduce, 1), "log_softmax": (_g_softmax, 1), "mse": (_g_targets, 1), "grad": (_g_grad, 5),
+    "linear_act": (_g_dense_pattern, 1), "runtime_reshape": (_g_reshape_like, 1),
+}
+
+
+def _graph_ops() -> tuple:
+    """Registry ops random graphs draw directly (ops made only by gradients or passes are reached
+    through `grad` and compilation), then the composites."""
+    ops = [n for n, op in REGISTRY.items() if op.fuzz in GRAPH_BUILDERS and not op.made_by]
+    return tuple(ops) + tuple(COMPOSITES)
+
+
+GRAPH_OPS = _graph_ops()
 """Names `graphs(ops=...)` accepts: registry ops plus the composites mean, mse, log_softmax and grad
 (a gradient taken inside the graph, so VJP rules are differentiated again)."""
-_DEFAULT_WEIGHTS = {"grad": 5, "matmul": 2, "add": 2, "mul": 2, "tanh": 2}
+
+
+def _weight(op: str) -> int:
+    return COMPOSITES[op][1] if op in COMPOSITES else REGISTRY[op].fuzz_weight
 
 
 def _builder_for(op: str, like: dict) -> tuple[Callable, str]:
     base = like.get(op, op)
-    if base in _GRAPH_BUILDERS:
-        return _GRAPH_BUILDERS[base], op
-    opdef = REGISTRY.get(op)
-    if opdef is not None and opdef.elementwise and opdef.arity == 1:
-        return _g_unary, op
-    if opdef is not None and opdef.elementwise and opdef.arity == 2:
-        return _g_binary, op
+    if base in COMPOSITES:
+        return COMPOSITES[base][0], op
+    kind = REGISTRY[base].fuzz if base in REGISTRY else None
+    if kind in GRAPH_BUILDERS:
+        return GRAPH_BUILDERS[kind], op
     raise ValueError(f"graphs(): no builder for op {op!r}; known: {', '.join(GRAPH_OPS)} "
                      "(pass like={op: similar_op} for a registered copy of an op)")
-
-
-# ops whose output values are input values (rearranged): a kink or domain after them applies before
-_VALUE_PRESERVING = {"reshape", "expand_dims", "squeeze", "transpose", "concatenate", "broadcast_like", "cast",
-                     "stop_gradient", "max", "max_pool2d"}
-# strictly monotonic elementwise ops: distinct values stay distinct
-_MONOTONIC = _VALUE_PRESERVING | {"log", "exp", "sqrt", "tanh", "sigmoid", "neg", "power", "leaky_relu"}
 
 
 def _leaf_domains(output: Tensor, leaves: list) -> dict:
@@ -886,9 +1008,10 @@ def _leaf_domains(output: Tensor, leaves: list) -> dict:
             if node.op not in REGISTRY:
                 continue
             need[inp.id].append(slot_domain(node.op, slot, node.attrs))
-            if node.op in _VALUE_PRESERVING:
+            opdef = REGISTRY[node.op]
+            if opdef.value_preserving:  # its output values are input values: their needs apply here
                 need[inp.id].extend(need[node.id])
-            elif node.op in _MONOTONIC and any(d.distinct for d in need[node.id]):
+            elif opdef.monotonic and any(d.distinct for d in need[node.id]):  # distinct stays distinct
                 need[inp.id].append(Domain(distinct=True))
     return {t.id: _merge(need.get(t.id, [])) for t in leaves}
 
@@ -932,7 +1055,7 @@ def graphs(max_nodes: int = 8, ops: Optional[Sequence[str]] = None, dtype=None, 
     like = dict(like or {})
     names = list(ops) if ops else list(GRAPH_OPS)
     builders = [(_builder_for(op, like), op) for op in names]  # unknown ops fail here, not on draw
-    weighted = [bo for bo in builders for _ in range(_DEFAULT_WEIGHTS.get(bo[1], 1) if not ops else 1)]
+    weighted = [bo for bo in builders for _ in range(_weight(bo[1]) if not ops else 1)]
     return _graphs(weighted, max_nodes, dtype, max_inputs, max_side)
 
 
@@ -1014,11 +1137,32 @@ class GraphCheck:
         return self.status != "fail"
 
 
+EDGE_VALUES = (0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e-30)
+
+
+def with_edge_values(values: dict, key: str) -> dict:
+    """A copy of `values` in which about a third of the float elements are 0, -0, ±inf, NaN, ±1e30
+    or 1e-30: where an op's result is defined by IEEE rules, every backend must give the same one.
+    The choice depends only on `key` (e.g. the graph's code), so a reproducer makes it again."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    out = {}
+    for t, v in values.items():
+        v = np.array(v, copy=True)
+        if v.dtype.kind == "f" and v.size:
+            flat = v.reshape(-1)
+            pick = rng.random(flat.size) < 1 / 3
+            flat[pick] = rng.choice(np.asarray(EDGE_VALUES, dtype=v.dtype), int(pick.sum()))
+        out[t] = v
+    return out
+
+
 def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str = "full",
                 eps: Optional[float] = None, atol: Optional[float] = None, rtol: Optional[float] = None,
-                localize: bool = True) -> GraphCheck:
+                localize: bool = True, edges: bool = False) -> GraphCheck:
     """Each backend's gradients against float64 finite differences, then (with two or more
     backends) the backends against each other in the graph's own dtype: a three-way oracle.
+    edges=True also compares the backends on the inputs with edge values (with_edge_values):
+    non-finite results are compared between backends, never against finite differences.
     localize=False skips naming the culprit node of a failure (faster while searching)."""
     reports = {}
     kink = False
@@ -1039,12 +1183,24 @@ def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str 
             return GraphCheck("fail", f"comparing backends raised {type(exc).__name__}: {exc}", reports)
         if problem:
             return GraphCheck("fail", f"backends disagree: {problem}", reports)
+        if edges:
+            try:
+                with np.errstate(all="ignore"):
+                    problem = compare_backends(g.output, with_edge_values(g.values, g.code()), backends)
+            except Exception as exc:  # noqa: BLE001
+                return GraphCheck("fail", f"at edge values, comparing backends raised {type(exc).__name__}: {exc}",
+                                  reports)
+            if problem:
+                return GraphCheck("fail", f"backends disagree at edge values (0, -0, inf, NaN, 1e30): {problem}",
+                                  reports)
     return GraphCheck("kink" if kink else "pass", "", reports)
 
 
 # -- reproducers ----------------------------------------------------------------------------------
-_PUBLIC_SIMPLE = {"neg", "exp", "log", "sqrt", "abs", "sign", "sigmoid", "tanh", "relu", "add", "sub", "mul",
-                  "div", "maximum", "minimum", "where", *_COMPARISONS}
+def _public_simple(op: str) -> bool:
+    """gc.<op>(*inputs) builds exactly this node (an elementwise op with a public function)."""
+    from ..ops import PUBLIC
+    return op in PUBLIC and REGISTRY[op].elementwise
 
 
 def _py(v: Any) -> str:
@@ -1099,7 +1255,7 @@ def _emit_graph(outputs: list, values: dict) -> tuple[str, dict]:
         else:
             v = f"n{k}"
             ins = [var[i.id] for i in n.inputs]
-            if n.op in _PUBLIC_SIMPLE and not n.attrs and all(i.dtype.kind == "f" for i in n.inputs) \
+            if _public_simple(n.op) and not n.attrs and all(i.dtype.kind == "f" for i in n.inputs) \
                     and hasattr(__import__("graphc"), n.op):
                 lines.append(f"{v} = gc.{n.op}({', '.join(ins)})")
             elif n.op == "where" and not n.attrs:
@@ -1115,7 +1271,7 @@ def _emit_graph(outputs: list, values: dict) -> tuple[str, dict]:
 def reproducer(graph: Union[RandomGraph, Tensor], values: Optional[dict] = None, *,
                backends: Sequence[str] = ("numpy",), mode: str = "full", eps: Optional[float] = None,
                atol: Optional[float] = None, rtol: Optional[float] = None, title: str = "",
-               setup: str = "") -> str:
+               setup: str = "", edges: bool = False) -> str:
     """Python source of a standalone script that rebuilds the graph in graphc code, with its
     input values, and re-runs check_graph's checks; it exits with status 1 while the failure
     reproduces (an exception also propagates). `setup`: code run after the imports (e.g. to
@@ -1139,6 +1295,21 @@ def reproducer(graph: Union[RandomGraph, Tensor], values: Optional[dict] = None,
     code, var = _emit_graph([output], values)
     vals = ",\n    ".join(f"{var[t.id]}: {_array_src(np.asarray(v))}" for t, v in values.items() if t.id in var)
     kw = "".join(f", {k}={v!r}" for k, v in (("eps", eps), ("atol", atol), ("rtol", rtol)) if v is not None)
+    edge_check = ""
+    if edges:
+        edge_vals = with_edge_values(values, graph.code() if isinstance(graph, RandomGraph) else code)
+        ev = ",\n    ".join(f"{var[t.id]}: {_array_src(np.asarray(v))}" for t, v in edge_vals.items() if t.id in var)
+        edge_check = f"""
+edge_values = {{
+    {ev},
+}}
+if len(backends) > 1:
+    with np.errstate(all="ignore"):
+        problem = compare_backends(loss, edge_values, backends)
+    if problem:
+        print("backends disagree at edge values:", problem)
+        failed = True
+"""
     doc = (title or "graphc gradient-check reproducer").replace('"""', "'''")
     return f'''"""{doc}
 
@@ -1170,6 +1341,7 @@ if len(backends) > 1:
     if problem:
         print("backends disagree:", problem)
         failed = True
+{edge_check}
 if failed:
     raise SystemExit(1)
 print("the failure no longer reproduces")

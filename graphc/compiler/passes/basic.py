@@ -6,7 +6,7 @@ import numpy as np
 from ...ir.graph import reachable
 from ...ir.tensor import Tensor, constant
 from ...ops import REGISTRY
-from .rewrite import is_constant, rewrite
+from .rewrite import Rules, is_constant, rewrite
 
 FOLD_LIMIT = 1 << 20  # elements: larger constant results are computed at run time instead
 
@@ -76,69 +76,113 @@ def _same_as(node: Tensor, x: Tensor) -> bool:
     return x.shape == node.shape and x.dtype == node.dtype
 
 
-_RESHAPES = ("reshape", "reshape_like", "expand_dims", "squeeze")
-
-
 def _reshaped(x: Tensor, node: Tensor) -> Tensor:
-    """x's data in node's shape, looking through reshapes: one reshape at most, or none."""
-    while x.op in _RESHAPES:
+    """x's data in node's shape, looking through views: one reshape at most, or none."""
+    while REGISTRY[x.op].alias:
         x = x.inputs[0]
     if x.shape == node.shape:
         return x
     return Tensor("reshape", [x], {"shape": node.shape}, node.shape, node.dtype, node.name, node.source)
 
 
-def simplify(outputs: list) -> list:
-    """Algebraic identities and layout rewrites that never change a value."""
-    def rule(node: Tensor):
-        op, ins = node.op, node.inputs
-        if op in ("mul",):
-            a, b = ins
-            if is_constant(b, 1) and _same_as(node, a):
-                return a
-            if is_constant(a, 1) and _same_as(node, b):
-                return b
-        if op == "add":
-            a, b = ins
-            if is_constant(b, 0) and _same_as(node, a):
-                return a
-            if is_constant(a, 0) and _same_as(node, b):
-                return b
-        if op == "sub" and is_constant(ins[1], 0) and _same_as(node, ins[0]):
-            return ins[0]
-        if op == "div" and is_constant(ins[1], 1) and _same_as(node, ins[0]):
-            return ins[0]
-        if op == "power" and node.attrs["p"] == 1.0:
-            return ins[0]
-        if op == "neg" and ins[0].op == "neg":
-            return ins[0].inputs[0]
-        if op == "cast" and ins[0].dtype == node.dtype:
-            return ins[0]
-        if op == "transpose" and ins[0].op == "transpose":
-            inner = ins[0]
-            axes = tuple(inner.attrs["axes"][a] for a in node.attrs["axes"])
-            if axes == tuple(range(len(axes))):
-                return inner.inputs[0]
-            return Tensor("transpose", inner.inputs, {"axes": axes}, node.shape, node.dtype, node.name, node.source)
-        if op in ("reshape", "reshape_like") and ins[0].shape == node.shape:
-            return ins[0]
-        if op == "reshape" and ins[0].op in _RESHAPES:
-            return _reshaped(ins[0], node)
-        if op in ("sum", "max") and all(ins[0].shape[a] == 1 for a in node.attrs["axes"]):
-            return _reshaped(ins[0], node)  # reducing size-1 axes only moves no value
-        if op == "matmul":
-            a, b = ins
-            attrs = dict(node.attrs)
-            changed = False
-            if a.op == "transpose" and a.ndim == 2:
-                a, attrs["trans_a"], changed = a.inputs[0], not attrs["trans_a"], True
-            if b.op == "transpose" and b.ndim == 2:
-                b, attrs["trans_b"], changed = b.inputs[0], not attrs["trans_b"], True
-            if changed:
-                return Tensor("matmul", [a, b], attrs, node.shape, node.dtype, node.name, node.source)
-        return None
+simplify = Rules("simplify")
+"""Algebraic identities and layout rewrites that never change a value."""
 
-    return rewrite(outputs, rule)
+
+@simplify.rule("mul")
+def times_one(node):
+    """x * 1 -> x and 1 * x -> x (when the shape and dtype stay)."""
+    for k in (0, 1):
+        if is_constant(node.inputs[1 - k], 1) and _same_as(node, node.inputs[k]):
+            return node.inputs[k]
+    return None
+
+
+@simplify.rule("add")
+def plus_zero(node):
+    """x + 0 -> x and 0 + x -> x."""
+    for k in (0, 1):
+        if is_constant(node.inputs[1 - k], 0) and _same_as(node, node.inputs[k]):
+            return node.inputs[k]
+    return None
+
+
+@simplify.rule("sub")
+def minus_zero(node):
+    """x - 0 -> x."""
+    return node.inputs[0] if is_constant(node.inputs[1], 0) and _same_as(node, node.inputs[0]) else None
+
+
+@simplify.rule("div")
+def over_one(node):
+    """x / 1 -> x."""
+    return node.inputs[0] if is_constant(node.inputs[1], 1) and _same_as(node, node.inputs[0]) else None
+
+
+@simplify.rule("power")
+def power_one(node):
+    """x ** 1 -> x."""
+    return node.inputs[0] if node.attrs["p"] == 1.0 else None
+
+
+@simplify.rule("neg")
+def double_negation(node):
+    """--x -> x."""
+    x = node.inputs[0]
+    return x.inputs[0] if x.op == "neg" else None
+
+
+@simplify.rule("cast")
+def cast_to_same(node):
+    """cast(x, x.dtype) -> x."""
+    return node.inputs[0] if node.inputs[0].dtype == node.dtype else None
+
+
+@simplify.rule("transpose")
+def transpose_of_transpose(node):
+    """transpose(transpose(x, p), q) -> one transpose (or x when the axes cancel)."""
+    inner = node.inputs[0]
+    if inner.op != "transpose":
+        return None
+    axes = tuple(inner.attrs["axes"][a] for a in node.attrs["axes"])
+    if axes == tuple(range(len(axes))):
+        return inner.inputs[0]
+    return Tensor("transpose", inner.inputs, {"axes": axes}, node.shape, node.dtype, node.name, node.source)
+
+
+@simplify.rule("reshape", "reshape_like")
+def reshape_to_same(node):
+    """A reshape to the shape it already has is the identity."""
+    return node.inputs[0] if node.inputs[0].shape == node.shape else None
+
+
+@simplify.rule("reshape")
+def reshape_of_view(node):
+    """reshape(view(x)) -> reshape(x): chains of views collapse to one."""
+    x = node.inputs[0]
+    return _reshaped(x, node) if REGISTRY[x.op].alias else None
+
+
+@simplify.rule("sum", "max")
+def reduce_size_one_axes(node):
+    """Reducing only size-1 axes moves no value: a reshape."""
+    x = node.inputs[0]
+    return _reshaped(x, node) if all(x.shape[a] == 1 for a in node.attrs["axes"]) else None
+
+
+@simplify.rule("matmul")
+def transpose_into_gemm_flags(node):
+    """matmul(transpose(A), B) -> matmul(A, B, trans_a=True) (and likewise for B): the GEMM packs it."""
+    a, b = node.inputs
+    attrs = dict(node.attrs)
+    changed = False
+    if a.op == "transpose" and a.ndim == 2:
+        a, attrs["trans_a"], changed = a.inputs[0], not attrs["trans_a"], True
+    if b.op == "transpose" and b.ndim == 2:
+        b, attrs["trans_b"], changed = b.inputs[0], not attrs["trans_b"], True
+    if not changed:
+        return None
+    return Tensor("matmul", [a, b], attrs, node.shape, node.dtype, node.name, node.source)
 
 
 __all__ = ["dce", "cse", "fold_constants", "simplify", "reachable"]

@@ -3,45 +3,69 @@ from __future__ import annotations
 
 from ...ir.graph import reachable
 from ...ir.tensor import Tensor
-from ...ops.fused import FUSED_BINARY, FUSED_UNARY
-from .rewrite import merged_source, rewrite, users_of, with_inputs
-
-_ACTS = ("relu", "leaky_relu", "sigmoid", "tanh")
+from ...ops import REGISTRY, fused_kernels
+from ...ops.elementwise import ACTIVATIONS
+from .rewrite import Rules, merged_source, rewrite, users_of, with_inputs
 
 
 def _fused(op, inputs, attrs, like: Tensor, replaced) -> Tensor:
     return Tensor(op, inputs, attrs, like.shape, like.dtype, like.name, merged_source(replaced))
 
 
-def fuse_losses(outputs: list) -> list:
-    """Loss patterns -> their fused, numerically stable forms (forward and backward).
+fuse_losses = Rules("fuse_losses")
+"""Loss patterns -> their fused, numerically stable forms (forward and backward)."""
 
-    nll_loss(log_softmax(z), y)                       -> softmax_cross_entropy(z, y)
-    softmax_grad(log_softmax(z), nll_loss_grad(.., y, g), log) -> softmax_cross_entropy_grad(z, y, g)
-    binary_cross_entropy_probs(sigmoid(z), t)        -> binary_cross_entropy(z, t)
-    activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> (sigmoid(z) - t) * s
-    """
-    def is_log_softmax_last(n):
-        return n.op == "softmax" and n.attrs["log"] and n.attrs["axis"] == n.ndim - 1
 
-    def rule(node: Tensor):
-        ins = node.inputs
-        if node.op == "nll_loss" and is_log_softmax_last(ins[0]):
-            return _fused("softmax_cross_entropy", [ins[0].inputs[0], ins[1]], {}, node, [ins[0], node])
-        if (node.op == "softmax_grad" and node.attrs["log"] and is_log_softmax_last(ins[0])
-                and ins[1].op == "nll_loss_grad" and ins[1].inputs[0] is ins[0]):
-            z, (_, labels, g) = ins[0].inputs[0], ins[1].inputs
-            return _fused("softmax_cross_entropy_grad", [z, labels, g], {}, node, [ins[1], node])
-        if node.op == "binary_cross_entropy_probs" and ins[0].op == "sigmoid":
-            return _fused("binary_cross_entropy", [ins[0].inputs[0], ins[1]], {}, node, [ins[0], node])
-        if (node.op == "activation_grad" and node.attrs["act"] == "sigmoid" and ins[0].op == "sigmoid"
-                and ins[1].op == "bce_probs_grad" and ins[1].inputs[0] is ins[0]):
-            y, (_, t, scale) = ins[0], ins[1].inputs
-            diff = _fused("sub", [y, t], {}, node, [ins[1]])
-            return _fused("mul", [diff, scale], {}, node, [node])
+def _is_log_softmax_last(n: Tensor) -> bool:
+    return n.op == "softmax" and n.attrs["log"] and n.attrs["axis"] == n.ndim - 1
+
+
+@fuse_losses.rule("nll_loss")
+def softmax_cross_entropy(node):
+    """nll_loss(log_softmax(z), y) -> softmax_cross_entropy(z, y)."""
+    logp, labels = node.inputs
+    if not _is_log_softmax_last(logp):
         return None
+    return _fused("softmax_cross_entropy", [logp.inputs[0], labels], {}, node, [logp, node])
 
-    return rewrite(outputs, rule)
+
+@fuse_losses.rule("softmax_grad")
+def softmax_cross_entropy_grad(node):
+    """softmax_grad(log_softmax(z), nll_loss_grad(.., y, g), log) -> softmax_cross_entropy_grad(z, y, g)."""
+    logp, upstream = node.inputs
+    if not (node.attrs["log"] and _is_log_softmax_last(logp) and upstream.op == "nll_loss_grad"
+            and upstream.inputs[0] is logp):
+        return None
+    _, labels, g = upstream.inputs
+    return _fused("softmax_cross_entropy_grad", [logp.inputs[0], labels, g], {}, node, [upstream, node])
+
+
+@fuse_losses.rule("binary_cross_entropy_probs")
+def binary_cross_entropy_on_logits(node):
+    """binary_cross_entropy_probs(sigmoid(z), t) -> binary_cross_entropy(z, t)."""
+    probs, targets = node.inputs
+    if probs.op != "sigmoid":
+        return None
+    return _fused("binary_cross_entropy", [probs.inputs[0], targets], {}, node, [probs, node])
+
+
+@fuse_losses.rule("activation_grad")
+def binary_cross_entropy_grad(node):
+    """activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> (sigmoid(z) - t) * s."""
+    y, upstream = node.inputs
+    if not (node.attrs["act"] == "sigmoid" and y.op == "sigmoid" and upstream.op == "bce_probs_grad"
+            and upstream.inputs[0] is y):
+        return None
+    _, t, scale = upstream.inputs
+    diff = _fused("sub", [y, t], {}, node, [upstream])
+    return _fused("mul", [diff, scale], {}, node, [node])
+
+
+def _epilogue(node: Tensor) -> bool:
+    """node is an activation the GEMM applies in its epilogue (a copy under another name is not).
+    dense's VJP reads the activation's output, which tells the side of the kink only for a slope
+    alpha >= 0: a leaky ReLU with a negative slope stays a separate op."""
+    return REGISTRY[node.op].dense_act and node.op in ACTIVATIONS and node.attrs.get("alpha", 0.0) >= 0
 
 
 def fuse_dense(outputs: list) -> list:
@@ -64,13 +88,13 @@ def fuse_dense(outputs: list) -> list:
 
     def rule(node: Tensor, orig: Tensor):
         act, alpha, inner, inner_orig, replaced = "identity", 0.0, node, orig, [node]
-        if node.op in _ACTS:
+        if _epilogue(node):
             act, alpha = node.op, node.attrs.get("alpha", 0.0)
             inner, inner_orig = node.inputs[0], orig.inputs[0]
             if not private(inner_orig):
                 return None
             replaced = [inner, node]
-        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and users[orig.id][0].op in _ACTS:
+        elif node.op == "add" and len(users.get(orig.id, ())) == 1 and _epilogue(users[orig.id][0]):
             return None  # the activation above will take this add along
         mm, bias = inner, None
         if inner.op == "add":
@@ -94,22 +118,16 @@ def fuse_dense(outputs: list) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-_PROGRAM_OPS = set(FUSED_UNARY) | set(FUSED_BINARY) | {"activation_grad"}
-
-
 def _fusable(n: Tensor) -> bool:
-    if n.op not in _PROGRAM_OPS or n.dtype.kind != "f":
-        return False
-    if n.op == "activation_grad" and n.attrs["act"] == "identity":
+    op = REGISTRY[n.op]
+    if not op.fusible or n.dtype.kind != "f" or op.kernel(n.attrs) not in fused_kernels():
         return False
     return all(i.shape in (n.shape, ()) and i.dtype == n.dtype for i in n.inputs)
 
 
 def _instruction(n: Tensor, args) -> tuple:
-    if n.op == "activation_grad":
-        return (n.attrs["act"] + "_grad", tuple(args), float(n.attrs.get("alpha", 0.0)))
-    param = float(n.attrs.get("alpha", n.attrs.get("p", 0.0)))
-    return (n.op, tuple(args), param)
+    op = REGISTRY[n.op]
+    return (op.kernel(n.attrs), tuple(args), op.kernel_value(n.attrs))
 
 
 def fuse_elementwise(outputs: list) -> list:

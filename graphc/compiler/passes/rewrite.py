@@ -47,3 +47,45 @@ def users_of(outputs: list) -> tuple[dict, set]:
 
 def is_constant(node: Tensor, value: float) -> bool:
     return node.op == "constant" and node.value.size <= 64 and bool(np.all(node.value == value))
+
+
+class Rules:
+    """A rewrite pass made of small named rules, each keyed by the op it matches.
+
+        simplify = Rules("simplify")
+
+        @simplify.rule("neg")
+        def double_negation(node):
+            # --x -> x (the first docstring line documents the rule)
+            x = node.inputs[0]
+            return x.inputs[0] if x.op == "neg" else None
+
+    A rule sees a node whose inputs are already rewritten and returns its replacement or None.
+    For each node the rules of its op are tried in the order they were added; the first
+    replacement wins. Calling the Rules object runs the pass (one bottom-up sweep)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.by_op: dict[str, list[Rule]] = {}
+
+    def rule(self, *ops: str) -> Callable[[Rule], Rule]:
+        def add(fn: Rule) -> Rule:
+            for op in ops:
+                self.by_op.setdefault(op, []).append(fn)
+            return fn
+        return add
+
+    def apply(self, node: Tensor) -> Optional[Tensor]:
+        for fn in self.by_op.get(node.op, ()):
+            replacement = fn(node)
+            if replacement is not None:
+                return replacement
+        return None
+
+    def __call__(self, outputs: list) -> list:
+        return rewrite(outputs, self.apply)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(op, rule name, its one-line docstring) for every rule: the pass's documentation."""
+        return [(op, fn.__name__, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+                for op, fns in self.by_op.items() for fn in fns]
