@@ -94,7 +94,7 @@ def test_pgd_is_at_least_as_strong_as_fgsm(mlp, digits):
         bim_acc = accuracy(mlp, attacks.bim(mlp, X, Y, eps, steps=10), Y)
         assert pgd_acc <= fgsm_acc, (eps, pgd_acc, fgsm_acc)
         assert bim_acc <= fgsm_acc, (eps, bim_acc, fgsm_acc)
-    # measured: eps 0.05 -> FGSM 0.824, BIM/PGD 0.818; eps 0.1 -> FGSM 0.480, BIM 0.438, PGD 0.431
+    # measured: eps 0.05 -> FGSM 0.824, BIM/PGD 0.818; eps 0.1 -> FGSM 0.480, BIM 0.438, PGD 0.436
 
 
 @pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 1.0)])
@@ -114,7 +114,7 @@ def test_pgd_stays_in_the_eps_ball_and_the_clip_range(mlp, digits, norm, eps):
 def test_l2_pgd_gets_stronger_with_eps(mlp, digits):
     X, Y = digits.X_test, digits.y_test
     accs = [accuracy(mlp, attacks.pgd(mlp, X, Y, e, steps=10, norm=2), Y) for e in (0.25, 0.5, 1.0, 2.0)]
-    assert accs == sorted(accs, reverse=True) and accs[-1] < 0.05  # measured 0.851, 0.500, 0.022, 0.0
+    assert accs == sorted(accs, reverse=True) and accs[-1] < 0.05  # measured 0.851, 0.507, 0.024, 0.0
 
 
 def test_targeted_pgd_reaches_the_target(mlp, digits):
@@ -122,7 +122,7 @@ def test_targeted_pgd_reaches_the_target(mlp, digits):
     target = (Y + 1) % 10
     x_adv = attacks.pgd(mlp, X, Y, 0.25, steps=40, targeted=True, seed=0)  # target defaults to (y+1) % 10
     hit = np.mean(predict(mlp, x_adv) == target)
-    assert hit >= 0.80, hit  # measured 0.967 of all 450 test digits classified as (y + 1) mod 10
+    assert hit >= 0.80, hit  # measured 0.969 of all 450 test digits classified as (y + 1) mod 10
     explicit = attacks.pgd(mlp, X, Y, 0.25, steps=40, targeted=True, target=target, seed=0)
     np.testing.assert_array_equal(explicit, x_adv)
     l2 = attacks.pgd(mlp, X, Y, 2.0, steps=40, norm=2, targeted=True, target=7, seed=0)
@@ -136,13 +136,11 @@ def test_pgd_is_deterministic_given_the_seed_and_batch_wise(mlp, digits):
     c = attacks.pgd(mlp, X, Y, 0.1, steps=5, seed=4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    # Without a random start each row's attack is independent of the others: batching changes only
-    # the kernels' float32 summation order (the C GEMM blocks by batch size), which can flip the
-    # sign of a near-zero gradient entry and send a row down another path; almost all rows agree.
+    # Each row's attack is independent of the others: per-sample losses, and no kernel ever sees fewer
+    # than 32 rows (BLAS changes summation order for tiny matrices), so batching changes nothing at all.
     small = attacks.bim(mlp, X, Y, 0.1, steps=5, batch_size=7)
     large = attacks.bim(mlp, X, Y, 0.1, steps=5, batch_size=512)
-    assert np.mean(np.all(small == large, axis=1)) >= 0.9  # measured: NumPy backend 100 of 100, C 94
-    assert abs(accuracy(mlp, small, Y) - accuracy(mlp, large, Y)) <= 0.02
+    np.testing.assert_array_equal(small, large)
 
 
 def test_one_step_pgd_without_random_start_is_fgsm(mlp, digits):
@@ -225,7 +223,7 @@ def test_evaluate_reports_consistent_numbers(mlp, digits):
     custom = attacks.evaluate(mlp, X, Y, lambda m, x, y, e: attacks.fgsm(m, x, y, e), eps=[0.1])
     assert custom.rows[0]["robust_acc"] == fg.rows[1]["robust_acc"]
     tgt = attacks.evaluate(mlp, X, Y, "pgd", eps=[0.25], targeted=True, steps=40)
-    assert tgt.rows[0]["success_rate"] >= 0.8  # of the clean-correct examples, share sent to (y+1) mod 10: 0.966
+    assert tgt.rows[0]["success_rate"] >= 0.8  # of the clean-correct examples, share sent to (y+1) mod 10: 0.968
 
 
 # -- adversarial training ------------------------------------------------------------------------------
@@ -237,6 +235,6 @@ def test_adversarial_training_raises_pgd_robust_accuracy(mlp, digits):
     hist = attacks.adversarial_training(robust, digits.X_train, digits.y_train, eps, steps=7, epochs=15,
                                         optimizer=optim.Adam(0.01), batch_size=32, X_test=X, y_test=Y, seed=0)
     after = accuracy(robust, attacks.pgd(robust, X, Y, eps, steps=10, seed=1), Y)
-    assert after >= before + 0.20, (before, after)  # measured 0.438 -> 0.782 (+34 points; C backend 0.784)
+    assert after >= before + 0.20, (before, after)  # measured 0.438 -> 0.780 (+34 points; C backend 0.778)
     assert accuracy(robust, X, Y) >= 0.93  # clean accuracy stays high (measured 0.973)
     assert "test_robust" in hist.keys() and hist["test_robust"][-1] > hist["test_robust"][0]

@@ -296,25 +296,31 @@ def finalise(x: np.ndarray, x_adv64: np.ndarray, eps: float, norm: str, clip: Cl
     return out
 
 
-def random_start(x64: np.ndarray, eps: float, norm: str, seed: int, index: np.ndarray, stream: tuple,
-                 how: str = "ball") -> np.ndarray:
-    """A random perturbation per sample, from that sample's own random stream.
-
-    how="ball": uniform in the L∞ ball, or uniform in the L2 ball (direction ~ N(0, I), radius ε·u^(1/d)).
-    how="surface" (Auto-PGD's start): ε·t/‖t‖ with t uniform in [−1, 1]^d (L∞) or N(0, I) (L2)."""
-    n, d = len(x64), math.prod(x64.shape[1:])
+def sphere_start(x64: np.ndarray, eps: float, norm: str, seed: int, index: np.ndarray, stream: tuple) -> np.ndarray:
+    """Auto-PGD's random start, per sample from its own stream: ε·t/‖t‖ with t uniform in [−1, 1]^d
+    (L∞: one coordinate at ±ε) or t ~ N(0, I) (L2: on the sphere)."""
+    d = math.prod(x64.shape[1:])
     if norm == "inf":
         t = 2.0 * _random.uniform(seed, index, stream, d) - 1.0
-        if how == "surface":
-            t = t / np.maximum(np.abs(t).max(axis=1, keepdims=True), 1e-300)
-        delta = eps * t
+        delta = eps * t / np.maximum(np.abs(t).max(axis=1, keepdims=True), 1e-300)
     else:
         t = _random.normal(seed, index, stream, d)
-        r = eps * np.ones(n)
-        if how != "surface":
-            r = r * _random.uniform(seed, index, stream + (1,), 1)[:, 0] ** (1 / d)
-        delta = t * (r / np.maximum(np.sqrt((t ** 2).sum(1)), 1e-300))[:, None]
+        delta = eps * t / np.maximum(np.sqrt((t ** 2).sum(1)), 1e-300)[:, None]
     return delta.reshape(x64.shape)
+
+
+def ball_start(x64: np.ndarray, eps: float, norm: str, seed: int, index: np.ndarray) -> np.ndarray:
+    """PGD's random start: uniform in the L∞ ball, or uniform in the L2 ball (direction ~ N(0, I), radius
+    ε·u^(1/d)), sample i drawn from np.random.default_rng([seed, index[i]])."""
+    d = math.prod(x64.shape[1:])
+    rows = []
+    for g in _random.generators(seed, index):
+        if norm == "inf":
+            rows.append(g.uniform(-eps, eps, size=d))
+        else:
+            t = g.standard_normal(d)
+            rows.append(t * (eps * g.uniform() ** (1.0 / d) / max(float(np.sqrt(t @ t)), 1e-300)))
+    return np.array(rows, np.float64).reshape(x64.shape)
 
 
 # -- compiled model functions -------------------------------------------------------------------------

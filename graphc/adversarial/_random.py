@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["uniform", "normal", "integers", "signs", "default_index"]
+__all__ = ["uniform", "normal", "integers", "signs", "default_index", "check_seed", "generators"]
 
 _U64 = np.uint64
 _MASK = (1 << 64) - 1
@@ -81,12 +81,28 @@ def signs(seed: int, index: np.ndarray, stream: Sequence[int], n: int) -> np.nda
 
 
 def default_index(index, n: int) -> np.ndarray:
-    """The samples' global indices: np.arange(n) unless given (then checked: n distinct-or-not ints)."""
+    """The samples' global indices: np.arange(n) unless given (then checked: one non-negative integer
+    per example)."""
     from ..ir.errors import GraphError
     if index is None:
         return np.arange(n, dtype=np.int64)
     idx = np.asarray(index)
     if idx.ndim != 1 or len(idx) != n or idx.dtype.kind not in "iu":
-        raise GraphError(f"index must be a 1-d integer array with one global index per row of x ({n}), got "
-                         f"{idx.dtype} array of shape {idx.shape}")
+        raise GraphError(f"index must hold one integer per example (the rows' global indices, {n} of them), got "
+                         f"a {idx.dtype} array of shape {idx.shape}")
+    if len(idx) and idx.min() < 0:
+        raise GraphError(f"index must be non-negative (the rows' global indices), got {int(idx.min())}")
     return idx.astype(np.int64)
+
+
+def check_seed(seed) -> int:
+    from ..ir.errors import GraphError
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GraphError(f"seed must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
+def generators(seed: int, index: np.ndarray) -> list:
+    """One NumPy Generator per sample, np.random.default_rng([seed, index[i]]): for one-shot draws such
+    as PGD's random start (vectorised streams above are for attacks that draw every iteration)."""
+    return [np.random.default_rng([seed, int(i)]) for i in index]

@@ -42,7 +42,7 @@ from ._common import (
     norm_name,
     num_classes,
     project_box,
-    random_start,
+    sphere_start,
 )
 
 __all__ = ["apgd", "checkpoints", "halve_step", "run"]
@@ -84,7 +84,7 @@ def _run(gradient, model, x64, y, t, eps, norm, steps, rho, clip, seed, index, s
     n = len(x64)
     dtype = model.dtype
     step = momentum_step_fn(model, tuple(x64.shape[1:]), loss, targeted, norm, clip, backend)
-    x_start = project_box(x64, x64 + random_start(x64, eps, norm, seed, index, stream, how="surface"), eps, norm, clip)
+    x_start = project_box(x64, x64 + sphere_start(x64, eps, norm, seed, index, stream), eps, norm, clip)
     x_found, success = x64.copy(), np.zeros(n, bool)
     zero_any, bad_any = np.zeros(n, bool), np.zeros(n, bool)
     x_best64, f_best_all = x_start.copy(), np.full(n, -np.inf)
@@ -212,6 +212,7 @@ def run(model, x, y, eps, norm, steps, loss, targeted, target, restarts, rho, cl
         raise GraphError(f"apgd: loss must be 'ce' or 'dlr', got {loss!r}")
     check_clip(x, clip, name)
     index = _random.default_index(index, len(x))
+    seed = _random.check_seed(seed)
     report = AttackReport(name, len(x), steps, success=np.zeros(len(x), bool))
     if len(x) == 0:
         return (x.copy(), report) if return_report else x.copy()

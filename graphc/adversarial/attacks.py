@@ -59,6 +59,7 @@ from ._common import (
     GradientMaskingError,
     GradientMaskingWarning,
     check_data,
+    flat,
     l2,
     linf,
     logits,
@@ -98,6 +99,10 @@ def input_gradient(model, x: np.ndarray, y: np.ndarray, loss: LossSpec = "cross_
     if not grads:
         return np.zeros(x.shape), logits(model, x, backend)
     return np.concatenate(grads), np.concatenate(zs)
+
+
+# the helpers graphc.distributed reuses, so that its per-chunk reports use evaluate's very formulas
+_check_data, _norm_name, _flat, _l2, _targets, _mean = check_data, norm_name, flat, l2, targets, mean
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -119,6 +119,7 @@ def autoattack(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str,
     n_target_classes = check_steps(n_target_classes, "n_target_classes")
     check_clip(x, clip, "autoattack")
     index = _random.default_index(index, len(x))
+    seed = _random.check_seed(seed)
     start_all = time.perf_counter()
     report = AutoAttackReport(eps, norm, version, len(x), float("nan"), fooled_by=np.full(len(x), "", object))
     x_adv = x.copy()

@@ -16,6 +16,7 @@ from . import _random
 from ._common import (
     AttackReport,
     Clip,
+    ball_start,
     check_clip,
     check_data,
     check_dlr_classes,
@@ -33,14 +34,12 @@ from ._common import (
     norm_name,
     num_classes,
     project_box,
-    random_start,
     targets,
     unit,
 )
 
 __all__ = ["fgsm", "bim", "pgd", "mifgsm", "loss_name"]
 
-STREAM = 1  # the first label of PGD's random streams (each attack has its own)
 
 _LOSS_NAMES = {"cross_entropy": "ce", "ce": "ce", "softmax_cross_entropy": "ce", "xent": "ce",
                "cw": "cw", "margin": "cw", "dlr": "dlr"}
@@ -68,6 +67,7 @@ def iterate(name: str, model, x, y, eps, step: Optional[float], steps, norm, ran
     steps = check_steps(steps)
     check_clip(x, clip, name)
     index = _random.default_index(index, len(x))
+    seed = _random.check_seed(seed)
     step = 2.5 * eps / steps if step is None else check_eps(step, "step")
     loss = loss_name(loss)
     report = AttackReport(name, len(x), steps)
@@ -89,8 +89,7 @@ def iterate(name: str, model, x, y, eps, step: Optional[float], steps, norm, ran
         x64 = xb.astype(np.float64)
         x_adv = x64.copy()
         if random_init:
-            start_at = random_start(x64, eps, norm, seed, index[start:start + batch_size], (STREAM,))
-            x_adv = clip_range(x64 + start_at, clip)
+            x_adv = clip_range(x64 + ball_start(x64, eps, norm, seed, index[start:start + batch_size]), clip)
         best, found = x_adv.copy(), np.zeros(len(xb), bool)
         zero_any, bad_any = np.zeros(len(xb), bool), np.zeros(len(xb), bool)
         velocity = np.zeros_like(x64)
@@ -130,12 +129,14 @@ def _done(result, on_masking: str, return_report: bool):
 
 def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, clip: Clip = (0, 1), loss: LossSpec = "cross_entropy",
          targeted: bool = False, target: Any = None, batch_size: int = 512, backend: Optional[str] = None,
-         on_masking: str = "warn", return_report: bool = False):
+         on_masking: str = "warn", return_report: bool = False, index: Optional[np.ndarray] = None):
     """Fast gradient sign method (Goodfellow et al. 2015): x' = clip(x + ε·sign(∇ₓℓ(x, y))).
 
     Targeted: x' = clip(x − ε·sign(∇ₓℓ(x, target))). Returns x' (and the AttackReport when
     return_report=True). ‖x' − x‖∞ ≤ ε holds exactly in x's dtype. Clean inputs outside `clip`
-    raise a GraphError (pass clip=None for unbounded data).
+    raise a GraphError (pass clip=None for unbounded data). `index` (the rows' global indices) is
+    checked and otherwise unused — nothing here is random — so that sharded evaluation can pass it
+    to every attack alike (the same holds for bim and mifgsm).
 
     >>> from graphc import nn
     >>> m = nn.MLP([4, 8, 3]); x = np.full((2, 4), 0.5, np.float32); y = np.array([0, 1])
@@ -144,7 +145,7 @@ def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, clip: Clip = (0, 1), l
     True
     """
     check_on_masking(on_masking)
-    return _done(iterate("fgsm", model, x, y, eps, eps, 1, "inf", False, targeted, target, clip, 0, None, loss,
+    return _done(iterate("fgsm", model, x, y, eps, eps, 1, "inf", False, targeted, target, clip, 0, index, loss,
                          batch_size, backend, keep_best=False), on_masking, return_report)
 
 
@@ -163,8 +164,8 @@ def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] =
     keep_best (default): an example that was adversarial at some iterate but not at the last keeps
     that iterate (robust accuracy then counts any success found along the way).
 
-    Randomness is per sample: sample i's random start is drawn from its own stream, a function of
-    (seed, index[i]) only, where `index` holds the rows' global indices (default np.arange(len(x))).
+    Randomness is per sample: sample i's random start is drawn from np.random.default_rng([seed, index[i]]),
+    where `index` holds the rows' global indices (default np.arange(len(x))).
     So attacking any chunking of the data (with the matching index slices) gives bit-identical
     results to one call on all of it, whatever the batch_size. Returns x' (and the AttackReport
     when return_report).
@@ -185,18 +186,18 @@ def pgd(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] =
 def bim(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] = None, steps: int = 10,
         clip: Clip = (0, 1), loss: LossSpec = "cross_entropy", targeted: bool = False, target: Any = None,
         batch_size: int = 512, backend: Optional[str] = None, keep_best: bool = True, on_masking: str = "warn",
-        return_report: bool = False):
+        return_report: bool = False, index: Optional[np.ndarray] = None):
     """Basic iterative method / iterative FGSM (Kurakin et al. 2017): L∞ PGD from the clean input
     (no random start); step defaults to 2.5·ε/steps."""
     check_on_masking(on_masking)
-    return _done(iterate("bim", model, x, y, eps, step, steps, "inf", False, targeted, target, clip, 0, None, loss,
+    return _done(iterate("bim", model, x, y, eps, step, steps, "inf", False, targeted, target, clip, 0, index, loss,
                          batch_size, backend, keep_best), on_masking, return_report)
 
 
 def mifgsm(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float] = None, steps: int = 10,
            decay: float = 1.0, clip: Clip = (0, 1), loss: LossSpec = "cross_entropy", targeted: bool = False,
            target: Any = None, batch_size: int = 512, backend: Optional[str] = None, keep_best: bool = True,
-           on_masking: str = "warn", return_report: bool = False):
+           on_masking: str = "warn", return_report: bool = False, index: Optional[np.ndarray] = None):
     """Momentum iterative FGSM (Dong et al. 2018), L∞: from the clean input, `steps` times
 
         g ← decay·g + ∇ₓℓ / ‖∇ₓℓ‖₁,   x ← Π(x + step·sign(g)),
@@ -221,4 +222,4 @@ def mifgsm(model, x: np.ndarray, y: np.ndarray, eps: float, step: Optional[float
     if step is None:
         step = check_eps(eps) / steps_checked
     return _done(iterate("mifgsm", model, x, y, eps, step, steps_checked, "inf", False, targeted, target, clip, 0,
-                         None, loss, batch_size, backend, keep_best, decay=decay), on_masking, return_report)
+                         index, loss, batch_size, backend, keep_best, decay=decay), on_masking, return_report)

@@ -24,6 +24,7 @@ from ._common import (
     check_data,
     check_eps,
     check_labels,
+    check_on_masking,
     check_steps,
     clip_range,
     finalise,
@@ -112,7 +113,7 @@ def _norm(a: np.ndarray, axes=(1, 2, 3)) -> np.ndarray:
 def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, float] = "inf", queries: int = 5000,
            p_init: float = 0.8, clip: Clip = (0, 1), seed: int = 0, index: Optional[np.ndarray] = None,
            image_shape: Optional[tuple] = None, batch_size: int = 512, backend: Optional[str] = None,
-           return_report: bool = False):
+           return_report: bool = False, on_masking: str = "warn"):
     """Square Attack, L∞ or L2, untargeted, at most `queries` model evaluations per sample.
 
     Uses only the model's logits (a compiled forward pass; no gradient is ever built), so it is the
@@ -121,9 +122,11 @@ def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, flo
     (N, H, W) shape, flat rows of a square number of features as one-channel square images, other flat
     rows as a 1×D strip (L∞ only; L2 needs H, W ≥ 3).
 
-    Returns x' (and, with return_report, an AttackReport whose `queries` holds the number of queries
-    each sample used, 0 for clean points that are already misclassified, and `success`). A successful
-    sample returns its first adversarial point; the others their lowest-margin point.
+    on_masking is accepted for a uniform interface with the gradient attacks; Square has no gradient
+    whose masking it could report. Returns x' (and, with return_report, an AttackReport whose
+    `queries` holds the number of queries each sample used, 0 for clean points that are already
+    misclassified, and `success`). A successful sample returns its first adversarial point; the
+    others their lowest-margin point.
 
     Randomness is per sample: the proposals for sample i at iteration k come from the stream of
     (seed, index[i], k) (index: global row indices, default np.arange(len(x))), so any chunking of the
@@ -135,6 +138,7 @@ def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, flo
     >>> bool(np.abs(x_adv - x).max() <= 0.1), bool(rep.queries.max() <= 50)
     (True, True)
     """
+    check_on_masking(on_masking)
     norm = norm_name(norm)
     x, y = check_data(model, x, y)
     eps = check_eps(eps)
@@ -147,6 +151,7 @@ def square(model, x: np.ndarray, y: np.ndarray, eps: float, norm: Union[str, flo
         raise GraphError(f"p_init must be a number in (0, 1], got {p_init}")
     check_clip(x, clip, "square")
     index = _random.default_index(index, len(x))
+    seed = _random.check_seed(seed)
     c, h, w = _layout(x, image_shape)
     if norm == "2" and (h < 3 or w < 3):
         raise GraphError(f"square: the L2 attack moves mass between windows of at least 3×3 pixels; the layout "
