@@ -35,6 +35,8 @@ def _act_forward(z, act, alpha):
 def _dense_infer(inputs, trans_a, trans_b, act, alpha):
     if act not in ACTIVATIONS:
         raise GraphError(f"unknown activation {act!r}")
+    if act == "leaky_relu" and alpha < 0:  # the VJP reads the output, whose sign then hides the side
+        raise GraphError(f"dense with leaky_relu needs alpha >= 0 (got {alpha}); use leaky_relu(x @ w + b, alpha)")
     shape, dtype = _matmul_infer(inputs[:2], trans_a, trans_b)
     if len(shape) != 2:
         raise GraphError("dense needs 2-d operands")
