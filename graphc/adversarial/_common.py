@@ -434,7 +434,11 @@ def objective(loss: str, targeted: bool, z: Tensor, y: Tensor, t: Optional[Tenso
 
 def cross_entropy(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-row softmax cross-entropy log Σ_j exp(z_j − z_y) of logits z, in float64: with d = z − z_y and
-    m = max d, it is m + log1p(Σ_{j ≠ argmax} exp(d_j − m)), exact to rounding even for confident rows."""
+    m = max d, it is m + log1p(Σ_{j ≠ argmax} exp(d_j − m)), exact to rounding even for confident rows.
+
+    >>> cross_entropy(np.array([[0.0, 0.0], [40.0, 0.0]]), np.array([0, 0]))   # log 2, and e^-40
+    array([6.93147181e-01, 4.24835426e-18])
+    """
     d = z.astype(np.float64) - z[np.arange(len(z)), labels].astype(np.float64)[:, None]
     top = d.argmax(axis=1)
     m = d[np.arange(len(d)), top]
