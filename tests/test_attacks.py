@@ -136,8 +136,8 @@ def test_pgd_is_deterministic_given_the_seed_and_batch_wise(mlp, digits):
     c = attacks.pgd(mlp, X, Y, 0.1, steps=5, seed=4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    # Each row's attack is independent of the others: per-sample losses, and no kernel ever sees fewer
-    # than 32 rows (BLAS changes summation order for tiny matrices), so batching changes nothing at all.
+    # Each row's attack is independent of the others: per-sample losses, and every compiled call runs
+    # on 128 rows (BLAS picks kernels by matrix size), so batching changes nothing at all.
     small = attacks.bim(mlp, X, Y, 0.1, steps=5, batch_size=7)
     large = attacks.bim(mlp, X, Y, 0.1, steps=5, batch_size=512)
     np.testing.assert_array_equal(small, large)

@@ -117,6 +117,8 @@ def test_randomized_attacks_give_bitwise_identical_results_for_any_chunking(mlp,
     assert not np.array_equal(whole, x)
     for cuts in ([1, 8, 31], [29]):  # chunks of 1, 7, 23, 29 and 31 rows
         np.testing.assert_array_equal(_chunked(lambda a, b, i: run(mlp, a, b, i), x, y, cuts), whole)
+    # and as the first rows of a call on 300 (several blocks of compiled calls, other kernel sizes)
+    np.testing.assert_array_equal(run(mlp, digits.X_test[:300], digits.y_test[:300], None)[:60], whole)
     # other global indices are other random streams
     if name != "autoattack":
         assert not np.array_equal(run(mlp, x, y, np.arange(60) + 1000), whole)
@@ -529,7 +531,8 @@ def test_art_adapter_methods_against_graphc(mlp, digits):
     pytest.importorskip("art")
     x, y = digits.X_test[:50], digits.y_test[:50]
     clf = attacks.art_classifier(mlp, (64,), 10)
-    # float32 logits of batches of different sizes: the GEMMs may round the last bit differently
+    # equal up to float32 rounding: the adapter pads small batches (see RowFunction), and OpenBLAS sums a
+    # row differently in a 50-row call than in a 64-row one
     np.testing.assert_allclose(clf.predict(x), gc.predict_logits(mlp, x), rtol=1e-6, atol=1e-6)
     g, z = attacks.input_gradient(mlp, x, y)
     np.testing.assert_allclose(clf.loss_gradient(x, onehot(y)), g, rtol=1e-6, atol=1e-7)

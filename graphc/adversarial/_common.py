@@ -7,14 +7,13 @@ of the data gives bit-identical results (graphc.distributed relies on it):
 
 * objectives are per-sample and the compiled gradient is that of their *sum*, so row i of the
   gradient is ∇ℓ(x_i) exactly (no 1/N then ×N rounding);
-* the model is never evaluated on fewer than MIN_ROWS rows: small batches are padded with zero rows.
-  BLAS libraries switch to different kernels (different summation orders) for tiny matrices:
-  OpenBLAS below ~20 rows, graphc's own GEMM at one row; above that a row's result does not depend
-  on the other rows.
-
-Batches are also padded up to the next size on a ×1.5 ladder (32, 48, 64, 96, 128, ...): the attacks
-shrink their working set as samples succeed, and every new batch size would otherwise compile a new
-plan (~10 ms each); the ladder bounds the plans at a dozen and wastes at most a third of a call.
+* every compiled call runs on exactly ROWS_PER_CALL rows: a batch is cut into blocks of that size
+  and the last one padded with zero rows. Matrix libraries pick kernels, and with them summation
+  orders, by matrix size: OpenBLAS switches to its small-matrix kernels below about 2^20
+  multiply-adds (a 96-row call of a 64-128-10 MLP sums a row differently from a 128-row call),
+  graphc's own GEMM treats a single row apart. With one fixed size every row of every call goes
+  through the same kernels, whatever the batch, the chunk or the number of samples still running;
+  and each compiled function needs one plan only, compiled once.
 """
 from __future__ import annotations
 
@@ -34,20 +33,7 @@ from ..learn.train import LossSpec, loss_tensor, model_cache
 from . import _random
 
 Clip = Optional[tuple]
-MIN_ROWS = 32
-
-
-def padded_rows(n: int) -> int:
-    """The batch size a call on n rows runs at: MIN_ROWS, then the ×1.5 ladder 48, 64, 96, 128, 192, ...
-
-    >>> [padded_rows(n) for n in (1, 32, 33, 49, 100, 512)]
-    [32, 32, 48, 64, 128, 512]
-    """
-    size, step = MIN_ROWS, 0
-    while size < n:
-        size = size * 3 // 2 if step % 2 == 0 else size * 4 // 3
-        step += 1
-    return size
+ROWS_PER_CALL = 128  # a multiple of 16, OpenBLAS's row tile, also when two threads split the rows
 SEED_FEED = "seed"  # a model whose evaluation graph reads this int64 scalar is randomized: fed per call
 
 
@@ -326,8 +312,9 @@ def ball_start(x64: np.ndarray, eps: float, norm: str, seed: int, index: np.ndar
 # -- compiled model functions -------------------------------------------------------------------------
 class RowFunction:
     """A compiled Function of a batch of rows, called so that row i of every output depends only on
-    row i of the inputs: batches are padded with zero rows to padded_rows(n) ≥ MIN_ROWS. A model whose graph
-    reads the SEED_FEED placeholder (a randomized defence, e.g. dropout left on) gets a new seed per call."""
+    row i of the inputs: the rows go through in blocks of exactly ROWS_PER_CALL, the last one padded
+    with zero rows. A model whose graph reads the SEED_FEED placeholder (a randomized defence, e.g.
+    dropout left on) gets a new seed per call."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -336,20 +323,27 @@ class RowFunction:
         self.calls = 0
 
     def __call__(self, **feeds) -> list:
-        """Feeds by name: arrays with a batch axis (padded), and 0-d scalars (passed as they are). Feeds the
-        function does not read (e.g. y of a targeted cross-entropy) are dropped."""
+        """Feeds by name: arrays with a batch axis (cut into blocks), and 0-d scalars (passed to every
+        block). Feeds the function does not read (e.g. y of a targeted cross-entropy) are dropped."""
         feeds = {k: v for k, v in feeds.items() if k in self.names}
         n = next(len(v) for v in feeds.values() if np.ndim(v))
-        size = padded_rows(n)
-        if size > n:
-            feeds = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) if np.ndim(v) else v
-                     for k, v in feeds.items()}
-        if self.seeded:
-            self.calls += 1
-            feeds[SEED_FEED] = np.array(self.calls, np.int64)
-        out = self.fn(**feeds)
-        out = out if isinstance(out, list) else [out]
-        return [o[:n] for o in out]
+        starts = range(0, max(n, 1), ROWS_PER_CALL)
+        parts = []
+        for lo in starts:
+            block = {}
+            for k, v in feeds.items():
+                if np.ndim(v):
+                    v = v[lo:lo + ROWS_PER_CALL]
+                    if len(v) < ROWS_PER_CALL:
+                        v = np.concatenate([v, np.zeros((ROWS_PER_CALL - len(v),) + v.shape[1:], v.dtype)])
+                block[k] = v
+            if self.seeded:
+                self.calls += 1
+                block[SEED_FEED] = np.array(self.calls, np.int64)
+            out = self.fn(**block)
+            parts.append(out if isinstance(out, list) else [out])
+        keep = [min(ROWS_PER_CALL, n - lo) for lo in starts]
+        return [np.concatenate([p[k][:r] for p, r in zip(parts, keep)]) for k in range(len(parts[0]))]
 
 
 def _model_logits(model, x: Tensor) -> Tensor:
@@ -440,7 +434,11 @@ def objective(loss: str, targeted: bool, z: Tensor, y: Tensor, t: Optional[Tenso
 
 def cross_entropy(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-row softmax cross-entropy log Σ_j exp(z_j − z_y) of logits z, in float64: with d = z − z_y and
-    m = max d, it is m + log1p(Σ_{j ≠ argmax} exp(d_j − m)), exact to rounding even for confident rows."""
+    m = max d, it is m + log1p(Σ_{j ≠ argmax} exp(d_j − m)), exact to rounding even for confident rows.
+
+    >>> cross_entropy(np.array([[0.0, 0.0], [40.0, 0.0]]), np.array([0, 0]))   # log 2, and e^-40
+    array([6.93147181e-01, 4.24835426e-18])
+    """
     d = z.astype(np.float64) - z[np.arange(len(z)), labels].astype(np.float64)[:, None]
     top = d.argmax(axis=1)
     m = d[np.arange(len(d)), top]

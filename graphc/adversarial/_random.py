@@ -7,7 +7,8 @@ the attack's seed, the sample's *global* index, a stream label (restart, iterati
 position of the number within the draw: a counter-based generator in the style of JAX's PRNG keys,
 built from the SplitMix64 output function (Steele, Lea & Flood 2014), a bijection on 64-bit words
 with full avalanche. It is vectorised over samples, so Square's thousands of per-iteration draws for
-hundreds of samples cost one NumPy expression each, not one Generator object per sample.
+hundreds of samples cost one NumPy expression each, not one Generator object per sample. Attacks
+that draw once per sample (PGD's random start) use `generators`: np.random.default_rng([seed, index[i]]).
 
     >>> u = uniform(0, np.arange(5), (7,), 3)
     >>> u.shape, bool(np.all((0 <= u) & (u < 1)))
