@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Optional
 
 import numpy as np
@@ -608,38 +609,84 @@ def _out_specs(lo):
     return [(tuple(lo.plan.nodes[s].shape), lo.plan.nodes[s].dtype) for s in lo.plan.outputs]
 
 
+def _held_refcount() -> int:
+    """sys.getrefcount of an array that only a runner's spare list holds (in a tuple with the
+    cdata of ffi.from_buffer, which also keeps it alive), measured rather than assumed; 0 where
+    reference counts do not say "nobody else holds this" (another interpreter, free threading)."""
+    if sys.implementation.name != "cpython" or not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return 0
+    arr = np.empty(1)
+    spare = [(arr, ffi.from_buffer(arr))]
+    del arr
+    return sys.getrefcount(spare[0][0])
+
+
+_HELD_REFCOUNT = _held_refcount()
+
+
 def _fast_runner(lo: Lowered):
-    """A Python function generated for this plan: no loops or branches per call beyond the
-    pointer stores, so a small graph costs little more than the one gc_exec call."""
+    """The runner of a plan that is one or more C segments and no NumPy step.
+
+    A call costs little more than gc_exec itself. Per-call state (pointer table, arena) lives in
+    a free list, so concurrent calls (gc_exec releases the GIL) each take their own and a
+    sequential loop reuses one. Addresses are looked up with ffi.from_buffer only for arrays the
+    state has not seen: a feed passed again, or a parameter that is last call's output (what
+    `updates=` makes every step), reuses the pointer stored with it (the stored cdata keeps a
+    buffer export, so NumPy cannot move that array's memory meanwhile). Each output keeps up to
+    two buffers: one that nothing but the runner references any more (refcount) is written again
+    instead of allocating; so a training step ping-pongs between two buffers per parameter."""
     specs = _out_specs(lo)
-    ns = {"_empty": np.empty, "_u8": np.dtype(np.uint8), "_fb": ffi.from_buffer, "_new": ffi.new,
-          "_exec": lib.gc_exec, "_fc": lo.fconst_ptr, "_nfc": len(lo.fconst), "_pool": lo.pool_ptr,
-          "_NULL": ffi.NULL, "_EMPTY_ARENA": _EMPTY_ARENA, "_EMPTY_ARENA_PTR": ffi.from_buffer(_EMPTY_ARENA),
-          "_ext_t": ffi.typeof(f"void *[{max(lo.n_ext, 1)}]"),
-          "_fail": lambda rc, *call: _raise(lo, rc, *call)}
-    lines = ["def run(feeds, params):"]
-    if lo.arena_bytes:
-        lines.append(f"    arena = _empty({lo.arena_bytes + ALIGN}, _u8)")
-        arena = "_fb(arena)"
-    else:  # only size-0 intermediates, if any: they need an address, never a byte
-        lines.append("    arena = _EMPTY_ARENA")
-        arena = "_EMPTY_ARENA_PTR"
-    for j, (shape, dtype) in enumerate(specs):
-        ns[f"_dt{j}"] = dtype
-        lines.append(f"    o{j} = _empty({shape!r}, _dt{j})")
+    ext_type = ffi.typeof(f"void *[{max(lo.n_ext, 1)}]")
+    free: list = []  # idle call states: [ext, arena pointer, arena, held, spares, known]
+
+    def new_state():
+        arena = np.empty(lo.arena_bytes + ALIGN, np.uint8) if lo.arena_bytes else _EMPTY_ARENA
+        return [ffi.new(ext_type), ffi.from_buffer(arena), arena, [(None, None)] * lo.n_ext, [[] for _ in specs], {}]
+
+    def new_output(spare, known, j):
+        """A fresh buffer for output j; it becomes one of the (at most two) spares of that output."""
+        arr = np.empty(*specs[j])
+        t = (arr, ffi.from_buffer(arr))
+        if len(spare) == 2:
+            known.pop(id(spare.pop(0)[0]), None)
+        spare.append(t)
+        known[id(arr)] = t
+        return t
+
+    def pointer(v, known):
+        t = known.get(id(v))
+        return t if t is not None and t[0] is v else (v, ffi.from_buffer(v))
+
+    def fail(rc, state, feeds, params, outs):
+        free.append(state)
+        _raise(lo, rc, feeds, params, outs, state[2])
+
+    # The body is generated for this plan (the loops unrolled): at a few microseconds per call,
+    # Python's loop and tuple-unpacking overhead would be a large part of the total.
+    ns = {"_free": free, "_new_state": new_state, "_new_output": new_output, "_pointer": pointer, "_fail": fail,
+          "_rc": sys.getrefcount, "_HELD": _HELD_REFCOUNT, "_exec": lib.gc_exec, "_fc": lo.fconst_ptr,
+          "_nfc": len(lo.fconst), "_pool": lo.pool_ptr}
+    lines = ["def run(feeds, params):",
+             "    state = _free.pop() if _free else _new_state()",
+             "    ext, arena, _, held, spares, known = state"]
+    for e, what in [(e, f"feeds[{k}]") for e, k in lo.feed_ext] + [(e, f"params[{k}]") for e, k in lo.param_ext]:
+        lines += [f"    v = {what}",
+                  f"    if held[{e}][0] is not v:",
+                  f"        t = held[{e}] = _pointer(v, known)",
+                  f"        ext[{e}] = t[1]"]
+    for e, j in lo.out_ext:  # a spare that only this runner holds is written again
+        lines += [f"    sp = spares[{j}]",
+                  "    t = (sp[0] if sp and _rc(sp[0][0]) == _HELD else",
+                  "         sp[1] if len(sp) == 2 and _rc(sp[1][0]) == _HELD else",
+                  f"         _new_output(sp, known, {j}))",
+                  f"    o{j} = t[0]",
+                  f"    ext[{e}] = t[1]"]
     outs = "[" + ", ".join(f"o{j}" for j in range(len(specs))) + "]"
-    table = "_NULL"
-    if lo.n_ext:
-        lines.append("    ext = _new(_ext_t)")
-        lines += [f"    ext[{e}] = _fb(feeds[{k}])" for e, k in lo.feed_ext]
-        lines += [f"    ext[{e}] = _fb(params[{k}])" for e, k in lo.param_ext]
-        lines += [f"    ext[{e}] = _fb(o{j})" for e, j in lo.out_ext]
-        table = "ext"
     for i, (ptr, n) in enumerate(lo.segments_code):
         ns[f"_code{i}"] = ptr
-        lines.append(f"    rc = _exec(_code{i}, {n}, _fc, _nfc, _pool, {table}, {arena})")
-        lines.append(f"    if rc:\n        _fail(rc, feeds, params, {outs}, arena)")
-    lines.append(f"    return {outs}")
+        lines += [f"    rc = _exec(_code{i}, {n}, _fc, _nfc, _pool, ext, arena)",
+                  f"    if rc:\n        _fail(rc, state, feeds, params, {outs})"]
+    lines += ["    _free.append(state)", f"    return {outs}"]
     exec("\n".join(lines), ns)  # noqa: S102 - source built above from integers and names only
     return ns["run"]
 

@@ -76,6 +76,7 @@ class Function:
         self._runner = backends.runner("numpy" if self.check_finite else self.backend)
         self._plans: dict[tuple, Any] = {}
         self._last_plan: Optional[Plan] = None
+        self._fast = None  # the call path of the last signature (see _fast_call)
         self._lock = threading.Lock()
 
     def __reduce__(self):
@@ -88,6 +89,11 @@ class Function:
 
     # -- calling -----------------------------------------------------------------------------
     def __call__(self, *args, **feeds):
+        fast = self._fast
+        if fast is not None and not args:
+            outs = fast(feeds)
+            if outs is not None:
+                return outs
         if args:
             if len(args) == 1 and isinstance(args[0], dict):
                 feeds = {**{(k.name if isinstance(k, Tensor) else k): v for k, v in args[0].items()}, **feeds}
@@ -102,13 +108,63 @@ class Function:
             with self._lock:
                 entry = self._plans.get(key) or self._specialize(key, arrays, params)
         self._last_plan = entry[0]
-        outs = entry[1](arrays, params)
+        self._fast = self._fast_call(entry, key)
+        return self._finish(entry[1](arrays, params))
+
+    def _finish(self, outs: list):
         if self.updates:  # every output was computed from the old values; now commit the new ones
             n = len(self.outputs)
             for (p, _), value in zip(self.updates, outs[n:]):
                 p.value = value
             outs = outs[:n]
         return outs[0] if self._single else outs
+
+    def _fast_call(self, entry, key):
+        """The call path of one signature, taken while calls keep matching it: every feed and
+        parameter is an ndarray of exactly the dtype, shape and C-contiguous strides of `key`
+        (so nothing needs converting) and no extra feed is given. Anything else returns None and
+        the full path (conversions, messages, another plan) handles the call. Alignment is checked
+        once per array object; the objects of the last call are remembered for that."""
+        plan, run = entry
+        ndarray = np.ndarray
+        # np.dtype(char) is NumPy's shared instance, the one new arrays carry (checked with `is`)
+        specs = [(p.name, np.dtype(p.dtype.char), shape, _c_strides(shape, p.dtype))
+                 for p, shape in zip(self.placeholders, key)]
+        pspecs = [(p, np.dtype(p.dtype.char), shape, _c_strides(shape, p.dtype))
+                  for p, shape in zip(self.parameters, key[len(self.placeholders):])]
+        n_feeds = len(specs)
+        seen = [None] * (n_feeds + len(pspecs))  # arrays already found aligned
+        finish = self._finish
+
+        def fast(feeds):
+            if len(feeds) != n_feeds:
+                return None
+            arrays, params = [], []
+            i = 0
+            for name, dtype, shape, strides in specs:
+                v = feeds.get(name)
+                if type(v) is not ndarray or v.dtype is not dtype or v.shape != shape or v.strides != strides:
+                    return None
+                if v is not seen[i]:
+                    if not v.flags.aligned:
+                        return None
+                    seen[i] = v
+                arrays.append(v)
+                i += 1
+            for p, dtype, shape, strides in pspecs:
+                v = p.value
+                if type(v) is not ndarray or v.dtype is not dtype or v.shape != shape or v.strides != strides:
+                    return None
+                if v is not seen[i]:
+                    if not v.flags.aligned:
+                        return None
+                    seen[i] = v
+                params.append(v)
+                i += 1
+            self._last_plan = plan
+            return finish(run(arrays, params))
+
+        return fast
 
     def _check_feeds(self, feeds: dict) -> list:
         names = {p.name for p in self.placeholders}
@@ -306,6 +362,17 @@ def convert_array(value, want: np.dtype, what: str) -> np.ndarray:
         raise GraphError(f"{what} has dtype {have} but {want} is expected: {why} (NumPy's 'same_kind' rule); "
                          f"convert it explicitly, e.g. value.astype(np.{want}), if that is what you mean")
     return value
+
+
+def _c_strides(shape, dtype) -> tuple:
+    """The strides NumPy gives a new C-contiguous array of this shape."""
+    if 0 in shape:  # NumPy's choice for empty arrays varies; they cost nothing to allocate
+        return np.empty(shape, dtype).strides
+    strides, step = [], dtype.itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _check_feed(p: Tensor, value) -> np.ndarray:
