@@ -609,6 +609,9 @@ def _out_specs(lo):
     return [(tuple(lo.plan.nodes[s].shape), lo.plan.nodes[s].dtype) for s in lo.plan.outputs]
 
 
+KEEP_ARENA_BYTES = 1 << 24  # a compiled plan keeps an arena up to this size between calls
+
+
 def _held_refcount() -> int:
     """sys.getrefcount of an array that only a runner's spare list holds (in a tuple with the
     cdata of ffi.from_buffer, which also keeps it alive), measured rather than assumed; 0 where
@@ -639,9 +642,18 @@ def _fast_runner(lo: Lowered):
     ext_type = ffi.typeof(f"void *[{max(lo.n_ext, 1)}]")
     free: list = []  # idle call states: [ext, arena pointer, arena, held, spares, known]
 
-    def new_state():
+    # A large arena is allocated per call instead of kept: a Function caches one plan per
+    # signature, and keeping, say, a ResNet's activations for each would hold memory for nothing;
+    # next to the milliseconds such a plan runs, the allocation costs nothing.
+    keep_arena = lo.arena_bytes <= KEEP_ARENA_BYTES
+
+    def new_arena():
         arena = np.empty(lo.arena_bytes + ALIGN, np.uint8) if lo.arena_bytes else _EMPTY_ARENA
-        return [ffi.new(ext_type), ffi.from_buffer(arena), arena, [(None, None)] * lo.n_ext, [[] for _ in specs], {}]
+        return ffi.from_buffer(arena), arena
+
+    def new_state():
+        arena_ptr, arena = new_arena() if keep_arena else (None, None)
+        return [ffi.new(ext_type), arena_ptr, arena, [(None, None)] * lo.n_ext, [[] for _ in specs], {}]
 
     def new_output(spare, known, j):
         """A fresh buffer for output j; it becomes one of the (at most two) spares of that output."""
@@ -657,9 +669,9 @@ def _fast_runner(lo: Lowered):
         t = known.get(id(v))
         return t if t is not None and t[0] is v else (v, ffi.from_buffer(v))
 
-    def fail(rc, state, feeds, params, outs):
+    def fail(rc, state, feeds, params, outs, arena):
         free.append(state)
-        _raise(lo, rc, feeds, params, outs, state[2])
+        _raise(lo, rc, feeds, params, outs, arena)
 
     # The body is generated for this plan (the loops unrolled): at a few microseconds per call,
     # Python's loop and tuple-unpacking overhead would be a large part of the total.
@@ -668,7 +680,10 @@ def _fast_runner(lo: Lowered):
           "_nfc": len(lo.fconst), "_pool": lo.pool_ptr}
     lines = ["def run(feeds, params):",
              "    state = _free.pop() if _free else _new_state()",
-             "    ext, arena, _, held, spares, known = state"]
+             "    ext, arena, arena_arr, held, spares, known = state"]
+    if not keep_arena:
+        ns["_new_arena"] = new_arena
+        lines += ["    arena, arena_arr = _new_arena()"]
     for e, what in [(e, f"feeds[{k}]") for e, k in lo.feed_ext] + [(e, f"params[{k}]") for e, k in lo.param_ext]:
         lines += [f"    v = {what}",
                   f"    if held[{e}][0] is not v:",
@@ -685,7 +700,7 @@ def _fast_runner(lo: Lowered):
     for i, (ptr, n) in enumerate(lo.segments_code):
         ns[f"_code{i}"] = ptr
         lines += [f"    rc = _exec(_code{i}, {n}, _fc, _nfc, _pool, ext, arena)",
-                  f"    if rc:\n        _fail(rc, state, feeds, params, {outs})"]
+                  f"    if rc:\n        _fail(rc, state, feeds, params, {outs}, arena_arr)"]
     lines += ["    _free.append(state)", f"    return {outs}"]
     exec("\n".join(lines), ns)  # noqa: S102 - source built above from integers and names only
     return ns["run"]
