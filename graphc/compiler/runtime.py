@@ -21,9 +21,12 @@ from .schedule import Plan, make_plan, plan_arena
 class Function:
     """A compiled graph. Call it with the placeholders' values as keyword arguments.
 
-    It returns a list of fresh NumPy arrays in the order of `outputs` (a single array when
-    compile() was given one Tensor). One Plan is built and cached per signature of feed and
-    parameter shapes."""
+    It returns a list of NumPy arrays in the order of `outputs` (a single array when compile()
+    was given one Tensor); they are the caller's: an array returned earlier is never written
+    again while anything still references it (the C backend reuses only output buffers the
+    caller has dropped, and keeps up to two per output, plus the arena of a plan up to 16 MiB).
+    One Plan is built and cached per signature of feed and parameter shapes; a call with the
+    last signature's dtypes and C-contiguous arrays takes a short path (see _fast_call)."""
 
     def __init__(self, outputs: Union[Tensor, Sequence[Tensor]], backend: Optional[str] = None,
                  updates: Optional[dict] = None, passes: Optional[Sequence[str]] = None, optimize: bool = True,
