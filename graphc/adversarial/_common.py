@@ -326,13 +326,14 @@ class RowFunction:
         """Feeds by name: arrays with a batch axis (cut into blocks), and 0-d scalars (passed to every
         block). Feeds the function does not read (e.g. y of a targeted cross-entropy) are dropped."""
         feeds = {k: v for k, v in feeds.items() if k in self.names}
-        n = next(len(v) for v in feeds.values() if np.ndim(v))
+        batched = [k for k, v in feeds.items() if getattr(v, "ndim", 0)]  # np.ndim is slow per call
+        n = len(feeds[batched[0]])
         starts = range(0, max(n, 1), ROWS_PER_CALL)
         parts = []
         for lo in starts:
             block = {}
             for k, v in feeds.items():
-                if np.ndim(v):
+                if k in batched:
                     v = v[lo:lo + ROWS_PER_CALL]
                     if len(v) < ROWS_PER_CALL:
                         v = np.concatenate([v, np.zeros((ROWS_PER_CALL - len(v),) + v.shape[1:], v.dtype)])
