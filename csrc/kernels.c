@@ -32,14 +32,19 @@
  * Measured with csrc/tests/pool_bench.py (each kernel at growing sizes, 1 vs 2 threads of the
  * pool, worker awake as in back-to-back calls, medians, 2-core Xeon): the sizes where 2 threads
  * start to win, rounded down to a power of two. See the numbers beside each constant. */
-#define PAR_MIN_UNARY 32768     /* elements; cheap ops (add, relu) and exp/tanh alike */
-#define PAR_MIN_BINARY 32768    /* output elements of a broadcasting binary op */
-#define PAR_MIN_FUSED 16384     /* elements of a fused elementwise program (several ops each) */
-#define PAR_MIN_REDUCE 65536    /* elements read by a reduction */
-#define PAR_MIN_ROWS 16384      /* elements of softmax / softmax backward / softmax-CE */
-#define PAR_MIN_BCE 4096        /* elements of the BCE loss (exp + log1p each) */
-#define PAR_MIN_CONV 262144     /* multiply-adds of a conv2d (its GEMMs thread themselves) */
-#define PAR_MIN_POOL 65536      /* window taps of a pooling layer */
+#ifdef GC_PAR_MIN_ZERO /* csrc/tests/pool_bench.py's build: every kernel splits */
+#define PAR_MIN_SCALE 0
+#else
+#define PAR_MIN_SCALE 1
+#endif
+#define PAR_MIN_UNARY (32768 * PAR_MIN_SCALE)     /* elements; cheap ops (add, relu) and exp/tanh alike */
+#define PAR_MIN_BINARY (32768 * PAR_MIN_SCALE)   /* output elements of a broadcasting binary op */
+#define PAR_MIN_FUSED (16384 * PAR_MIN_SCALE)    /* elements of a fused elementwise program (several ops each) */
+#define PAR_MIN_REDUCE (65536 * PAR_MIN_SCALE)   /* elements read by a reduction */
+#define PAR_MIN_ROWS (16384 * PAR_MIN_SCALE)     /* elements of softmax / softmax backward / softmax-CE */
+#define PAR_MIN_BCE (4096 * PAR_MIN_SCALE)       /* elements of the BCE loss (exp + log1p each) */
+#define PAR_MIN_CONV (262144 * PAR_MIN_SCALE)    /* multiply-adds of a conv2d (its GEMMs thread themselves) */
+#define PAR_MIN_POOL (65536 * PAR_MIN_SCALE)     /* window taps of a pooling layer */
 /* Work unit handed to a thread by the blocked elementwise loops. */
 #define GC_BLOCK 16384
 /* Elements processed per stack buffer in the row kernels (softmax, losses). */

@@ -373,9 +373,10 @@ def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
     if not shutil.which(cc.split()[0]):
         pytest.skip(f"no C compiler ({cc})")
     exe = tmp_path / "gemm_in_team"
-    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-I", CSRC,
-                                         os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
-                                         os.path.join(CSRC, "threads.c"), "-pthread", "-lm", "-o", str(exe)], capture_output=True, text=True)
+    sources = [os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
+               os.path.join(CSRC, "threads.c")]
+    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-pthread", "-I", CSRC, *sources,
+                                         "-lm", "-o", str(exe)], capture_output=True, text=True)
     if build.returncode:
         pytest.skip(f"cannot build the OpenMP harness: {build.stderr.strip()[:300]}")
     try:
