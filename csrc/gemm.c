@@ -822,7 +822,9 @@ static void driver_thread(void *ctx, int tid, int team) {
 
 /* Below DIRECT_MAX_FMAS multiply-adds the unpacked loop wins (packing costs about as much as
  * the product: packing already wins at 8x8x8); below SERIAL_MAX_FMAS waking a second thread
- * costs more than it saves (measured: 2 threads win from about 64x64x64). */
+ * costs more than it saves (measured with OpenMP: 2 threads win from about 64x64x64; the pool's
+ * region costs about what an OpenMP one did while its worker spins, but this was not re-measured
+ * with it: see PAR_MIN_* in kernels.c). */
 #ifndef DIRECT_MAX_FMAS
 #define DIRECT_MAX_FMAS 512
 #endif

@@ -29,22 +29,25 @@
 
 /* Parallel thresholds: below this much work (elements, or the kernel's own unit) a kernel runs
  * on the calling thread, because handing half of it to a pool thread costs more than it saves.
- * Measured with csrc/tests/pool_bench.py (each kernel at growing sizes, 1 vs 2 threads of the
- * pool, worker awake as in back-to-back calls, medians, 2-core Xeon): the sizes where 2 threads
- * start to win, rounded down to a power of two. See the numbers beside each constant. */
+ * PROVISIONAL: these are the OpenMP build's single threshold (65536, measured when a fork/join
+ * cost ~1 us), carried over per kernel. The pool's region costs about the same while its worker
+ * spins (~0.3-0.5 us, csrc/tests/pool_bench.c), so they should be close; the per-kernel
+ * measurement with csrc/tests/pool_bench.py could not be made on the development machine (load
+ * 5-10 on its 2 cores: the worker rarely got a core and 2 threads lost at every size). Re-measure
+ * there on a quiet machine and set each to the size where 2 threads start to win. */
 #ifdef GC_PAR_MIN_ZERO /* csrc/tests/pool_bench.py's build: every kernel splits */
 #define PAR_MIN_SCALE 0
 #else
 #define PAR_MIN_SCALE 1
 #endif
-#define PAR_MIN_UNARY (32768 * PAR_MIN_SCALE)     /* elements; cheap ops (add, relu) and exp/tanh alike */
-#define PAR_MIN_BINARY (32768 * PAR_MIN_SCALE)   /* output elements of a broadcasting binary op */
-#define PAR_MIN_FUSED (16384 * PAR_MIN_SCALE)    /* elements of a fused elementwise program (several ops each) */
-#define PAR_MIN_REDUCE (65536 * PAR_MIN_SCALE)   /* elements read by a reduction */
-#define PAR_MIN_ROWS (16384 * PAR_MIN_SCALE)     /* elements of softmax / softmax backward / softmax-CE */
-#define PAR_MIN_BCE (4096 * PAR_MIN_SCALE)       /* elements of the BCE loss (exp + log1p each) */
-#define PAR_MIN_CONV (262144 * PAR_MIN_SCALE)    /* multiply-adds of a conv2d (its GEMMs thread themselves) */
-#define PAR_MIN_POOL (65536 * PAR_MIN_SCALE)     /* window taps of a pooling layer */
+#define PAR_MIN_UNARY (65536 * PAR_MIN_SCALE)  /* elements: gc_unary, gc_act_backward, BCE backward */
+#define PAR_MIN_BINARY (65536 * PAR_MIN_SCALE) /* output elements of a broadcasting binary op */
+#define PAR_MIN_FUSED (65536 * PAR_MIN_SCALE)  /* elements of a fused elementwise program */
+#define PAR_MIN_REDUCE (65536 * PAR_MIN_SCALE) /* elements read by a reduction */
+#define PAR_MIN_ROWS (65536 * PAR_MIN_SCALE)   /* elements of softmax / its backward / softmax-CE */
+#define PAR_MIN_BCE (4096 * PAR_MIN_SCALE)     /* elements of the BCE loss: exp + log1p each (was n*16 >= 65536) */
+#define PAR_MIN_CONV (65536 * PAR_MIN_SCALE)   /* multiply-adds of a conv2d (its GEMMs thread themselves) */
+#define PAR_MIN_POOL (65536 * PAR_MIN_SCALE)   /* window taps of a pooling layer */
 /* Work unit handed to a thread by the blocked elementwise loops. */
 #define GC_BLOCK 16384
 /* Elements processed per stack buffer in the row kernels (softmax, losses). */

@@ -15,11 +15,12 @@
  * are read after the word is changed (both sequentially consistent), so no wake-up is lost.
  *
  * Measured on the 2-core Xeon this was written on (csrc/tests/pool_bench.c, medians of 2000
- * regions with an empty body, 2 threads, a noisy shared machine):
- *   region, worker spinning (back-to-back regions)   ~0.3 us
- *   region, worker asleep on the futex               ~25-60 us (futex wake + the scheduler
- *                                                     putting the worker on the other core)
- *   OpenMP region (libgomp, worker spinning)         ~0.5 us, for comparison
+ * regions with an empty body, 2 threads; three runs on a shared machine at load 4-5):
+ *   region, worker spinning (back-to-back regions)   0.3-0.5 us (34 us in a run where the
+ *                                                     worker had lost its core to other jobs)
+ *   region, worker asleep on the futex               36-39 us (p10 35, p90 44-53): futex wake
+ *                                                     plus the scheduler running the worker
+ *   OpenMP region (libgomp, worker spinning)         0.8-2.1 us, for comparison
  * So a sleeping worker costs tens of microseconds to wake: the idle spin budget (GC_SPIN_IDLE_NS)
  * is about one wake-up, so that a caller issuing kernels back to back (a Python loop of
  * stand-alone kernel calls) keeps its worker awake, and the longer held budget covers the gaps
