@@ -12,6 +12,7 @@
 #include "fused.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "threads.h"
 
 enum { HEADER_WORDS = 4, ARENA_ALIGN = 64, MAX_NDIM = 8 };
 
@@ -422,14 +423,23 @@ int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_
     c.ext = ext;
     c.fconst = fconst;
     c.nfconst = nfconst;
-    int64_t pc = 0;
+    /* While the plan runs, idle pool workers spin longer (threads.h), so its consecutive parallel
+     * kernels do not each pay a wake-up; they go back to a short spin when it returns. */
+    gc_pool_hold(1);
+    int64_t pc = 0, result = 0;
     while (pc < ncode) {
         const int64_t *w = code + pc;
-        if (ncode - pc < HEADER_WORDS || w[1] < HEADER_WORDS || w[1] > ncode - pc)
-            return pack_error(-1, GC_E_BADCODE);
+        if (ncode - pc < HEADER_WORDS || w[1] < HEADER_WORDS || w[1] > ncode - pc) {
+            result = pack_error(-1, GC_E_BADCODE);
+            break;
+        }
         const int st = run_instr(&c, w[0], w[3], w + HEADER_WORDS, w[1] - HEADER_WORDS);
-        if (st != GC_K_OK) return pack_error(w[2], st);
+        if (st != GC_K_OK) {
+            result = pack_error(w[2], st);
+            break;
+        }
         pc += w[1];
     }
-    return 0;
+    gc_pool_hold(0);
+    return result;
 }

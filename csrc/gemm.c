@@ -27,22 +27,19 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 /* GC_NO_SIMD builds only the portable path (as on non-x86 targets), for testing it. */
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(GC_NO_SIMD)
 #include <immintrin.h>
 #define GC_X86 1
 #endif
 #include "gemm.h"
+#include "threads.h"
 #include "vmath.inc" /* the activations of the epilogue */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Threads and SIMD selection                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-static int g_threads = 0;
 static int g_simd_enabled = 1;
 static int g_cpu_avx2 = 0; /* set once at load time, read-only afterwards */
 
@@ -53,17 +50,6 @@ __attribute__((constructor)) static void gemm_detect_cpu(void) {
 }
 #endif
 
-void gc_set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
-int gc_get_num_threads(void) {
-    if (g_threads > 0) return g_threads;
-    const char *e = getenv("GRAPHC_NUM_THREADS");
-    if (e && atoi(e) > 0) return atoi(e);
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 int gc_simd_level(void) { return g_cpu_avx2 && g_simd_enabled; }
 void gc_set_simd_enabled(int enabled) { g_simd_enabled = enabled != 0; }
 
@@ -769,9 +755,10 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
     }
 }
 
-/* Body run by every thread (tid of nt) of our parallel region. With nt == 1 it runs without
- * one and must not reach a barrier: the caller may itself be a thread of an OpenMP team (e.g.
- * a kernel calling the GEMM from a parallel loop), to which an orphaned barrier would bind. */
+/* Body run by every thread (tid of nt) of our parallel region. With nt == 1 it does not call
+ * gc_barrier: the GEMM may run serially inside another region (a kernel calling it from a pool
+ * thread), and although gc_barrier is a no-op there, skipping it keeps the serial path free of
+ * any synchronisation. */
 static void driver_body(const driver_ctx *x, int tid) {
     const gemm_impl *im = x->im;
     const gemm_args *g = x->g;
@@ -801,17 +788,13 @@ static void driver_body(const driver_ctx *x, int tid) {
                            MIN(nc, jp1 * im->nr) - jp0 * im->nr,
                            x->bpack + (size_t)(jp0 * im->nr * kc) * es);
             if (x->split_rows) {
-                if (nt > 1) { /* not when called serially, maybe inside someone else's team */
-#pragma omp barrier
-                }
+                if (nt > 1) gc_barrier(); /* B block packed by everyone */
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, r1 - ic);
                     prepare_a(x, apack, ic, mc, pc, kc);
                     macro_kernel(x, apack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
                 }
-                if (nt > 1) { /* B is repacked by all threads next iteration */
-#pragma omp barrier
-                }
+                if (nt > 1) gc_barrier(); /* B is repacked by all threads next iteration */
             } else {
                 if (jp1 > jp0) {
                     for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
@@ -822,17 +805,26 @@ static void driver_body(const driver_ctx *x, int tid) {
                 }
                 /* Panels sit at jp*NR*kc for the CURRENT kc: when the last K block is shorter, a
                  * thread's next panels overlap its neighbour's previous ones. Wait for everyone. */
-                if (nt > 1) {
-#pragma omp barrier
-                }
+                if (nt > 1) gc_barrier();
             }
         }
     }
 }
 
+/* One thread of the parallel GEMM. The pool may give fewer threads than asked (nested in another
+ * region, another thread's region running, thread creation refused): the blocking still holds
+ * (scratch was sized for nt threads), only the split changes. */
+static void driver_thread(void *ctx, int tid, int team) {
+    driver_ctx xt = *(const driver_ctx *)ctx;
+    xt.nt = team;
+    driver_body(&xt, tid);
+}
+
 /* Below DIRECT_MAX_FMAS multiply-adds the unpacked loop wins (packing costs about as much as
  * the product: packing already wins at 8x8x8); below SERIAL_MAX_FMAS waking a second thread
- * costs more than it saves (measured: 2 threads win from about 64x64x64). */
+ * costs more than it saves (measured with OpenMP: 2 threads win from about 64x64x64; the pool's
+ * region costs about what an OpenMP one did while its worker spins, but this was not re-measured
+ * with it: see PAR_MIN_* in kernels.c). */
 #ifndef DIRECT_MAX_FMAS
 #define DIRECT_MAX_FMAS 512
 #endif
@@ -905,23 +897,8 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     x.bpack = scratch;
     x.apack = scratch + bspan;
 
-    if (nt == 1) {
-        driver_body(&x, 0);
-    } else {
-#pragma omp parallel num_threads(nt)
-        {
-#ifdef _OPENMP
-            const int tid = omp_get_thread_num();
-            /* The runtime may give fewer threads than asked (nesting, limits): the blocking
-             * still holds (scratch was sized for more threads), only the split changes. */
-            driver_ctx xt = x;
-            xt.nt = omp_get_num_threads();
-            driver_body(&xt, tid);
-#else
-            driver_body(&x, 0);
-#endif
-        }
-    }
+    if (nt == 1) driver_body(&x, 0);
+    else gc_parallel(nt, driver_thread, &x);
     free(scratch);
 }
 

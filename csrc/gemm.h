@@ -34,10 +34,7 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               double beta, double *C, int64_t ldc,
               const double *bias, int act, double act_param);
 
-/* Threads used by the GEMM (and other parallel kernels). <= 0 means "use the default"
- * (GRAPHC_NUM_THREADS if set, otherwise the OpenMP default). */
-void gc_set_num_threads(int n);
-int gc_get_num_threads(void);
+/* Threads: gc_set_num_threads / gc_get_num_threads are in threads.h. */
 /* 1 when the AVX2+FMA code paths are selected on this CPU, 0 when the portable scalar path is. */
 int gc_simd_level(void);
 /* Force the portable path (0) or re-enable auto-detection (1); used by tests. */

@@ -21,36 +21,48 @@
 #include <string.h>
 #include <math.h>
 #include <tgmath.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else /* built without OpenMP (e.g. Apple clang): the pragmas are ignored, one thread */
-static int omp_get_thread_num(void) { return 0; }
-static int omp_get_num_threads(void) { return 1; }
-#pragma GCC diagnostic ignored "-Wunused-variable" /* the thread counts nobody reads then */
-#endif
 #include "fused.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "threads.h"
 #include "vmath.inc"
 
-/* Below this many elements (or multiply-adds) a kernel runs on the calling thread: starting an
- * OpenMP team costs a few microseconds, which is more than small kernels take. */
-#define GC_PAR_MIN 65536
+/* Parallel thresholds: below this much work (elements, or the kernel's own unit) a kernel runs
+ * on the calling thread, because handing half of it to a pool thread costs more than it saves.
+ * PROVISIONAL: these are the OpenMP build's single threshold (65536, measured when a fork/join
+ * cost ~1 us), carried over per kernel. The pool's region costs about the same while its worker
+ * spins (~0.3-0.5 us, csrc/tests/pool_bench.c), so they should be close; the per-kernel
+ * measurement with csrc/tests/pool_bench.py could not be made on the development machine (load
+ * 5-10 on its 2 cores: the worker rarely got a core and 2 threads lost at every size). Re-measure
+ * there on a quiet machine and set each to the size where 2 threads start to win. */
+#ifdef GC_PAR_MIN_ZERO /* csrc/tests/pool_bench.py's build: every kernel splits */
+#define PAR_MIN_SCALE 0
+#else
+#define PAR_MIN_SCALE 1
+#endif
+#define PAR_MIN_UNARY (65536 * PAR_MIN_SCALE)  /* elements: gc_unary, gc_act_backward, BCE backward */
+#define PAR_MIN_BINARY (65536 * PAR_MIN_SCALE) /* output elements of a broadcasting binary op */
+#define PAR_MIN_FUSED (65536 * PAR_MIN_SCALE)  /* elements of a fused elementwise program */
+#define PAR_MIN_REDUCE (65536 * PAR_MIN_SCALE) /* elements read by a reduction */
+#define PAR_MIN_ROWS (65536 * PAR_MIN_SCALE)   /* elements of softmax / its backward / softmax-CE */
+#define PAR_MIN_BCE (4096 * PAR_MIN_SCALE)     /* elements of the BCE loss: exp + log1p each (was n*16 >= 65536) */
+#define PAR_MIN_CONV (65536 * PAR_MIN_SCALE)   /* multiply-adds of a conv2d (its GEMMs thread themselves) */
+#define PAR_MIN_POOL (65536 * PAR_MIN_SCALE)   /* window taps of a pooling layer */
 /* Work unit handed to a thread by the blocked elementwise loops. */
 #define GC_BLOCK 16384
 /* Elements processed per stack buffer in the row kernels (softmax, losses). */
 #define GC_CHUNK 256
 
-/* Thread count for `work` units: 1 when small, else gc_get_num_threads() (gemm.h). */
-static int threads_for(int64_t work) {
-    if (work < GC_PAR_MIN) return 1;
-    int nt = gc_get_num_threads();
+/* Thread count for `work` units: 1 below `min_work`, else gc_get_num_threads() (threads.h). */
+static int threads_for(int64_t work, int64_t min_work) {
+    if (work < min_work) return 1;
+    const int nt = gc_get_num_threads();
     return nt > 1 ? nt : 1;
 }
 
 /* Like threads_for, but never more threads than independent items. */
-static int threads_for_items(int64_t items, int64_t work) {
-    int nt = threads_for(work);
+static int threads_for_items(int64_t items, int64_t work, int64_t min_work) {
+    const int nt = threads_for(work, min_work);
     return items < nt ? (int)(items > 1 ? items : 1) : nt;
 }
 

@@ -14,8 +14,9 @@
  * Size-0 inputs are valid and write nothing (except where documented: reductions over n == 0,
  * losses over 0 rows, gradients that must be zero-filled).
  *
- * Threads: large kernels use OpenMP with gc_get_num_threads() threads (gemm.h). No kernel keeps
- * state between calls (scratch is malloc'ed per call), so two threads may call at once.
+ * Threads: large kernels run on graphc's thread pool with gc_get_num_threads() threads
+ * (threads.h). No kernel keeps state between calls (scratch is malloc'ed per call), so two threads
+ * may call at once.
  *
  * SIMD: exp/log/sigmoid/tanh and the vectorised ops of elementwise.def have AVX2+FMA versions
  * (vmath.inc) picked at run time (CPU check once at load).

@@ -364,16 +364,18 @@ CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
-    """csrc/tests/gemm_in_team.c: two threads of the caller's OpenMP team run serial GEMMs with
-    different numbers of K blocks. A barrier on the GEMM's serial path binds to that team and hangs
-    (fixed in 5430ddc; this harness hangs on the code before it). Built with the C compiler and
-    run with a timeout, since a deadlock cannot be caught inside this process."""
+    """csrc/tests/gemm_in_team.c: two threads of the caller's OpenMP team run GEMMs with different
+    numbers of K blocks, serial ones, then ones that both ask for graphc's pool at once (one gets
+    it, the other must run serially). A barrier on the GEMM's serial path bound to the OpenMP team
+    and hung (fixed in 5430ddc; the harness hangs on the code before it). Built with the C
+    compiler and run with a timeout, since a deadlock cannot be caught inside this process."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     if not shutil.which(cc.split()[0]):
         pytest.skip(f"no C compiler ({cc})")
     exe = tmp_path / "gemm_in_team"
-    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-I", CSRC,
-                                         os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
+    sources = [os.path.join(CSRC, "tests", "gemm_in_team.c"), os.path.join(CSRC, "gemm.c"),
+               os.path.join(CSRC, "threads.c")]
+    build = subprocess.run(cc.split() + ["-std=c11", "-O1", "-fopenmp", "-pthread", "-I", CSRC, *sources,
                                          "-lm", "-o", str(exe)], capture_output=True, text=True)
     if build.returncode:
         pytest.skip(f"cannot build the OpenMP harness: {build.stderr.strip()[:300]}")
@@ -381,4 +383,6 @@ def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
         run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("GEMMs called from inside an OpenMP team deadlocked (no exit within 120 s)")
-    assert run.returncode == 0 and "2 outer threads, 0 wrong results" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
+    for threads in (1, 2):
+        assert f"2 outer threads, 0 wrong results (GEMM threads {threads})" in run.stdout, run.stdout + run.stderr

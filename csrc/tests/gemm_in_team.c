@@ -1,12 +1,13 @@
 /* The GEMM called from inside someone else's OpenMP team (tests/test_c_gemm.py builds and runs it):
  *
- *   gcc -std=c11 -O1 -fopenmp -Icsrc csrc/tests/gemm_in_team.c csrc/gemm.c -lm -o gemm_in_team
+ *   gcc -std=c11 -O1 -fopenmp -Icsrc csrc/tests/gemm_in_team.c csrc/gemm.c csrc/threads.c -lm -o gemm_in_team
  *
- * Two outer threads each run serial GEMMs (gc_set_num_threads(1), as when a kernel parallelises
- * over a batch and calls the GEMM per item) with different numbers of K blocks. A barrier in the
- * GEMM's serial path would bind to the outer team (an orphaned barrier) and, with different counts
- * per thread, hang: this program then never exits (the test runs it with a timeout). It prints the
- * number of wrong results and exits 0 when there are none.
+ * Two outer threads each run GEMMs with different numbers of K blocks, first serial ones
+ * (gc_set_num_threads(1), as when a kernel parallelises over a batch and calls the GEMM per item),
+ * then ones that ask for 2 threads: both callers then want graphc's pool at once, one region gets
+ * it and uses barriers, the other must run serially. A barrier that bound to the wrong team, or a
+ * pool that waited for a busy pool, would hang: this program then never exits (the test runs it
+ * with a timeout). It prints the number of wrong results and exits 0 when there are none.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -14,9 +15,10 @@
 #include <stdlib.h>
 
 #include "gemm.h"
+#include "threads.h"
 
-int main(void) {
-    gc_set_num_threads(1);
+static int run(int gemm_threads) {
+    gc_set_num_threads(gemm_threads);
     int wrong = 0, threads = 0;
 #pragma omp parallel num_threads(2) reduction(+ : wrong, threads)
     {
@@ -33,6 +35,11 @@ int main(void) {
         free(B);
         free(C);
     }
-    printf("%d outer threads, %d wrong results\n", threads, wrong);
+    printf("%d outer threads, %d wrong results (GEMM threads %d)\n", threads, wrong, gemm_threads);
+    return wrong;
+}
+
+int main(void) {
+    const int wrong = run(1) + run(2);
     return wrong != 0;
 }

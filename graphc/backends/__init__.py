@@ -67,7 +67,9 @@ def runner(name: str):
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the C kernels (<= 0: default from GRAPHC_NUM_THREADS or OpenMP)."""
+    """Threads used by the C kernels (<= 0: the default, GRAPHC_NUM_THREADS if set, else the number
+    of CPUs this process may run on). Forked children keep the setting; graphc's thread pool
+    re-creates its workers in the child on first use."""
     if C_AVAILABLE:
         _cgraphc.lib.gc_set_num_threads(int(n))
 
@@ -87,7 +89,3 @@ def backend_info() -> dict:
 
 if not C_AVAILABLE:
     _warn_once()
-elif hasattr(os, "register_at_fork"):
-    # libgomp's thread pool does not survive fork(): a child that enters a parallel region can
-    # hang on the parent's threads. Children of a fork run the kernels single-threaded.
-    os.register_at_fork(after_in_child=lambda: _cgraphc.lib.gc_set_num_threads(1))

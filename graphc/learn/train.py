@@ -352,7 +352,7 @@ def limit_threads(n: int = 1):
     """Run the block with n BLAS threads (via threadpoolctl, when installed) and n graphc C-kernel
     threads, restoring both afterwards.
 
-    Small models run thousands of tiny kernels; multi-threaded OpenBLAS and OpenMP spin-wait for
+    Small models run thousands of tiny kernels; multi-threaded OpenBLAS and graphc's pool spin-wait for
     each other and can be 10-50x slower on them when the cores are shared with other work."""
     from ..backends import backend_info, set_num_threads
     before = backend_info().get("threads", 0) if backend_info().get("c_available") else None

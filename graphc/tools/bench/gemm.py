@@ -4,8 +4,8 @@
 
 Both libraries get the same thread count (numpy's BLAS through threadpoolctl when installed).
 Timing: per shape, `rounds` alternating batches (graphc, numpy, graphc, ...) of `repeats` calls
-after warm-up, with a short pause when switching library (idle BLAS / OpenMP workers spin for a
-while after a call and would steal the other library's cores). Each batch gives a median; the
+after warm-up, with a short pause when switching library (idle BLAS workers, and graphc's
+for ~50 us, spin for a while after a call and would steal the other library's cores). Each batch gives a median; the
 best batch of each library is reported, so a burst of load from another process on a shared
 machine spoils one batch rather than the comparison. GRAPHC_GEMM_MODULE names another cffi module
 to measure (e.g. a development build of csrc/gemm.c); by default graphc._cgraphc.
@@ -35,7 +35,7 @@ MLP_SHAPES = [
     ("dx g1@W1^T", 256, 784, 512, False, True),
 ]
 
-_PAUSE_S = 0.05  # longer than the spin-wait of idle OpenMP / OpenBLAS workers
+_PAUSE_S = 0.05  # longer than the spin-wait of idle graphc / OpenBLAS workers
 
 
 def load_lib():

@@ -23,7 +23,7 @@ import numpy as np
 import graphc as gc
 
 MLP_SIZES = (784, 512, 256, 10)
-PAUSE_S = 0.2  # longer than the spin-wait of idle OpenMP / OpenBLAS worker threads
+PAUSE_S = 0.2  # longer than the spin-wait of idle graphc / OpenBLAS worker threads
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def mlp_table(batch=256, sizes=MLP_SIZES, dtype="float32", repeats=20, lr=0.01, 
     max_rel_diff of the parameters after one step against the hand-written step.
 
     The implementations take turns (`rounds` times, each keeping its best median), with a pause
-    before each turn: idle BLAS / OpenMP workers spin for a while after a call and would steal
+    before each turn: idle BLAS / graphc workers spin for a while after a call and would steal
     the next library's cores on a small machine."""
     weights, x, y = _mlp_data(batch, sizes, dtype)
     # correctness: one step from the same weights, parameters compared with the NumPy step
