@@ -5,7 +5,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.compiler.passes import cse, fold_constants, fuse_dense, fuse_elementwise, fuse_losses, simplify
+from graphc.compiler.passes import (
+    DEFAULT_PASSES,
+    cse,
+    fold_constants,
+    fuse_dense,
+    fuse_elementwise,
+    fuse_losses,
+    simplify,
+)
 from graphc.compiler.runtime import specialize
 from graphc.compiler.schedule import plan_arena
 from graphc.ir.graph import reachable
@@ -178,11 +186,19 @@ def test_explain_reports_fusion_arena_and_compile_time():
 
 def test_liveness_arena_is_smaller_than_naive_for_the_mlp_step():
     loss, params, grads, feeds = mlp_step(batch=256, sizes=(784, 512, 256, 10), dtype=np.float32)
-    f = gc.compile(loss, updates={p: p - 0.01 * g for p, g in zip(params, grads)})
+    updates = {p: p - 0.01 * g for p, g in zip(params, grads)}
+    # without the GEMM-epilogue fusion the weight gradients and pre-mask gradients are
+    # intermediates, whose buffers liveness reuses
+    passes = [p for p in DEFAULT_PASSES if p != "fuse_gemm_epilogue"]
+    f = gc.compile(loss, updates=updates, passes=passes)
     f(**feeds)
     arena = plan_arena(f._last_plan, **f.arena_options())
     # measured 2026-11-26: 2.13 MB vs 4.52 MB naive (0.47) with the memory-aware schedule
     assert arena.nbytes <= 0.7 * arena.naive_bytes, (arena.nbytes, arena.naive_bytes)
+    # with it they are never materialised: 1.59 MB, nearly all of it live at once
+    fused = gc.compile(loss, updates=updates)
+    fused(**feeds)
+    assert plan_arena(fused._last_plan, **fused.arena_options()).nbytes < arena.nbytes
 
 
 # -- property: the pipeline preserves values and gradients on random graphs --------------------
