@@ -3,6 +3,11 @@
 dense(x, W[, b]; trans_a, trans_b, act, alpha) = act(op(x) @ op(W) + b): the GEMM with its
 bias + activation epilogue. Its VJP reads the stored output (ReLU' = y > 0, σ' = y(1 − y)).
 
+matmul_update(A, B, x; trans_a, trans_b, alpha) = x + alpha * op(A) @ op(B) and
+matmul_act_grad(A, B, y; trans_a, trans_b, act, alpha) = activation_grad(y, op(A) @ op(B), act):
+the SGD step's weight update and ReLU mask as the epilogue of their GEMM (gc_sgemm_ex); the
+third input is read index for index, never written, and never shares the output's buffer.
+
 fused_elementwise(*inputs; program) evaluates a straight-line elementwise program in one pass.
 program is a tuple of (op, args, param) instructions; value ids 0..len(inputs)-1 are the inputs,
 id len(inputs)+j is instruction j's result; the last instruction's result is the output. Every
