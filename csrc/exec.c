@@ -240,6 +240,22 @@ static int try_gemv(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, co
     return 0;
 }
 
+/* c[i] = (alpha * c[i] + x[i]) * (g[i] > 0 ? 1 : gp) over n contiguous elements, x and g optional:
+ * gc_sgemm_ex's epilogue (same operations, same order) for the products try_gemv computed. */
+#define GEMM_EX_EPILOGUE(SFX, T)                                                                \
+    static void epilogue_##SFX(int64_t n, T *c, T alpha, const T *x, const T *g, T gp) {        \
+        for (int64_t i = 0; i < n; i++) {                                                       \
+            T s = c[i];                                                                         \
+            if (alpha != 1) s *= alpha;                                                         \
+            if (x) s += x[i];                                                                   \
+            if (g) s *= g[i] > 0 ? (T)1 : gp;                                                   \
+            c[i] = s;                                                                           \
+        }                                                                                       \
+    }
+GEMM_EX_EPILOGUE(f32, float)
+GEMM_EX_EPILOGUE(f64, double)
+#undef GEMM_EX_EPILOGUE
+
 /* Call the _f32 or _f64 twin of a kernel; void pointers convert implicitly, scalars by prototype. */
 #define TWIN(fn, ...) (f64 ? fn##_f64(__VA_ARGS__) : fn##_f32(__VA_ARGS__))
 /* Operand i of this instruction; a NULL pointer for a required operand means malformed code. */
@@ -265,6 +281,27 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         else gc_sgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0f, C, a[7], bias,
                       (int)a[12], (float)FCONST(13));
         return GC_K_OK;
+    }
+    case GC_OP_GEMM_EX: {
+        NEED(16);
+        void *A = PTR(8), *B = PTR(9), *C = PTR(10);
+        const void *X = PTR(11), *G = PTR(12);
+        REQUIRE(A && B && C);
+        const double alpha = FCONST(13), gp = FCONST(15);
+        const int gate_act = (int)a[14];
+        if (G && gate_act != GC_ACT_RELU && gate_act != GC_ACT_LEAKY_RELU) return GC_K_EINVAL;
+        /* Vector-shaped products (the W-lr step's X^T g) keep the unpacked GEMV loops; the
+         * epilogue is then one short pass over the M*N outputs, cheaper than packing. */
+        if (try_gemv(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, NULL, GC_ACT_IDENTITY) == 0) {
+            const int64_t n = a[2] * a[3];
+            if (f64) epilogue_f64(n, C, alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? gp : 0.0);
+            else epilogue_f32(n, C, (float)alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? (float)gp : 0.0f);
+            return GC_K_OK;
+        }
+        const gc_gemm_desc d = {(int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, a[7], alpha, 0.0,
+                                NULL, GC_ACT_IDENTITY, 0.0, X, a[3] > 1 ? a[3] : 1, G, a[3] > 1 ? a[3] : 1,
+                                gate_act, gp};
+        return (f64 ? gc_dgemm_ex(&d) : gc_sgemm_ex(&d)) == 0 ? GC_K_OK : GC_K_EINVAL;
     }
     case GC_OP_UNARY: {
         NEED(5);

@@ -77,16 +77,50 @@ typedef struct {
     const void *bias;
     double beta, act_param;
     int act;
+    double alpha;          /* multiplies the product */
+    const void *addend;    /* NULL or M x N (row stride ldx), added on the last K block */
+    const void *gate;      /* NULL or M x N (row stride ldg): multiply by act'(gate) at the end */
+    int64_t ldx, ldg;
+    double gate_param;     /* the factor where gate <= 0 (0 for relu, the slope for leaky_relu) */
 } gemm_args;
 
-/* What the write-back of one micro-tile must do. Earlier K blocks only accumulate. */
+/* What the write-back of one micro-tile must do, in this order:
+ *   s = alpha * acc                     (every K block: C holds alpha * the partial product)
+ *   s += beta * C        if add_c       (first K block with beta != 0; later blocks with 1)
+ *   and on the last K block only:
+ *   s += addend[i, j]    if addend
+ *   s += bias[j]         if bias
+ *   s = act(s)
+ *   s *= gate[i, j] > 0 ? 1 : gate_param   if gate
+ * addend and gate point at the tile's own top-left element (the driver offsets them per tile),
+ * so every micro-kernel honours them through this one contract: the portable tile_store and the
+ * AVX2 wb_row implement it, and a new kernel must too (or store through tile_store). */
 typedef struct {
     int add_c;        /* add beta*C (first K block, beta != 0) or C (later K blocks) */
     double beta;      /* multiplier of the old C when add_c */
     int last;         /* last K block: add the bias and apply the activation */
     int act;
     double act_param;
+    double alpha;     /* 1: no scaling pass over the accumulators */
+    const void *addend, *gate; /* this tile's top-left, or NULL (only read when last) */
+    int64_t ldx, ldg;
+    double gate_param;
 } epi_t;
+
+/* e for the tile whose top-left element is (row, col) of C. */
+static inline epi_t epi_at(const epi_t *e, int64_t row, int64_t col, size_t es) {
+    epi_t t = *e;
+    if (t.addend) t.addend = (const char *)t.addend + (size_t)(row * t.ldx + col) * es;
+    if (t.gate) t.gate = (const char *)t.gate + (size_t)(row * t.ldg + col) * es;
+    return t;
+}
+
+/* The epilogue of a call's K block starting at pc (kc long). */
+static inline epi_t epi_for(const gemm_args *g, int first, int last) {
+    epi_t e = {!first || g->beta != 0, first ? g->beta : 1.0, last, g->act, g->act_param, g->alpha,
+               last ? g->addend : NULL, last ? g->gate : NULL, g->ldx, g->ldg, g->gate_param};
+    return e;
+}
 
 /* kernel(kc, A, rsa, csa, packed B panel, C tile, ldc, valid rows m <= MR, valid cols n <= NR,
  *        epilogue, bias + column offset of this tile or NULL).
@@ -137,14 +171,18 @@ static inline float act_f32(float x, int act, float p) {
 /* Write back an m x n tile held in acc (row stride accld) into C with the epilogue. */            \
 static void P##_tile_store(const T *acc, int64_t accld, int64_t m, int64_t n, T *c, int64_t ldc,  \
                            const epi_t *e, const T *bias) {                                       \
-    const T beta = (T)e->beta, p = (T)e->act_param;                                               \
+    const T beta = (T)e->beta, p = (T)e->act_param, alpha = (T)e->alpha, gp = (T)e->gate_param;   \
+    const T *x = e->last ? (const T *)e->addend : NULL, *gt = e->last ? (const T *)e->gate : NULL; \
     for (int64_t i = 0; i < m; i++)                                                                \
         for (int64_t j = 0; j < n; j++) {                                                          \
             T s = acc[i * accld + j];                                                              \
+            if (e->alpha != 1) s *= alpha;                                                         \
             if (e->add_c) s += beta * c[i * ldc + j];                                              \
             if (e->last) {                                                                         \
+                if (x) s += x[i * e->ldx + j];                                                     \
                 if (bias) s += bias[j];                                                            \
                 s = ACT(s, e->act, p);                                                             \
+                if (gt) s *= gt[i * e->ldg + j] > 0 ? (T)1 : gp;                                   \
             }                                                                                      \
             c[i * ldc + j] = s;                                                                    \
         }                                                                                          \
@@ -224,7 +262,7 @@ static void P##_direct(const gemm_args *g) {                                    
     T *C = (T *)g->C;                                                                              \
     const int64_t sak = g->transA ? g->lda : 1, sai = g->transA ? 1 : g->lda;                      \
     const int64_t sbk = g->transB ? 1 : g->ldb, sbj = g->transB ? g->ldb : 1;                      \
-    const epi_t e = {g->beta != 0, g->beta, 1, g->act, g->act_param};                              \
+    const epi_t e = epi_for(g, 1, 1);                                                              \
     T acc[64];                                                                                     \
     for (int64_t i = 0; i < g->M; i++)                                                             \
         for (int64_t j0 = 0; j0 < g->N; j0 += 64) {                                                \
@@ -235,19 +273,22 @@ static void P##_direct(const gemm_args *g) {                                    
                 const T *b = B + k * sbk + j0 * sbj;                                               \
                 for (int64_t j = 0; j < n; j++) acc[j] += a * b[j * sbj];                          \
             }                                                                                      \
-            P##_tile_store(acc, 0, 1, n, C + i * g->ldc + j0, g->ldc, &e, bias ? bias + j0 : NULL);\
+            const epi_t et = epi_at(&e, i, j0, sizeof(T));                                         \
+            P##_tile_store(acc, 0, 1, n, C + i * g->ldc + j0, g->ldc, &et, bias ? bias + j0 : NULL);\
         }                                                                                          \
 }                                                                                                  \
                                                                                                    \
-/* K == 0: C = act(beta * C + bias), nothing to multiply. */                                       \
+/* K == 0: C = act(beta * C + addend + bias) (times the gate), nothing to multiply. */         \
 static void P##_no_k(const gemm_args *g) {                                                         \
     const T zero = 0;                                                                              \
-    const epi_t e = {g->beta != 0, g->beta, 1, g->act, g->act_param};                              \
+    const epi_t e = epi_for(g, 1, 1);                                                              \
     const T *bias = (const T *)g->bias;                                                            \
     for (int64_t i = 0; i < g->M; i++)                                                             \
-        for (int64_t j = 0; j < g->N; j++)                                                         \
-            P##_tile_store(&zero, 0, 1, 1, (T *)g->C + i * g->ldc + j, g->ldc, &e,                 \
+        for (int64_t j = 0; j < g->N; j++) {                                                       \
+            const epi_t et = epi_at(&e, i, j, sizeof(T));                                          \
+            P##_tile_store(&zero, 0, 1, 1, (T *)g->C + i * g->ldc + j, g->ldc, &et,                \
                            bias ? bias + j : NULL);                                                \
+        }                                                                                          \
 }
 
 GEN_SCALAR(s, float, act_f32)
@@ -317,18 +358,42 @@ AVX2_INLINE __m256 s_act8(__m256 v, int act, __m256d p) {
     do {                                                                                           \
         if ((i) < m) {                                                                             \
             P##_wb_row(c + (i) * ldc, c##i##0, c##i##1, full, mask0, mask1, add_c, vbeta, bias != NULL,\
-                       bias0, bias1, act, vp);                                                     \
+                       bias0, bias1, act, vp, &x);                                                 \
+            if (x.addend) x.addend += x.ldx;                                                       \
+            if (x.gate) x.gate += x.ldg;                                                           \
         }                                                                                          \
     } while (0)
 
+/* The alpha / addend / gate part of the epilogue, as the AVX2 write-back sees it: row pointers
+ * advanced row by row (K_WB_ROW), broadcast constants loaded once per tile. */
+#define WB_EXTRA(P, T, V)                                                                          \
+    typedef struct {                                                                               \
+        int scale;              /* alpha != 1 */                                                   \
+        V valpha, vgp;                                                                             \
+        const T *addend, *gate; /* the current row's, or NULL */                                   \
+        int64_t ldx, ldg;                                                                          \
+    } P##_wb_extra;
+WB_EXTRA(s, float, __m256)
+WB_EXTRA(d, double, __m256d)
+#undef WB_EXTRA
+
 AVX2_INLINE void s_wb_row(float *cr, __m256 v0, __m256 v1, int full, __m256i mask0, __m256i mask1,
                           int add_c, __m256 vbeta, int has_bias, __m256 bias0, __m256 bias1, int act,
-                          __m256d vp) {
+                          __m256d vp, const s_wb_extra *x) {
+    if (x->scale) {
+        v0 = _mm256_mul_ps(v0, x->valpha);
+        v1 = _mm256_mul_ps(v1, x->valpha);
+    }
     if (add_c) {
         const __m256 old0 = full ? _mm256_loadu_ps(cr) : _mm256_maskload_ps(cr, mask0);
         const __m256 old1 = full ? _mm256_loadu_ps(cr + 8) : _mm256_maskload_ps(cr + 8, mask1);
         v0 = _mm256_fmadd_ps(vbeta, old0, v0);
         v1 = _mm256_fmadd_ps(vbeta, old1, v1);
+    }
+    if (x->addend) {
+        const float *xr = x->addend;
+        v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(xr) : _mm256_maskload_ps(xr, mask0));
+        v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(xr + 8) : _mm256_maskload_ps(xr + 8, mask1));
     }
     if (has_bias) {
         v0 = _mm256_add_ps(v0, bias0);
@@ -336,6 +401,14 @@ AVX2_INLINE void s_wb_row(float *cr, __m256 v0, __m256 v1, int full, __m256i mas
     }
     v0 = s_act8(v0, act, vp);
     v1 = s_act8(v1, act, vp);
+    if (x->gate) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
+        const float *gr = x->gate;
+        const __m256 g0 = full ? _mm256_loadu_ps(gr) : _mm256_maskload_ps(gr, mask0);
+        const __m256 g1 = full ? _mm256_loadu_ps(gr + 8) : _mm256_maskload_ps(gr + 8, mask1);
+        const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+        v0 = _mm256_mul_ps(v0, _mm256_blendv_ps(x->vgp, one, _mm256_cmp_ps(g0, zero, _CMP_GT_OQ)));
+        v1 = _mm256_mul_ps(v1, _mm256_blendv_ps(x->vgp, one, _mm256_cmp_ps(g1, zero, _CMP_GT_OQ)));
+    }
     if (full) {
         _mm256_storeu_ps(cr, v0);
         _mm256_storeu_ps(cr + 8, v1);
@@ -347,12 +420,21 @@ AVX2_INLINE void s_wb_row(float *cr, __m256 v0, __m256 v1, int full, __m256i mas
 
 AVX2_INLINE void d_wb_row(double *cr, __m256d v0, __m256d v1, int full, __m256i mask0, __m256i mask1,
                           int add_c, __m256d vbeta, int has_bias, __m256d bias0, __m256d bias1,
-                          int act, __m256d vp) {
+                          int act, __m256d vp, const d_wb_extra *x) {
+    if (x->scale) {
+        v0 = _mm256_mul_pd(v0, x->valpha);
+        v1 = _mm256_mul_pd(v1, x->valpha);
+    }
     if (add_c) {
         const __m256d old0 = full ? _mm256_loadu_pd(cr) : _mm256_maskload_pd(cr, mask0);
         const __m256d old1 = full ? _mm256_loadu_pd(cr + 4) : _mm256_maskload_pd(cr + 4, mask1);
         v0 = _mm256_fmadd_pd(vbeta, old0, v0);
         v1 = _mm256_fmadd_pd(vbeta, old1, v1);
+    }
+    if (x->addend) {
+        const double *xr = x->addend;
+        v0 = _mm256_add_pd(v0, full ? _mm256_loadu_pd(xr) : _mm256_maskload_pd(xr, mask0));
+        v1 = _mm256_add_pd(v1, full ? _mm256_loadu_pd(xr + 4) : _mm256_maskload_pd(xr + 4, mask1));
     }
     if (has_bias) {
         v0 = _mm256_add_pd(v0, bias0);
@@ -360,6 +442,14 @@ AVX2_INLINE void d_wb_row(double *cr, __m256d v0, __m256d v1, int full, __m256i 
     }
     v0 = d_act4(v0, act, vp);
     v1 = d_act4(v1, act, vp);
+    if (x->gate) {
+        const double *gr = x->gate;
+        const __m256d g0 = full ? _mm256_loadu_pd(gr) : _mm256_maskload_pd(gr, mask0);
+        const __m256d g1 = full ? _mm256_loadu_pd(gr + 4) : _mm256_maskload_pd(gr + 4, mask1);
+        const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
+        v0 = _mm256_mul_pd(v0, _mm256_blendv_pd(x->vgp, one, _mm256_cmp_pd(g0, zero, _CMP_GT_OQ)));
+        v1 = _mm256_mul_pd(v1, _mm256_blendv_pd(x->vgp, one, _mm256_cmp_pd(g1, zero, _CMP_GT_OQ)));
+    }
     if (full) {
         _mm256_storeu_pd(cr, v0);
         _mm256_storeu_pd(cr + 4, v1);
@@ -599,6 +689,9 @@ AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t 
         bias0 = full ? _mm256_loadu_ps(bias) : _mm256_maskload_ps(bias, mask0);
         bias1 = full ? _mm256_loadu_ps(bias + 8) : _mm256_maskload_ps(bias + 8, mask1);
     }
+    s_wb_extra x = {e->alpha != 1, _mm256_set1_ps((float)e->alpha), _mm256_set1_ps((float)e->gate_param),
+                    e->last ? (const float *)e->addend : NULL, e->last ? (const float *)e->gate : NULL,
+                    e->ldx, e->ldg};
     K_WB_ROW(s, 0); K_WB_ROW(s, 1); K_WB_ROW(s, 2); K_WB_ROW(s, 3); K_WB_ROW(s, 4); K_WB_ROW(s, 5);
 }
 
@@ -636,6 +729,9 @@ AVX2_INLINE void d_kernel_body(int64_t kc, const double *a, int64_t rsa, int64_t
         bias0 = full ? _mm256_loadu_pd(bias) : _mm256_maskload_pd(bias, mask0);
         bias1 = full ? _mm256_loadu_pd(bias + 4) : _mm256_maskload_pd(bias + 4, mask1);
     }
+    d_wb_extra x = {e->alpha != 1, _mm256_set1_pd(e->alpha), _mm256_set1_pd(e->gate_param),
+                    e->last ? (const double *)e->addend : NULL, e->last ? (const double *)e->gate : NULL,
+                    e->ldx, e->ldg};
     K_WB_ROW(d, 0); K_WB_ROW(d, 1); K_WB_ROW(d, 2); K_WB_ROW(d, 3); K_WB_ROW(d, 4); K_WB_ROW(d, 5);
 }
 
@@ -745,12 +841,19 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
         for (int64_t ir = 0; ir < mc; ir += im->mr) {
             const int64_t m = MIN(im->mr, mc - ir);
             char *c = (char *)g->C + (size_t)((ic + ir) * g->ldc + jc + jr) * es;
+            /* addend / gate move with the tile (only the last K block reads them) */
+            epi_t et;
+            const epi_t *te = e;
+            if (e->addend || e->gate) {
+                et = epi_at(e, ic + ir, jc + jr, es);
+                te = &et;
+            }
             if (x->direct_a && m == im->mr)
                 im->kernel_strided(kc, AT(g->A, (ic + ir) * rsa + pc * csa, es), rsa, csa, bpanel, c,
-                                   g->ldc, m, n, e, bias);
+                                   g->ldc, m, n, te, bias);
             else
                 im->kernel(kc, x->direct_a ? apack : apack + (size_t)(ir * kc) * es, 0, 0, bpanel, c,
-                           g->ldc, m, n, e, bias);
+                           g->ldc, m, n, te, bias);
         }
     }
 }
@@ -781,8 +884,7 @@ static void driver_body(const driver_ctx *x, int tid) {
         const int64_t jp0 = npanels * tid / nt, jp1 = npanels * (tid + 1) / nt;
         for (int64_t pc = 0; pc < g->K; pc += x->kc_max) {
             const int64_t kc = MIN(x->kc_max, g->K - pc);
-            const epi_t e = {pc > 0 || g->beta != 0, pc > 0 ? 1.0 : g->beta, pc + kc == g->K,
-                             g->act, g->act_param};
+            const epi_t e = epi_for(g, pc == 0, pc + kc == g->K);
             if (jp1 > jp0)
                 im->pack_b(g->B, g->ldb, g->transB, pc, jc + jp0 * im->nr, kc,
                            MIN(nc, jp1 * im->nr) - jp0 * im->nr,
@@ -911,7 +1013,7 @@ void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               float beta, float *C, int64_t ldc,
               const float *bias, int act, float act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
-                         beta, act_param, act};
+                         beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
     const gemm_impl *im = &S_SCALAR;
 #ifdef GC_X86
     if (gc_simd_level()) im = &S_AVX2;
@@ -924,10 +1026,62 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               double beta, double *C, int64_t ldc,
               const double *bias, int act, double act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
-                         beta, act_param, act};
+                         beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
     const gemm_impl *im = &D_SCALAR;
 #ifdef GC_X86
     if (gc_simd_level()) im = &D_AVX2;
 #endif
     gemm_run(im, &g, d_direct, d_no_k);
+}
+
+/* The descriptor as gemm_args, or -1 (GC_K_EINVAL) when it is malformed. The gate factor where
+ * gate <= 0 is the derivative of the activation there: 0 for relu, the slope for leaky_relu. */
+static int desc_args(const gc_gemm_desc *d, gemm_args *g) {
+    if (!d || d->m < 0 || d->n < 0 || d->k < 0) return -1;
+    if (d->act < 0 || d->act >= GC_ACT_END) return -1;
+    const int64_t M = d->m, N = d->n, K = d->k;
+    const int64_t acols = d->trans_a ? M : K, bcols = d->trans_b ? K : N;
+    if (d->lda < (acols > 1 ? acols : 1) || d->ldb < (bcols > 1 ? bcols : 1) || d->ldc < (N > 1 ? N : 1))
+        return -1;
+    if (M > 0 && N > 0 && !d->c) return -1;
+    if (M > 0 && N > 0 && K > 0 && (!d->a || !d->b)) return -1;
+    double gp = 0.0;
+    if (d->gate) {
+        if (d->ldg < (N > 1 ? N : 1)) return -1;
+        if (d->gate_act == GC_ACT_LEAKY_RELU) gp = d->gate_param;
+        else if (d->gate_act != GC_ACT_RELU) return -1;
+    }
+    if (d->addend && d->ldx < (N > 1 ? N : 1)) return -1;
+    const gemm_args a = {d->trans_a != 0, d->trans_b != 0, M, N, K, d->lda, d->ldb, d->ldc, d->a, d->b,
+                         d->c, d->bias, d->beta, d->act_param, d->act, d->alpha, d->addend, d->gate,
+                         d->ldx, d->ldg, gp};
+    *g = a;
+    return 0;
+}
+
+int gc_sgemm_ex(const gc_gemm_desc *d) {
+    gemm_args g;
+    if (desc_args(d, &g)) return -1;
+    /* float32 parameters, as gc_sgemm takes them: the epilogue computes in float */
+    g.alpha = (float)g.alpha;
+    g.beta = (float)g.beta;
+    g.act_param = (float)g.act_param;
+    g.gate_param = (float)g.gate_param;
+    const gemm_impl *im = &S_SCALAR;
+#ifdef GC_X86
+    if (gc_simd_level()) im = &S_AVX2;
+#endif
+    gemm_run(im, &g, s_direct, s_no_k);
+    return 0;
+}
+
+int gc_dgemm_ex(const gc_gemm_desc *d) {
+    gemm_args g;
+    if (desc_args(d, &g)) return -1;
+    const gemm_impl *im = &D_SCALAR;
+#ifdef GC_X86
+    if (gc_simd_level()) im = &D_AVX2;
+#endif
+    gemm_run(im, &g, d_direct, d_no_k);
+    return 0;
 }

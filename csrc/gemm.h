@@ -34,6 +34,43 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               double beta, double *C, int64_t ldc,
               const double *bias, int act, double act_param);
 
+/* The extended entry point: one descriptor for everything the epilogue can do.
+ *
+ *   C = gate'( act( alpha * op(A) @ op(B) + beta * C + addend + bias[N] ), gate )
+ *
+ * alpha scales the product (the SGD step W - lr * X^T G is alpha = -lr, addend = W).
+ * addend (M x N, row stride ldx) may be NULL; it is read on the write-back of the last K block
+ * and must not overlap C (C holds partial sums across K blocks), nor may gate.
+ * gate (M x N, row stride ldg) may be NULL; otherwise each result is multiplied, after the
+ * activation, by the derivative of gate_act read from its output (the forward activations of a
+ * ReLU layer): relu: gate > 0 ? 1 : 0, leaky_relu: gate > 0 ? 1 : gate_param; the products are
+ * those of graphc's activation_grad kernel (g * 0 keeps a NaN g a NaN). Other gate_act values,
+ * negative sizes or leading dimensions smaller than a row give GC_K_EINVAL (-1) and touch
+ * nothing; 0 on success. */
+typedef struct {
+    int trans_a, trans_b;
+    int64_t m, n, k;
+    const void *a;
+    int64_t lda;
+    const void *b;
+    int64_t ldb;
+    void *c;
+    int64_t ldc;
+    double alpha, beta;
+    const void *bias; /* length n, or NULL */
+    int act;          /* a gc_act applied after the addend and bias */
+    double act_param;
+    const void *addend;
+    int64_t ldx;
+    const void *gate;
+    int64_t ldg;
+    int gate_act; /* GC_ACT_RELU or GC_ACT_LEAKY_RELU when gate != NULL */
+    double gate_param;
+} gc_gemm_desc;
+
+int gc_sgemm_ex(const gc_gemm_desc *d);
+int gc_dgemm_ex(const gc_gemm_desc *d);
+
 /* Threads: gc_set_num_threads / gc_get_num_threads are in threads.h. */
 /* 1 when the AVX2+FMA code paths are selected on this CPU, 0 when the portable scalar path is. */
 int gc_simd_level(void);

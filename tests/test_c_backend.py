@@ -574,3 +574,31 @@ def test_random_graphs_agree_with_numpy(data):
     scales = term_scales(outputs, g.values) if tol > 1e-10 else [0.0] * len(outputs)
     for a, b, scale in zip(fc(**feeds), fn(**feeds), scales):
         assert_close(a, b, tol=tol, scale=scale)
+
+
+# -- GC_OP_GEMM_EX: matmul_update / matmul_act_grad (the SGD step's fused epilogues) ---------------
+@pytest.mark.skipif(not C_AVAILABLE, reason="the C extension is not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", [(30, 569, 1), (1, 40, 7), (9, 0, 5), (33, 17, 21), (150, 260, 40)])
+def test_gemm_ex_ops_match_numpy_backend(dtype, m, k, n):
+    """Both fused ops on the C backend against the NumPy backend, through the GEMV shapes (N or M
+    = 1: the W-lr step's weight gradient), K = 0 and several K blocks (K = 260 > KC = 256)."""
+    rng = np.random.default_rng(m * 100 + k + n)
+    A = rng.standard_normal((k, m)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    X = rng.standard_normal((m, n)).astype(dtype)
+    Y = rng.standard_normal((m, n)).astype(dtype)
+    Y[Y < -1] = 0.0
+    a, b, x, y = (gc.placeholder(nm, v.shape, dtype) for nm, v in zip("abxy", (A, B, X, Y)))
+    outs = [gc.matmul_update(a, b, x, -0.1, trans_a=True), gc.matmul_act_grad(a, b, y, "relu", trans_a=True),
+            gc.matmul_act_grad(a, b, y, "leaky_relu", 0.2, trans_a=True)]
+    feeds = dict(a=A, b=B, x=X, y=Y)
+    f = gc.compile(outs, backend="c")
+    got = f(**feeds)
+    lowered = f._plans[next(iter(f._plans))][1].lowered
+    assert not lowered.numpy_steps  # all three ran as C GEMMs, not as NumPy fallbacks
+    want = gc.compile(outs, backend="numpy")(**feeds)
+    tol = 32 * np.finfo(dtype).eps * max(k, 1)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    assert np.all(got[1][Y <= 0] == 0)

@@ -386,3 +386,120 @@ def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     for threads in (1, 2):
         assert f"2 outer threads, 0 wrong results (GEMM threads {threads})" in run.stdout, run.stdout + run.stderr
+
+
+# -- the extended epilogue (gc_sgemm_ex / gc_dgemm_ex): alpha, addend, gate ----------------------
+def gemm_ex(A, B, C, transA=False, transB=False, alpha=1.0, beta=0.0, bias=None, act=IDENTITY, act_param=0.0,
+            addend=None, gate=None, gate_act=RELU, gate_param=0.0):
+    """Call gc_sgemm_ex/gc_dgemm_ex through its descriptor; returns the status."""
+    M, K = (A.shape[1], A.shape[0]) if transA else A.shape
+    N = B.shape[0] if transB else B.shape[1]
+    d = ffi.new("gc_gemm_desc *")
+    d.trans_a, d.trans_b, d.m, d.n, d.k = int(transA), int(transB), M, N, K
+    d.a, d.lda, d.b, d.ldb, d.c, d.ldc = _ptr(A), _ld(A), _ptr(B), _ld(B), _ptr(C), _ld(C)
+    d.alpha, d.beta, d.bias, d.act, d.act_param = alpha, beta, _ptr(bias), act, act_param
+    d.addend, d.ldx = _ptr(addend), _ld(addend) if addend is not None else 0
+    d.gate, d.ldg = _ptr(gate), _ld(gate) if gate is not None else 0
+    d.gate_act, d.gate_param = gate_act, gate_param
+    f = lib.gc_sgemm_ex if C.dtype == np.float32 else lib.gc_dgemm_ex
+    return f(d)
+
+
+def reference_ex(A, B, C0, transA, transB, alpha, beta, bias, act, p, addend, gate, gate_act, gate_param):
+    a, b = A.astype(np.float64), B.astype(np.float64)
+    z = alpha * ((a.T if transA else a) @ (b.T if transB else b))
+    if beta:
+        z = z + beta * C0.astype(np.float64)
+    if addend is not None:
+        z = z + addend.astype(np.float64)
+    if bias is not None:
+        z = z + bias.astype(np.float64)
+    z = act_ref(z, act, p)
+    if gate is not None:  # activation_grad's products: g * (y > 0), g * (y > 0 ? 1 : slope)
+        z = z * np.where(gate > 0, 1.0, gate_param if gate_act == LEAKY else 0.0)
+    return z
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from([np.float32, np.float64]), M=SIZES, N=SIZES, K=SIZES,
+       transA=st.booleans(), transB=st.booleans(),
+       pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+       alpha=st.sampled_from([1.0, 0.0, -0.1, 2.5]), beta=st.sampled_from([0.0, 1.0]),
+       with_addend=st.booleans(), gate=st.sampled_from([None, RELU, LEAKY]), with_bias=st.booleans(),
+       simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_extended_epilogue_matches_numpy(dtype, M, N, K, transA, transB, pads, alpha, beta, with_addend, gate,
+                                         with_bias, simd, threads, seed):
+    """C = gate'(alpha * op(A) op(B) + beta C + addend + bias) against float64 NumPy, with padded
+    leading dimensions for every matrix, NaN garbage in C when beta = 0, and gates holding zeros
+    and negatives (the kink: relu' is 0 at 0)."""
+    rng = np.random.default_rng(seed)
+    lib.gc_set_simd_enabled(int(simd))
+    lib.gc_set_num_threads(threads)
+    A = padded(rng, *((K, M) if transA else (M, K)), pads[0], dtype)
+    B = padded(rng, *((N, K) if transB else (K, N)), pads[1], dtype)
+    C = padded(rng, M, N, pads[2], dtype)
+    if beta == 0:
+        C[...] = np.nan
+    C0 = C.copy()
+    X = padded(rng, M, N, pads[3], dtype) if with_addend else None
+    G = None
+    if gate is not None:
+        G = padded(rng, M, N, (pads[3] + 1) % 4, dtype)
+        G[rng.random(G.shape) < 0.2] = 0.0
+    bias = rng.standard_normal(N).astype(dtype) if with_bias else None
+    assert gemm_ex(A, B, C, transA, transB, alpha, beta, bias, IDENTITY, 0.0, X, G, gate or RELU, 0.1) == 0
+    ref = reference_ex(A, B, C0, transA, transB, alpha, beta, bias, IDENTITY, 0.0, X, G, gate, 0.1)
+    assert np.all(np.isfinite(C))
+    assert rel_err(C, ref) <= TOL[np.dtype(dtype)]
+    if G is not None and gate == RELU:
+        assert np.all(C[G <= 0] == 0)  # masked exactly, not approximately
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,K", [(784, 512, 256), (256, 10, 256), (300, 40, 600), (5, 7, 3), (6, 16, 0)])
+def test_sgd_update_epilogue_is_one_rounding_from_numpy(dtype, simd, M, N, K):
+    """W - lr * X^T G (the weight-gradient GEMM of an SGD step, several K blocks for K = 600):
+    the fused result is within a few ulp of NumPy's two-pass float computation, and W is not written."""
+    lib.gc_set_simd_enabled(simd)
+    rng = np.random.default_rng(M + N + K)
+    X = rng.standard_normal((K, M)).astype(dtype)
+    G = rng.standard_normal((K, N)).astype(dtype)
+    W = rng.standard_normal((M, N)).astype(dtype)
+    W0, lr = W.copy(), 0.01
+    out = np.full((M, N), np.nan, dtype)
+    assert gemm_ex(X, G, out, transA=True, alpha=-lr, addend=W) == 0
+    np.testing.assert_array_equal(W, W0)
+    want = W.astype(np.float64) - lr * (X.T.astype(np.float64) @ G.astype(np.float64))
+    scale = np.abs(W).max() + lr * np.abs(X.T.astype(np.float64)) @ np.abs(G.astype(np.float64))
+    assert np.all(np.abs(out - want) <= 8 * np.finfo(dtype).eps * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gate_keeps_nan_like_activation_grad(dtype):
+    """relu' gate: a NaN product stays NaN where the gate is <= 0 (NaN * 0), as in activation_grad's
+    g * (y > 0); a NaN gate counts as not > 0."""
+    A = np.array([[np.nan], [1.0], [2.0]], dtype)  # K = 1: C = A @ B exactly
+    B = np.ones((1, 2), dtype)
+    gate = np.array([[-1.0, 0.0], [0.0, 2.0], [np.nan, 3.0]], dtype)
+    C = np.zeros((3, 2), dtype)
+    assert gemm_ex(A, B, C, gate=gate, gate_act=RELU) == 0
+    want = np.array([[np.nan, np.nan], [0.0, 1.0], [0.0, 2.0]])
+    np.testing.assert_array_equal(C, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extended_entry_refuses_bad_descriptors(dtype):
+    A = np.ones((3, 4), dtype)
+    B = np.ones((4, 5), dtype)
+    C = np.full((3, 5), 7.0, dtype)
+    assert gemm_ex(A, B, C, gate=np.ones((3, 5), dtype), gate_act=SIGMOID) == -1
+    d = ffi.new("gc_gemm_desc *")
+    d.m, d.n, d.k, d.lda, d.ldb, d.ldc = 3, 5, 4, 4, 5, 4  # ldc < N
+    d.a, d.b, d.c = _ptr(A), _ptr(B), _ptr(C)
+    f = lib.gc_sgemm_ex if dtype == np.float32 else lib.gc_dgemm_ex
+    assert f(d) == -1
+    d.ldc, d.m = 5, -1
+    assert f(d) == -1
+    assert f(ffi.NULL) == -1
+    assert np.all(C == 7.0)

@@ -158,6 +158,33 @@ def _gemm(lw, k, step):
     return True
 
 
+def _gemm_ex(lw, k, step):
+    """matmul_update (C = x + alpha op(A) op(B)) and matmul_act_grad (C = op(A) op(B) * act'(y)):
+    one GEMM whose epilogue reads the third input, contiguous like the output (gc_sgemm_ex)."""
+    from ..ops.fused import GATE_ACTS
+    node = step.node
+    if not _floats(node) or any(i.ndim != 2 for i in node.inputs):
+        return False
+    a, b, _ = node.inputs
+    ta, tb = bool(node.attrs["trans_a"]), bool(node.attrs["trans_b"])
+    m, n = node.shape
+    kk = a.shape[0] if ta else a.shape[1]
+    if node.op == "matmul_update":
+        addend, gate, alpha, gate_act, gate_param = step.inputs[2], None, node.attrs["alpha"], 0, 0.0
+    else:
+        gate_act = c_code("GC_ACT_", node.attrs["act"])
+        if node.attrs["act"] not in GATE_ACTS or gate_act is None:
+            return False
+        addend, gate, alpha, gate_param = None, step.inputs[2], 1.0, node.attrs["alpha"]
+    if m * n == 0:
+        return True
+    lw.emit(lib.GC_OP_GEMM_EX, k, node.dtype, int(ta), int(tb), m, n, kk, max(a.shape[1], 1), max(b.shape[1], 1),
+            max(n, 1), lw.ref(step.inputs[0]), lw.ref(step.inputs[1]), lw.ref(step.out),
+            _NO_REF if addend is None else lw.ref(addend), _NO_REF if gate is None else lw.ref(gate),
+            lw.fidx(alpha), gate_act, lw.fidx(gate_param))
+    return True
+
+
 def _unary(lw, k, step):
     node = step.node
     if not _floats(node):
@@ -455,7 +482,7 @@ def _fused(lw, k, step):
 
 # lowering rules by the name an OpDef gives in its `lowering` field
 LOWERINGS = {
-    "gemm": _gemm, "unary": _unary, "binary": _binary, "act_grad": _act_grad, "reduce": _reduce,
+    "gemm": _gemm, "gemm_ex": _gemm_ex, "unary": _unary, "binary": _binary, "act_grad": _act_grad, "reduce": _reduce,
     "sum_to": _sum_to, "broadcast_like": _broadcast_like, "transpose": _transpose, "softmax": _softmax,
     "sce": _sce, "bce": _bce, "conv": _conv, "pool": _pool, "cast": _cast, "fill": _fill, "fused": _fused,
     "alias": _alias,

@@ -3,6 +3,11 @@
 dense(x, W[, b]; trans_a, trans_b, act, alpha) = act(op(x) @ op(W) + b): the GEMM with its
 bias + activation epilogue. Its VJP reads the stored output (ReLU' = y > 0, σ' = y(1 − y)).
 
+matmul_update(A, B, x; trans_a, trans_b, alpha) = x + alpha * op(A) @ op(B) and
+matmul_act_grad(A, B, y; trans_a, trans_b, act, alpha) = activation_grad(y, op(A) @ op(B), act):
+the SGD step's weight update and ReLU mask as the epilogue of their GEMM (gc_sgemm_ex); the
+third input is read index for index, never written, and never shares the output's buffer.
+
 fused_elementwise(*inputs; program) evaluates a straight-line elementwise program in one pass.
 program is a tuple of (op, args, param) instructions; value ids 0..len(inputs)-1 are the inputs,
 id len(inputs)+j is instruction j's result; the last instruction's result is the output. Every
@@ -15,13 +20,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.errors import GraphError
-from . import REGISTRY, OpDef, apply, fused_kernels, register
+from . import REGISTRY, Domain, OpDef, apply, fused_kernels, register
 from .core import unbroadcast
 from .elementwise import ACTIVATIONS, activation_grad
+from .elementwise import _act_grad_forward as activation_grad_forward
 from .linalg import _matmul_forward, _matmul_infer, _matmul_vjp
 from .reduce import sum
 
-__all__ = ["dense"]
+__all__ = ["dense", "matmul_update", "matmul_act_grad"]
 
 
 # -- dense ------------------------------------------------------------------------------------
@@ -70,6 +76,80 @@ def dense(x, w, b=None, act: str = "identity", alpha: float = 0.0, trans_a=False
     """act(x @ w + b) as one op (what the fusion pass makes of matmul + bias + activation)."""
     inputs = [x, w] if b is None else [x, w, b]
     return apply("dense", inputs, trans_a=bool(trans_a), trans_b=bool(trans_b), act=act, alpha=float(alpha))
+
+
+# -- matmul_update, matmul_act_grad: the SGD step's epilogues ---------------------------------------
+def _mm2_infer(inputs, trans_a, trans_b, what):
+    shape, dtype = _matmul_infer(inputs[:2], trans_a, trans_b)
+    if len(shape) != 2:
+        raise GraphError(f"{what} needs 2-d operands")
+    third = inputs[2]
+    if third.shape != shape or third.dtype != dtype:
+        raise GraphError(f"{what}: the third input is {third.shape} {third.dtype}, not the product's "
+                         f"{shape} {dtype} (no broadcasting: the GEMM's epilogue reads it index for index)")
+    return shape, dtype
+
+
+def _update_infer(inputs, trans_a, trans_b, alpha):
+    return _mm2_infer(inputs, trans_a, trans_b, "matmul_update")
+
+
+def _update_forward(a, b, x, trans_a, trans_b, alpha):
+    z = _matmul_forward(a, b, trans_a, trans_b)
+    # alpha in the product's dtype, as the unfused mul by a constant of that dtype computes it
+    return x + np.asarray(alpha, z.dtype) * z
+
+
+def _update_vjp(g, out, a, b, x, trans_a, trans_b, alpha):
+    return _matmul_vjp(g * alpha, None, a, b, trans_a, trans_b) + [g]
+
+
+register(OpDef("matmul_update", infer=_update_infer, forward=_update_forward, vjp=_update_vjp, arity=3,
+               lowering="gemm_ex", fuzz="matmul_update", made_by="passes"))
+
+
+def matmul_update(a, b, x, alpha: float, trans_a: bool = False, trans_b: bool = False):
+    """x + alpha * (op(a) @ op(b)) as one GEMM (what the fusion pass makes of an SGD update
+    p - lr * (X^T @ G)); x is read, never written."""
+    return apply("matmul_update", [a, b, x], trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha))
+
+
+GATE_ACTS = ("relu", "leaky_relu")  # derivatives that are a 0/1 (or slope) factor read from the output
+
+
+def _act_mm_infer(inputs, trans_a, trans_b, act, alpha):
+    if act not in GATE_ACTS:
+        raise GraphError(f"matmul_act_grad supports {GATE_ACTS}, not {act!r}")
+    return _mm2_infer(inputs, trans_a, trans_b, "matmul_act_grad")
+
+
+def _act_mm_forward(a, b, y, trans_a, trans_b, act, alpha):
+    return activation_grad_forward(y, _matmul_forward(a, b, trans_a, trans_b), act, alpha)
+
+
+def _act_mm_vjp(g, out, a, b, y, trans_a, trans_b, act, alpha):
+    # d/dy of g * relu'(y) is 0 away from the kink, as activation_grad's own VJP says
+    return _matmul_vjp(activation_grad(y, g, act, alpha), None, a, b, trans_a, trans_b) + [None]
+
+
+def _act_mm_domain(act="relu", alpha=0.0, **_):
+    return (Domain(), Domain(), Domain(kinks=(0.0,)))
+
+
+def _act_mm_branch(out, a, b, y, **_):
+    return np.sign(np.asarray(y, np.float64))
+
+
+register(OpDef("matmul_act_grad", infer=_act_mm_infer, forward=_act_mm_forward, vjp=_act_mm_vjp, arity=3,
+               domain=_act_mm_domain, branch=_act_mm_branch, lowering="gemm_ex", fuzz="matmul_act_grad",
+               made_by="passes"))
+
+
+def matmul_act_grad(a, b, y, act: str = "relu", alpha: float = 0.0, trans_a: bool = False, trans_b: bool = False):
+    """activation_grad(y, op(a) @ op(b), act, alpha) as one GEMM whose epilogue multiplies by the
+    activation's derivative read from its output y (relu, leaky_relu)."""
+    return apply("matmul_act_grad", [a, b, y], trans_a=bool(trans_a), trans_b=bool(trans_b), act=act,
+                 alpha=float(alpha))
 
 
 # -- fused elementwise ----------------------------------------------------------------------------

@@ -364,6 +364,28 @@ def _case_dense(draw, dt, op, ms):
     return ins, attrs
 
 
+def _case_matmul_update(draw, dt, op, ms):
+    """matmul_update(a, b, x; alpha): x of the product's shape (the epilogue reads it elementwise)."""
+    ins, attrs = _case_matmul(draw, dt, op, ms, ranks=((2, 2),))
+    m = ins[0].shape[1] if attrs["trans_a"] else ins[0].shape[0]
+    n = ins[1].shape[0] if attrs["trans_b"] else ins[1].shape[1]
+    ins.append(_vals(draw, op, 2, (m, n), dt))
+    attrs["alpha"] = draw(st.sampled_from([-0.1, 1.0, 0.0, 2.5]))
+    return ins, attrs
+
+
+def _case_matmul_act_grad(draw, dt, op, ms):
+    """matmul_act_grad(a, b, y; act, alpha): y (the activation's output) with values at the kink."""
+    from ..ops.fused import GATE_ACTS
+    ins, attrs = _case_matmul(draw, dt, op, ms, ranks=((2, 2),))
+    act = draw(st.sampled_from(GATE_ACTS))
+    attrs.update(act=act, alpha=0.1 if act == "leaky_relu" else 0.0)
+    m = ins[0].shape[1] if attrs["trans_a"] else ins[0].shape[0]
+    n = ins[1].shape[0] if attrs["trans_b"] else ins[1].shape[1]
+    ins.append(_vals(draw, op, 2, (m, n), dt, attrs))
+    return ins, attrs
+
+
 def _case_softmax(draw, dt, op, ms):
     shape = _shape(draw, min_dims=1, max_side=ms)
     attrs = {"axis": draw(st.integers(0, len(shape) - 1)), "log": draw(st.booleans())}
@@ -512,7 +534,8 @@ CASES: dict[str, Callable] = {
     "activation_grad": _case_activation_grad, "reshape": _case_reshape, "reshape_like": _case_reshape_like,
     "transpose": _case_transpose, "expand_dims": _case_expand_dims, "squeeze": _case_squeeze,
     "concatenate": _case_concatenate, "concat_slice": _case_concat_slice, "matmul": _case_matmul,
-    "dense": _case_dense, "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
+    "dense": _case_dense, "matmul_update": _case_matmul_update, "matmul_act_grad": _case_matmul_act_grad,
+    "softmax": _case_softmax, "softmax_grad": _case_softmax_grad,
     "classification": _case_classification, "one_hot": _case_one_hot, "bce": _case_bce, "dropout": _case_dropout,
     "conv": _case_conv, "pool": _case_pool, "fused_elementwise": _case_fused_elementwise,
     "pad": _case_pad, "slice": _case_slice, "grouped_conv": _case_grouped_conv, "take": _case_take,
@@ -954,6 +977,30 @@ def _g_dense_pattern(b: _Builder, op: str):
     return h if act == "identity" else apply(act, [h], **fuzz_attrs(b.draw, act))
 
 
+def _g_sgd_update(b: _Builder, op: str):
+    """x - c * (a @ W): an SGD-style update the fusion pass turns into one matmul_update GEMM."""
+    h = _g_matmul(b, "matmul")
+    if h is None or h.ndim != 2:
+        return h
+    x = b.new_input(h.shape)
+    scaled = apply("mul", [b.scalar(b.draw(st.sampled_from([0.1, -0.5]))), h])
+    if b.draw(st.booleans()):  # c (a @ W) + x: the same update written with add
+        return apply("add", [scaled, x])
+    return apply("sub", [x, scaled])
+
+
+def _g_masked_backprop(b: _Builder, op: str):
+    """activation_grad(y, g @ W^T, relu | leaky_relu): a ReLU layer's backward GEMM, which the
+    fusion pass turns into one matmul_act_grad (the mask in the GEMM's epilogue)."""
+    h = _g_matmul(b, "matmul")
+    if h is None or h.ndim != 2:
+        return h
+    from ..ops.fused import GATE_ACTS
+    act = b.draw(st.sampled_from(GATE_ACTS))
+    y = b.new_input(h.shape)
+    return apply("activation_grad", [y, h], act=act, alpha=0.1 if act == "leaky_relu" else 0.0)
+
+
 def _g_reshape_like(b: _Builder, op: str):
     """reshape_like(x, like): the reshape VJP of a graph whose shapes are known only at run time."""
     x = b.pick(lambda t: t.ndim >= 1 and int(np.prod(t.shape)) > 1)
@@ -968,6 +1015,7 @@ def _g_reshape_like(b: _Builder, op: str):
 COMPOSITES: dict[str, tuple[Callable, int]] = {
     "mean": (_g_reduce, 1), "log_softmax": (_g_softmax, 1), "mse": (_g_targets, 1), "grad": (_g_grad, 5),
     "linear_act": (_g_dense_pattern, 1), "runtime_reshape": (_g_reshape_like, 1),
+    "sgd_update": (_g_sgd_update, 1), "masked_backprop": (_g_masked_backprop, 1),
 }
 
 

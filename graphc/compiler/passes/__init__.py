@@ -8,6 +8,7 @@ pass rebuilds only what changes. The pipeline, in order:
   cse             one node per (op, attributes, inputs), also across forward and backward
   fuse_losses     nll_loss(log_softmax(z)) -> softmax_cross_entropy(z); BCE(sigmoid(z)) -> BCE on logits
   fuse_dense      act(matmul(x, W) + b) -> dense(x, W, b, act): one GEMM with its epilogue
+  fuse_gemm_epilogue  x - c*(A @ B) -> matmul_update; activation_grad(y, A @ B, relu) -> matmul_act_grad
   fuse_elementwise chains of elementwise ops -> one fused_elementwise node
   dce             only what the outputs need (every pass also drops what became unreachable)
 
@@ -16,7 +17,7 @@ gc.compile(..., passes=[...]) picks a subset (in pipeline order); optimize=False
 from __future__ import annotations
 
 from .basic import cse, dce, fold_constants, simplify
-from .fusion import fuse_dense, fuse_elementwise, fuse_losses
+from .fusion import fuse_dense, fuse_elementwise, fuse_gemm_epilogue, fuse_losses
 
 PIPELINE = {
     "simplify": simplify,
@@ -24,6 +25,7 @@ PIPELINE = {
     "cse": cse,
     "fuse_losses": fuse_losses,
     "fuse_dense": fuse_dense,
+    "fuse_gemm_epilogue": fuse_gemm_epilogue,
     "fuse_elementwise": fuse_elementwise,
     "dce": dce,
 }
@@ -42,4 +44,4 @@ def run_pipeline(outputs: list, passes=DEFAULT_PASSES) -> list:
 
 
 __all__ = ["PIPELINE", "DEFAULT_PASSES", "run_pipeline", "simplify", "fold_constants", "cse", "dce",
-           "fuse_losses", "fuse_dense", "fuse_elementwise"]
+           "fuse_losses", "fuse_dense", "fuse_gemm_epilogue", "fuse_elementwise"]

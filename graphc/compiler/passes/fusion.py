@@ -5,6 +5,7 @@ from ...ir.graph import reachable
 from ...ir.tensor import Tensor
 from ...ops import REGISTRY, fused_kernels
 from ...ops.elementwise import ACTIVATIONS
+from ...ops.fused import GATE_ACTS
 from .rewrite import Rules, merged_source, rewrite, users_of, with_inputs
 
 
@@ -115,6 +116,62 @@ def fuse_dense(outputs: list) -> list:
         return _fused("dense", inputs, attrs, node, replaced)
 
     return rewrite(outputs, rule, with_original=True)
+
+
+# ---------------------------------------------------------------------------------------------
+fuse_gemm_epilogue = Rules("fuse_gemm_epilogue", uses=True)
+"""Elementwise consumers of a bare matmul -> its GEMM's epilogue (the SGD step's extra passes)."""
+
+
+def _scalar_constant(t: Tensor):
+    """The float value of a scalar constant node, else None."""
+    if t.op == "constant" and t.shape == () and t.dtype.kind == "f":
+        return float(t.value)
+    return None
+
+
+def _private_matmul(mm: Tensor, mm_orig: Tensor, like: Tensor, uses) -> bool:
+    """mm is a 2-d matmul of like's shape and dtype that nothing else reads."""
+    return (mm.op == "matmul" and mm.ndim == 2 and mm.shape == like.shape and mm.dtype == like.dtype
+            and all(i.ndim == 2 and i.dtype == like.dtype for i in mm.inputs) and uses.private(mm_orig))
+
+
+@fuse_gemm_epilogue.rule("add", "sub")
+def sgd_update_into_gemm(node, uses):
+    """x - c * (A @ B), x + c * (A @ B), x ± A @ B -> matmul_update(A, B, x, alpha=±c): one GEMM."""
+    if node.dtype.kind != "f":
+        return None
+    sides = ((1, 1.0), (0, 1.0)) if node.op == "add" else ((1, -1.0),)
+    for k, sign in sides:
+        t, t_orig, x = node.inputs[k], uses.orig.inputs[k], node.inputs[1 - k]
+        if x.shape != node.shape or x.dtype != node.dtype:
+            continue  # the epilogue reads x index for index: no broadcasting
+        mm, mm_orig, scale = t, t_orig, 1.0
+        if t.op == "mul" and t.dtype == node.dtype and uses.private(t_orig):
+            for j in (0, 1):
+                c = _scalar_constant(t.inputs[j])
+                if c is not None and t.inputs[j].dtype == node.dtype:
+                    mm, mm_orig, scale = t.inputs[1 - j], t_orig.inputs[1 - j], c
+                    break
+        if not _private_matmul(mm, mm_orig, node, uses):
+            continue
+        attrs = dict(trans_a=mm.attrs["trans_a"], trans_b=mm.attrs["trans_b"], alpha=sign * scale)
+        replaced = [mm, node] if mm is t else [mm, t, node]
+        return _fused("matmul_update", [mm.inputs[0], mm.inputs[1], x], attrs, node, replaced)
+    return None
+
+
+@fuse_gemm_epilogue.rule("activation_grad")
+def relu_mask_into_gemm(node, uses):
+    """activation_grad(y, A @ B, relu | leaky_relu) -> matmul_act_grad(A, B, y): the mask in the GEMM."""
+    y, g = node.inputs
+    if node.attrs["act"] not in GATE_ACTS or y.shape != node.shape or y.dtype != node.dtype:
+        return None
+    if not _private_matmul(g, uses.orig.inputs[1], node, uses):
+        return None
+    attrs = dict(trans_a=g.attrs["trans_a"], trans_b=g.attrs["trans_b"], act=node.attrs["act"],
+                 alpha=float(node.attrs.get("alpha", 0.0)))
+    return _fused("matmul_act_grad", [g.inputs[0], g.inputs[1], y], attrs, node, [g, node])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,19 @@ def is_constant(node: Tensor, value: float) -> bool:
     return node.op == "constant" and node.value.size <= 64 and bool(np.all(node.value == value))
 
 
+class Uses:
+    """What a use-aware rule knows about the original graph (see Rules)."""
+
+    __slots__ = ("orig", "_users", "_out_ids")
+
+    def __init__(self, orig: Tensor, users: dict, out_ids: set):
+        self.orig, self._users, self._out_ids = orig, users, out_ids
+
+    def private(self, n: Tensor) -> bool:
+        """n (an original node) has one consumer and is not an output: a fusion may absorb it."""
+        return len(self._users.get(n.id, ())) == 1 and n.id not in self._out_ids
+
+
 class Rules:
     """A rewrite pass made of small named rules, each keyed by the op it matches.
 
@@ -62,10 +75,16 @@ class Rules:
 
     A rule sees a node whose inputs are already rewritten and returns its replacement or None.
     For each node the rules of its op are tried in the order they were added; the first
-    replacement wins. Calling the Rules object runs the pass (one bottom-up sweep)."""
+    replacement wins. Calling the Rules object runs the pass (one bottom-up sweep).
 
-    def __init__(self, name: str):
+    Rules(name, uses=True) calls its rules as rule(node, uses): `uses.orig` is the node before
+    rewriting (its inputs are the original nodes) and `uses.private(n)` says whether the original
+    node n has exactly one consumer and is not an output, for patterns that may only swallow
+    intermediates nothing else reads."""
+
+    def __init__(self, name: str, uses: bool = False):
         self.name = name
+        self.uses = uses
         self.by_op: dict[str, list[Rule]] = {}
 
     def rule(self, *ops: str) -> Callable[[Rule], Rule]:
@@ -75,15 +94,18 @@ class Rules:
             return fn
         return add
 
-    def apply(self, node: Tensor) -> Optional[Tensor]:
+    def apply(self, node: Tensor, uses: Optional[Uses] = None) -> Optional[Tensor]:
         for fn in self.by_op.get(node.op, ()):
-            replacement = fn(node)
+            replacement = fn(node) if uses is None else fn(node, uses)
             if replacement is not None:
                 return replacement
         return None
 
     def __call__(self, outputs: list) -> list:
-        return rewrite(outputs, self.apply)
+        if not self.uses:
+            return rewrite(outputs, self.apply)
+        users, out_ids = users_of(outputs)
+        return rewrite(outputs, lambda node, orig: self.apply(node, Uses(orig, users, out_ids)), with_original=True)
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(op, rule name, its one-line docstring) for every rule: the pass's documentation."""
