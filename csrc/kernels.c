@@ -32,6 +32,7 @@ static int omp_get_num_threads(void) { return 1; }
 #include "gemm.h"
 #include "kernels.h"
 #include "vmath.inc"
+#include "loss_rows.inc" /* AVX2 bodies of the fused losses */
 
 /* Below this many elements (or multiply-adds) a kernel runs on the calling thread: starting an
  * OpenMP team costs a few microseconds, which is more than small kernels take. */
