@@ -13,6 +13,7 @@
 #include "gemm.h"
 #include "kernels.h"
 #include "threads.h"
+#include "vmath.inc" /* GC_VM_AVX2, for small.inc */
 
 enum { HEADER_WORDS = 4, ARENA_ALIGN = 64, MAX_NDIM = 8 };
 
@@ -156,88 +157,139 @@ static int fill_any(int64_t dt, int64_t n, void *y, double v) {
     }
 }
 
-/* ---- matrix-vector products (matmul with a 1-row or 1-column side) ----
- * gc_sgemm/gc_dgemm pack their operands into panels, which for a matrix-vector product costs
- * more than the product itself (a 569x30 @ 30 product: about 9 us through the GEMM, 1-2 us
- * here). Two loop shapes cover every case, on contiguous vectors:
+/* ---- small products: matmul with a short side, without the packed GEMM ----
+ * gc_sgemm/gc_dgemm pack their operands into panels, which for a matrix-vector product or a
+ * product with a side of a few elements costs more than the product itself (a 569x30 @ 30
+ * product: about 9 us through the GEMM, 1-2 us here). The AVX2+FMA loops are in small.inc;
+ * the portable fallback below covers the matrix-vector shapes on contiguous vectors:
  *   rows_dot:  y[r] = sum_k M[r*ld + k] * v[k]      (a row of M against v)
  *   axpy_rows: y[c] = sum_k v[k] * M[k*ld + c]      (v-weighted sum of the rows of M)
- * The same C source is compiled twice, for the baseline and with AVX2+FMA, and picked by
- * gc_simd_level() (gemm.h). Sums are reordered (vector lanes); float32 dot products are
- * accumulated in double. */
-#define GEMV_DEFS(TGT, SFX)                                                                     \
-    TGT static void rows_dot_f32##SFX(int64_t R, int64_t K, const float *M, int64_t ld,          \
-                                      const float *v, float *y) {                               \
-        for (int64_t r = 0; r < R; r++) {                                                       \
-            const float *row = M + r * ld;                                                      \
-            double s = 0;                                                                       \
-            _Pragma("omp simd reduction(+:s)") for (int64_t k = 0; k < K; k++)                  \
-                s += (double)row[k] * (double)v[k];                                             \
-            y[r] = (float)s;                                                                    \
-        }                                                                                       \
-    }                                                                                           \
-    TGT static void rows_dot_f64##SFX(int64_t R, int64_t K, const double *M, int64_t ld,         \
-                                      const double *v, double *y) {                             \
-        for (int64_t r = 0; r < R; r++) {                                                       \
-            const double *row = M + r * ld;                                                     \
-            double s = 0;                                                                       \
-            _Pragma("omp simd reduction(+:s)") for (int64_t k = 0; k < K; k++) s += row[k] * v[k]; \
-            y[r] = s;                                                                           \
-        }                                                                                       \
-    }                                                                                           \
-    TGT static void axpy_rows_f32##SFX(int64_t K, int64_t C, const float *M, int64_t ld,         \
-                                       const float *v, float *y) {                              \
-        for (int64_t c = 0; c < C; c++) y[c] = 0;                                               \
-        for (int64_t k = 0; k < K; k++) {                                                       \
-            const float *row = M + k * ld, w = v[k];                                            \
-            _Pragma("omp simd") for (int64_t c = 0; c < C; c++) y[c] += w * row[c];             \
-        }                                                                                       \
-    }                                                                                           \
-    TGT static void axpy_rows_f64##SFX(int64_t K, int64_t C, const double *M, int64_t ld,        \
-                                       const double *v, double *y) {                            \
-        for (int64_t c = 0; c < C; c++) y[c] = 0;                                               \
-        for (int64_t k = 0; k < K; k++) {                                                       \
-            const double *row = M + k * ld, w = v[k];                                           \
-            _Pragma("omp simd") for (int64_t c = 0; c < C; c++) y[c] += w * row[c];             \
-        }                                                                                       \
+ * Both are picked by gc_simd_level() (gemm.h). Sums are reordered (vector lanes); the portable
+ * float32 dot products are accumulated in double, the AVX2 ones in 8-lane float vectors (like
+ * the packed SGEMM's tiles). */
+static void rows_dot_f32_base(int64_t R, int64_t K, const float *M, int64_t ld, const float *v, float *y) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *row = M + r * ld;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t k = 0; k < K; k++) s += (double)row[k] * (double)v[k];
+        y[r] = (float)s;
     }
-GEMV_DEFS(, _base)
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-GEMV_DEFS(__attribute__((target("avx2,fma"))), _avx2)
-#define GEMV_PICK(name) (gc_simd_level() ? name##_avx2 : name##_base)
+}
+static void rows_dot_f64_base(int64_t R, int64_t K, const double *M, int64_t ld, const double *v, double *y) {
+    for (int64_t r = 0; r < R; r++) {
+        const double *row = M + r * ld;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t k = 0; k < K; k++) s += row[k] * v[k];
+        y[r] = s;
+    }
+}
+static void axpy_rows_f32_base(int64_t K, int64_t C, const float *M, int64_t ld, const float *v, float *y) {
+    for (int64_t c = 0; c < C; c++) y[c] = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const float *row = M + k * ld, w = v[k];
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] += w * row[c];
+    }
+}
+static void axpy_rows_f64_base(int64_t K, int64_t C, const double *M, int64_t ld, const double *v, double *y) {
+    for (int64_t c = 0; c < C; c++) y[c] = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const double *row = M + k * ld, w = v[k];
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] += w * row[c];
+    }
+}
+#include "small.inc"
+#ifdef GC_VM_AVX2
+#define SMALL_PICK(name, f64) (gc_simd_level() ? sm_##name##_##f64##_avx2 : name##_##f64##_base)
 #else
-#define GEMV_PICK(name) name##_base
+#define SMALL_PICK(name, f64) name##_##f64##_base
 #endif
-#undef GEMV_DEFS
 
-/* Products up to this many multiply-adds take the single-threaded vector loops; larger ones the
- * (multi-threaded) GEMM, whose packing cost is then small next to the product. */
+/* Matrix-vector products up to this many multiply-adds take the single-threaded vector loops;
+ * larger ones the (multi-threaded) GEMM, whose packing cost is then small next to the product. */
 #define GEMV_MAX_FMAS (1 << 20)
+/* Products with a side (M, N or K) of at most SMALL_SIDE and at most SMALL_MAX_FMAS multiply-adds
+ * run unpacked on the calling thread. PROVISIONAL: on a loaded 2-core machine (load ~7), one
+ * thread, min of 60 batches, the unpacked loops were on par with the packed GEMM for 32x10x32
+ * f32 (1.3 vs 1.2 us incl. the cffi call) up to 256x16x64, and faster at 256x10x256 f32 (26 vs
+ * 31 us) and 256x256x16 (49 vs 52 us f32, 121 vs 142 us f64); slower at 2048x10x64 f32
+ * (86 vs 74 us). Re-measure on a quiet machine before trusting this bound. */
+#define SMALL_SIDE 16
+#define SMALL_MAX_FMAS (1 << 17)
 
-/* C = op(A) @ op(B) when M == 1 or N == 1, no bias and no activation; 0 when it applied. */
+#define PICK_RUN(name, ...) \
+    (f64 ? SMALL_PICK(name, f64)(__VA_ARGS__) : SMALL_PICK(name, f32)(__VA_ARGS__))
+
+/* C = op(A) @ op(B) when M == 1 or N == 1 with contiguous vectors, no bias and no activation;
+ * 0 when it applied. */
 static int try_gemv(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
-                    const void *B, int64_t ldb, void *C, const void *bias, int act) {
+                    const void *B, int64_t ldb, void *C, int64_t ldc, const void *bias, int act) {
     if (bias || act != GC_ACT_IDENTITY || (M != 1 && N != 1) || M * N * K > GEMV_MAX_FMAS || K < 1) return -1;
-    if (N == 1) {
-        /* op(B) is a contiguous K-vector either way (K x 1 with ldb 1, or 1 x K) */
-        if (!ta) { /* A is M x K: one dot product per row */
-            if (f64) GEMV_PICK(rows_dot_f64)(M, K, A, lda, B, C);
-            else GEMV_PICK(rows_dot_f32)(M, K, A, lda, B, C);
-        } else { /* A is K x M: the rows of A weighted by the vector */
-            if (f64) GEMV_PICK(axpy_rows_f64)(K, M, A, lda, B, C);
-            else GEMV_PICK(axpy_rows_f32)(K, M, A, lda, B, C);
-        }
+    if (N == 1 && (M == 1 || ldc == 1) && (tb || ldb == 1 || K == 1)) {
+        /* op(B) is a contiguous K-vector (K x 1 with ldb 1, or 1 x K), so is the column C */
+        if (!ta) PICK_RUN(rows_dot, M, K, A, lda, B, C); /* A is M x K: one dot product per row */
+        else PICK_RUN(axpy_rows, K, M, A, lda, B, C);    /* A is K x M: its rows weighted by B */
         return 0;
     }
-    /* M == 1: op(A) is a contiguous K-vector; B is K x N, or N x K when transposed */
-    if (!tb) {
-        if (f64) GEMV_PICK(axpy_rows_f64)(K, N, B, ldb, A, C);
-        else GEMV_PICK(axpy_rows_f32)(K, N, B, ldb, A, C);
+    if (M == 1 && (!ta || lda == 1 || K == 1)) {
+        /* op(A) is a contiguous K-vector; B is K x N, or N x K when transposed */
+        if (!tb) PICK_RUN(axpy_rows, K, N, B, ldb, A, C);
+        else PICK_RUN(rows_dot, N, K, B, ldb, A, C);
+        return 0;
+    }
+    return -1;
+}
+
+/* C = act(op(A) @ op(B) + bias) unpacked when a side is short (see SMALL_SIDE); identity and relu
+ * only (the other activations' accuracy contract is the GEMM epilogue's). 0 when it applied. */
+static int try_small_gemm(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                          const void *B, int64_t ldb, void *C, int64_t ldc, const void *bias, int act) {
+#ifdef GC_VM_AVX2
+    if (!gc_simd_level() || M < 1 || N < 1 || K < 1 || (act != GC_ACT_IDENTITY && act != GC_ACT_RELU)) return -1;
+    if ((M > SMALL_SIDE && N > SMALL_SIDE && K > SMALL_SIDE) || M * N * K > SMALL_MAX_FMAS) return -1;
+    if (tb && K * N > SM_TBUF) return -1;
+    const int64_t sai = ta ? 1 : lda, sak = ta ? lda : 1;
+    const int relu = act == GC_ACT_RELU;
+    if (f64) {
+        const double *Bk = B;
+        int64_t ldk = ldb;
+        double bt[tb ? K * N : 1]; /* op(B) as K x N rows (g @ W^T) */
+        if (tb) {
+            const double *b = B;
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t j = 0; j < N; j++) bt[k * N + j] = b[j * ldb + k];
+            Bk = bt, ldk = N;
+        }
+        sm_gemm_nn_f64_avx2(M, N, K, A, sai, sak, Bk, ldk, C, ldc, bias, relu);
     } else {
-        if (f64) GEMV_PICK(rows_dot_f64)(N, K, B, ldb, A, C);
-        else GEMV_PICK(rows_dot_f32)(N, K, B, ldb, A, C);
+        const float *Bk = B;
+        int64_t ldk = ldb;
+        float bt[tb ? K * N : 1];
+        if (tb) {
+            const float *b = B;
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t j = 0; j < N; j++) bt[k * N + j] = b[j * ldb + k];
+            Bk = bt, ldk = N;
+        }
+        sm_gemm_nn_f32_avx2(M, N, K, A, sai, sak, Bk, ldk, C, ldc, bias, relu);
     }
     return 0;
+#else
+    (void)f64, (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C,
+        (void)ldc, (void)bias, (void)act;
+    return -1;
+#endif
+}
+
+void gc_exec_matmul(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                    const void *B, int64_t ldb, void *C, int64_t ldc, const void *bias, int act, double act_param) {
+    if (try_gemv(f64, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, bias, act) == 0) return;
+    if (try_small_gemm(f64, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, bias, act) == 0) return;
+    if (f64) gc_dgemm(ta, tb, M, N, K, A, lda, B, ldb, 0.0, C, ldc, bias, act, act_param);
+    else gc_sgemm(ta, tb, M, N, K, A, lda, B, ldb, 0.0f, C, ldc, bias, act, (float)act_param);
 }
 
 /* c[i] = (alpha * c[i] + x[i]) * (g[i] > 0 ? 1 : gp) over n contiguous elements, x and g optional:
@@ -274,12 +326,8 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         NEED(14);
         void *A = PTR(8), *B = PTR(9), *C = PTR(10), *bias = PTR(11);
         REQUIRE(A && B && C);
-        if (try_gemv(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, bias, (int)a[12]) == 0)
-            return GC_K_OK;
-        if (f64) gc_dgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0, C, a[7], bias,
-                          (int)a[12], FCONST(13));
-        else gc_sgemm((int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], 0.0f, C, a[7], bias,
-                      (int)a[12], (float)FCONST(13));
+        gc_exec_matmul(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, a[7], bias, (int)a[12],
+                       FCONST(13));
         return GC_K_OK;
     }
     case GC_OP_GEMM_EX: {
@@ -292,7 +340,8 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         if (G && gate_act != GC_ACT_RELU && gate_act != GC_ACT_LEAKY_RELU) return GC_K_EINVAL;
         /* Vector-shaped products (the W-lr step's X^T g) keep the unpacked GEMV loops; the
          * epilogue is then one short pass over the M*N outputs, cheaper than packing. */
-        if (try_gemv(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, NULL, GC_ACT_IDENTITY) == 0) {
+        if (try_gemv(f64, (int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, a[7], NULL, GC_ACT_IDENTITY) ==
+            0) {
             const int64_t n = a[2] * a[3];
             if (f64) epilogue_f64(n, C, alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? gp : 0.0);
             else epilogue_f32(n, C, (float)alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? (float)gp : 0.0f);

@@ -62,3 +62,10 @@ enum gc_exec_err { GC_E_BADCODE = -100, GC_E_BADOP = -101, GC_E_BADDTYPE = -102 
 
 int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst,
                 const void *pool, void *const *ext, void *arena);
+
+/* What GC_OP_GEMM runs: C = act(op(A) @ op(B) + bias) with beta 0 (gemm.h's conventions; A, B, C,
+ * bias are float when f64 == 0, else double). Products with a short side (matrix-vector, or a
+ * side of at most 16 with few multiply-adds) take unpacked loops on the calling thread, the rest
+ * the packed GEMM. Exported for the tests. */
+void gc_exec_matmul(int f64, int ta, int tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                    const void *B, int64_t ldb, void *C, int64_t ldc, const void *bias, int act, double act_param);

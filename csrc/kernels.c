@@ -26,6 +26,7 @@
 #include "kernels.h"
 #include "threads.h"
 #include "vmath.inc"
+#include "loss_rows.inc" /* AVX2 bodies of the fused losses */
 
 /* Parallel thresholds: below this much work (elements, or the kernel's own unit) a kernel runs
  * on the calling thread, because handing half of it to a pool thread costs more than it saves.

@@ -455,6 +455,23 @@ def test_extended_epilogue_matches_numpy(dtype, M, N, K, transA, transB, pads, a
         assert np.all(C[G <= 0] == 0)  # masked exactly, not approximately
 
 
+# ------------------------------------------------------------------------------------------
+# gc_exec_matmul: what the interpreter's GEMM instruction runs (unpacked small-shape loops of
+# csrc/small.inc for matrix-vector products and products with a side <= 16, else the GEMM)
+# ------------------------------------------------------------------------------------------
+
+EDGE = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33)
+EDGE_K = (1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 30, 33, 64, 70)
+
+
+def exec_matmul(A, B, C, transA, transB, bias=None, act=IDENTITY):
+    f64 = int(C.dtype == np.float64)
+    M, N = C.shape
+    K = A.shape[0] if transA else A.shape[1]
+    lib.gc_exec_matmul(f64, int(transA), int(transB), M, N, K, _ptr(A), _ld(A), _ptr(B), _ld(B), _ptr(C), _ld(C),
+                       _ptr(bias), act, 0.0)
+
+
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(784, 512, 256), (256, 10, 256), (300, 40, 600), (5, 7, 3), (6, 16, 0)])
@@ -503,3 +520,55 @@ def test_extended_entry_refuses_bad_descriptors(dtype):
     assert f(d) == -1
     assert f(ffi.NULL) == -1
     assert np.all(C == 7.0)
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transA,transB", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_exec_matmul_small_shapes_match_numpy(dtype, transA, transB, simd):
+    """Every row/column/K count around the vector widths (4, 8) and the 4- and 8-row blocks, with
+    padded leading dimensions; the padding of C must stay untouched. Bias and relu on half the
+    shapes (those that take the unpacked GEMM or fall back to the packed one)."""
+    lib.gc_set_simd_enabled(simd)
+    lib.gc_set_num_threads(1)
+    rng = np.random.default_rng(11 + transA + 2 * transB)
+    dt = np.dtype(dtype)
+    for M in EDGE:
+        for N in EDGE:
+            for K in EDGE_K:
+                pad = (M + N + K) % 3
+                A = padded(rng, *((K, M) if transA else (M, K)), pad, dtype)
+                B = padded(rng, *((N, K) if transB else (K, N)), 2 - pad, dtype)
+                big = np.full((M, N + pad + 1), 77.0, dtype)
+                C = big[:, :N]
+                with_bias = (M * N + K) % 2 == 0
+                act = RELU if (M + K) % 2 else IDENTITY
+                bias = rng.standard_normal(N).astype(dtype) if with_bias else None
+                exec_matmul(A, B, C, transA, transB, bias, act)
+                ref = reference(A, B, np.zeros((M, N)), transA, transB, 0.0, bias, act, 0.0)
+                assert rel_err(C, ref) <= TOL[dt], (M, N, K)
+                assert np.all(big[:, N:] == 77.0), ("wrote into C's padding", M, N, K)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(569, 1, 30, 0, 0), (1, 30, 569, 1, 0), (30, 1, 569, 1, 0), (1, 1, 70, 0, 0),
+                                   (1, 10, 32, 0, 1), (32, 10, 32, 0, 0), (10, 33, 17, 1, 1)])
+def test_exec_matmul_propagates_nan_and_inf(dtype, shape):
+    """A NaN or inf operand entry reaches exactly the outputs it touches, like the float64
+    reference (inf * 0 and inf - inf give NaN, relu keeps NaN)."""
+    M, N, K, transA, transB = shape
+    rng = np.random.default_rng(M + N + K)
+    for bad in (np.nan, np.inf, -np.inf):
+        for act in (IDENTITY, RELU):
+            A = rng.standard_normal((K, M) if transA else (M, K)).astype(dtype)
+            B = rng.standard_normal((N, K) if transB else (K, N)).astype(dtype)
+            A.flat[rng.integers(A.size)] = bad
+            B.flat[rng.integers(B.size)] = -bad if bad == np.inf else bad
+            C = np.empty((M, N), dtype)
+            exec_matmul(A, B, C, transA, transB, None, act)
+            with np.errstate(all="ignore"):
+                ref = reference(A, B, np.zeros((M, N)), transA, transB, 0.0, None, act, 0.0)
+            assert np.array_equal(np.isnan(C), np.isnan(ref)), (bad, act)
+            assert np.array_equal(np.isinf(C), np.isinf(ref)), (bad, act)
+            fin = np.isfinite(ref)
+            assert rel_err(np.where(fin, C, 0), np.where(fin, ref, 0)) <= 1e-4

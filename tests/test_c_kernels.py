@@ -1232,3 +1232,89 @@ def test_maxpool_ties_nan_and_parallel(dt):
     x = np.random.default_rng(14).standard_normal((4, 16, 32, 32)).astype(dt)
     assert_close(run_pool("max", x, (3, 3), (2, 2), (1, 1)), maxpool_ref(x, (3, 3), (2, 2), (1, 1))[0], dt)
     assert_close(run_pool("avg", x, (2, 2), (2, 2), (0, 0)), avgpool_ref(x, (2, 2), (2, 2), (0, 0)), dt)
+
+
+# ------------------------------------------------------------------------------------------
+# the AVX2 loss bodies (csrc/loss_rows.inc) against the portable ones and float64 references
+# ------------------------------------------------------------------------------------------
+
+def _bce_terms_ref(z, t):
+    """The BCE terms in float64 from libm-grade NumPy functions (no shared code with the kernel)."""
+    with np.errstate(all="ignore"):
+        return np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_bce_logits_every_tail_and_wide_range(dt, simd):
+    """Every n around the vector widths, logits from 1e-300 to 1e30 (exp(-|z|) from 1 to 0, the
+    log1p argument from 1 down through the subnormals), one term at a time so that each element's
+    error shows, then NaN and +-inf anywhere in a vector or in its tail."""
+    set_simd(simd)
+    rng = np.random.default_rng(21)
+    mags = np.concatenate([[0.0, 1e-300, 1e-30, 1e-8, 0.5, 1.0, 20.0, 36.0, 37.5, 700.0, 745.0, 746.0, 1e30],
+                           np.logspace(-20, 3, 200)])
+    for zabs in mags:
+        for sign in (1.0, -1.0):
+            z = np.array([sign * zabs], dt)
+            if not np.isfinite(z[0]):
+                continue
+            for tv in (0.0, 0.3, 1.0):
+                t = np.array([tv], dt)
+                want = _bce_terms_ref(z.astype(np.float64), t.astype(np.float64))[0]
+                got = run_bce_fwd(z, t)
+                assert abs(got - want) <= TOL[np.dtype(dt)] * max(abs(want), np.finfo(dt).tiny), (z, t, got, want)
+    for n in list(range(1, 18)) + [31, 32, 33, 569]:
+        z = (rng.standard_normal(n) * 30).astype(dt)
+        t = rng.random(n).astype(dt)
+        zd, td = z.astype(np.float64), t.astype(np.float64)
+        assert_close_terms(np.array([run_bce_fwd(z, t)]), np.array([bce_ref(zd, td)]),
+                           np.array([np.mean(np.abs(_bce_terms_ref(zd, td)))]), dt)
+        for bad in (np.nan, np.inf, -np.inf):
+            for pos in {0, n // 2, n - 1}:
+                zb = z.copy()
+                zb[pos] = bad
+                with np.errstate(all="ignore"):
+                    want = bce_ref(zb.astype(np.float64), td)
+                got = run_bce_fwd(zb, t)
+                if np.isfinite(want):
+                    assert abs(got - want) <= 1e-5 * abs(want), (n, pos, bad)
+                else:
+                    assert (np.isnan(got) and np.isnan(want)) or got == want, (n, pos, bad, got, want)
+
+
+@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_softmax_ce_short_rows_every_width(dt, simd):
+    """Row widths around the vector widths (1..17, 31..33), ties at the max (the first wins),
+    confident rows (rest far below eps), -inf logits below a finite max; forward and backward
+    (in place too) against the long-double references, and the first bad label still reported."""
+    set_simd(simd)
+    rng = np.random.default_rng(22)
+    for cols in list(range(1, 18)) + [31, 32, 33]:
+        for rows in (1, 3, 5, 32):
+            for scale in (1.0, 40.0):
+                x = (rng.standard_normal((rows, cols)) * scale).astype(dt)
+                if cols > 2:
+                    x[0, cols - 1] = x[0, 1] = np.max(x[0]) + 1  # a tie at the max
+                    x[-1, cols // 2] = -np.inf
+                labels = rng.integers(0, cols, rows).astype(np.int64)
+                labels[-1] = (cols // 2 + 1) % cols  # never the -inf logit (its loss is +inf)
+                xd = x.astype(np.float64)
+                rc, loss = run_ce_fwd(x, labels)
+                assert rc == 0
+                assert_close(np.array([loss]), np.array([ce_ref(xd, labels)]), dt)
+                rc, d = run_ce_bwd(x, labels, 0.7)
+                assert rc == 0
+                assert_close(d, ce_grad_ref(xd, labels, 0.7), dt)
+                z = x.copy()
+                assert kfn("gc_softmax_ce_bwd", dt)(rows, cols, ptr(z), ptr(labels), 0.7, ptr(z)) == 0
+                assert np.array_equal(z, d), "in place (dlogits == logits) gives the same gradient"
+                bad = labels.copy()
+                bad[rows // 2] = cols
+                assert run_ce_fwd(x, bad)[0] == rows // 2 + 1
+                assert run_ce_bwd(x, bad, 1.0)[0] == rows // 2 + 1
+    confident = np.array([[0.0, -60.0, -70.0, -80.0, -90.0]], dt)
+    rc, loss = run_ce_fwd(confident, np.array([0], np.int64))
+    assert rc == 0 and loss > 0
+    assert_close(np.array([loss]), np.array([ce_ref(confident.astype(np.float64), np.array([0]))]), dt)
