@@ -186,7 +186,7 @@ def test_bench_rejects_unknown_peer():
 @pytest.mark.skipif(not HAVE_C, reason="C extension not built")
 def test_mixed_small(tmp_path, capsys):
     """--mixed alone runs only that suite: GEMMs alone and interleaved, small MLP at 1 and 2 threads
-    idle and next to a busy process, which is gone afterwards."""
+    without and with a busy process, which is gone afterwards."""
     path = tmp_path / "mixed.json"
     assert main(["--mixed", "--mixed-size", "64", "--rounds", "1", "--repeats", "2", "--json", str(path)]) == 0
     out = capsys.readouterr().out
@@ -200,7 +200,7 @@ def test_mixed_small(tmp_path, capsys):
         assert r["alone_gflops"] > 0 and r["interleaved_gflops"] > 0
         assert r["ratio"] == pytest.approx(r["interleaved_gflops"] / r["alone_gflops"])
     loaded = res["mixed"]["loaded"]["rows"]
-    assert [(r["load"] == "idle", r["threads"]) for r in loaded] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    assert [(r["busy_pid"] is None, r["threads"]) for r in loaded] == [(True, 1), (True, 2), (False, 1), (False, 2)]
     pid = loaded[-1]["busy_pid"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

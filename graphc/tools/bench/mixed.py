@@ -10,7 +10,7 @@ GEMM      graphc's n x n float32 GEMM (a compiled `a @ b` of two placeholders on
           interleaved / alone. Issue 14's target: both >= 0.9 (thread pools that spin after a call,
           or want the same cores, slow the other library down).
 loaded    the small MLP step (64-32-10, batch 32, float32, SGD through compile(updates=...)) at 1 and
-          2 graphc threads, on an idle machine and with one busy-loop process (started here, pinned
+          2 graphc threads, without and with one busy-loop process (started here, pinned
           to the last CPU, killed afterwards), 1- and 2-thread runs interleaved per round. Target:
           with the busy process, 2 threads no slower than 1.
 """
@@ -89,7 +89,7 @@ def _busy_process(cpu: int) -> subprocess.Popen:
 
 def loaded_small_mlp(rounds: int = ROUNDS, repeats: int = REPEATS, busy: bool = True,
                      thread_counts=(1, 2), min_batch_s: float = 2e-3) -> dict:
-    """The small MLP step at 1 and 2 graphc threads, idle and with one busy-loop process."""
+    """The small MLP step at 1 and 2 graphc threads, without and with one busy-loop process."""
     from .peers import _calibrate, _round
     weights, x, y = _mlp_data(32, SMALL_SIZES, "float32")
     step_fn, _, _ = graphc_mlp_step(weights, SMALL_SIZES, "float32", 0.01, "c")
@@ -98,9 +98,9 @@ def loaded_small_mlp(rounds: int = ROUNDS, repeats: int = REPEATS, busy: bool = 
     old = gc.backend_info()["threads"]
     rows = []
     try:
-        for load in (("idle", "busy") if busy else ("idle",)):
+        for load in (("none", "busy") if busy else ("none",)):
             proc = _busy_process(cpus[-1]) if load == "busy" else None
-            label = f"1 busy process on CPU {cpus[-1]}" if proc else "idle"
+            label = f"1 busy process on CPU {cpus[-1]}" if proc else "no busy process"
             try:
                 if proc:
                     time.sleep(0.2)  # let it start spinning
@@ -143,7 +143,7 @@ def mixed_suite(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, 
                 log(f"mixed: {size}^2 float32 GEMM, graphc and numpy in one process ...")
             gemm = gemm_mixed(size, rounds, repeats, n)
             if log:
-                log("mixed: small MLP step at 1 and 2 threads, idle and loaded ...")
+                log("mixed: small MLP step at 1 and 2 threads, without and with a busy process ...")
             loaded = loaded_small_mlp(rounds, repeats, busy)
     finally:
         gc.set_num_threads(old)

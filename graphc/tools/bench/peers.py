@@ -284,14 +284,19 @@ def _calibrate(step, min_batch_s: float) -> int:
     return max(1, math.ceil(min_batch_s / one))
 
 
-def _round(step, batch: int, repeats: int) -> float:
+def _round(step, batch: int, repeats: int, cpu: list | None = None) -> float:
+    """Median seconds per call over `repeats` timed batches; appends CPU seconds / wall seconds of the
+    whole process (all its threads) to `cpu` when given: how many cores the peer kept busy."""
     step()  # warm caches after the other peers' turns
     times = []
+    c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
         for _ in range(batch):
             step()
         times.append((time.perf_counter() - t0) / batch)
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9))
     return float(np.median(times))
 
 
@@ -328,7 +333,9 @@ def worker_main(peer: str) -> int:
             send(workloads=out, threads=_thread_report(peer))
         elif cmd == "round":
             step, batch = steps[msg["workload"]]
-            send(median_s=_round(step, batch, msg["repeats"]))
+            cpu = []
+            median = _round(step, batch, msg["repeats"], cpu)
+            send(median_s=median, cpu_per_wall=cpu[0])
         else:
             break
     return 0
@@ -386,7 +393,9 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
                 min_batch_s: float = MIN_BATCH_S, pause_s: float = PAUSE_S, log=None, extra_env=None) -> dict:
     """Run the peer benchmark. Returns {"threads", "rounds", "repeats", "peers": {key: {...}}, "rows": [...]}:
     one row per (workload, peer) with impl, version, status ('ok', 'not installed', 'failed: ...'),
-    median_us, min_us, max_us, spread_pct, vs_numpy, vs_best, max_rel_diff, met_tolerance, batch."""
+    median_us, min_us, max_us, spread_pct, vs_numpy, vs_best, max_rel_diff, update_rel_diff, met_tolerance,
+    batch, cpu_per_wall (process CPU seconds per wall second while timed: the cores it kept busy,
+    spinning included)."""
     peers = list(peers or PEERS)
     workloads = list(workloads or WORKLOADS)
     for p in peers:
@@ -423,6 +432,7 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
             except RuntimeError as exc:
                 info[p].update(status=f"failed: {exc}")
         times = {(w, p): [] for w in workloads for p in workers}
+        cpu = {(w, p): [] for w in workloads for p in workers}
         order = list(workers)
         for r in range(max(1, rounds)):
             if log:
@@ -434,7 +444,9 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
                         continue
                     time.sleep(pause_s)
                     try:
-                        times[w, p].append(workers[p].call(cmd="round", workload=w, repeats=repeats)["median_s"])
+                        reply = workers[p].call(cmd="round", workload=w, repeats=repeats)
+                        times[w, p].append(reply["median_s"])
+                        cpu[w, p].append(reply["cpu_per_wall"])
                     except RuntimeError as exc:
                         info[p].update(status=f"failed: {exc}")
                         del workers[p]
@@ -458,7 +470,8 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
                 if ts:
                     med = float(np.median(ts))
                     row.update(median_us=med * 1e6, min_us=min(ts) * 1e6, max_us=max(ts) * 1e6,
-                               spread_pct=100.0 * (max(ts) - min(ts)) / med, rounds=len(ts))
+                               spread_pct=100.0 * (max(ts) - min(ts)) / med, rounds=len(ts),
+                               cpu_per_wall=float(np.median(cpu[w, p])))
             block.append(row)
         timed = [r for r in block if r.get("median_us")]
         base = next((r["median_us"] for r in timed if r["peer"] == "numpy"), None)
@@ -473,7 +486,9 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
 def format_tables(res: dict) -> str:
     from . import _table
     out = [f"peers: each in its own process, {res['threads']} threads each, median of {res['rounds']} "
-           f"interleaved rounds of per-round medians ({res['repeats']} measurements per round)"]
+           f"interleaved rounds of per-round medians ({res['repeats']} measurements per round); spread: "
+           f"(max - min) / median of the round medians; diffs: parameters and updates after one step vs the "
+           f"NumPy step; cpu/wall: cores the peer's process kept busy"]
     for p in res["peers"].values():
         extra = p.get("threads") or p.get("reason") or ""
         out.append(f"  {p['name']}: {p.get('version') or p['status']}" + (f"  [{extra}]" if extra else ""))
@@ -491,7 +506,8 @@ def format_tables(res: dict) -> str:
         out.append(_table(rows, [("impl", title, "{}"), ("t", unit, "{:.1f}" if us else "{:.2f}"),
                                  ("spread_pct", "spread %", "{:.0f}"), ("vs_numpy", "x numpy", "{:.2f}"),
                                  ("vs_best", "x best", "{:.2f}"), ("max_rel_diff", "param diff", "{:.1e}"),
-                                 ("update_rel_diff", "update diff", "{:.1e}")]))
+                                 ("update_rel_diff", "update diff", "{:.1e}"),
+                                 ("cpu_per_wall", "cpu/wall", "{:.2f}")]))
     return "\n".join(out)
 
 

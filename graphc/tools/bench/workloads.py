@@ -5,6 +5,8 @@ W-mlp     one SGD step (forward, backward, update) of an MLP 784-512-256-10, ReL
           hand-written NumPy backprop of the same step, and PyTorch CPU eager when installed.
 W-lr      one full-batch gradient-descent step of logistic regression 30 -> 1 on 569 samples,
           float64 (sklearn's breast-cancer data when installed, else random): graphc vs NumPy.
+          The step functions here (numpy_/torch_/graphc_ mlp and lr) are also the peers suite's
+          (graphc.tools.bench.peers, which adds JAX and PyTensor and runs each in its own process).
 dispatch  a compiled chain of 50 elementwise ops on 16-element arrays: microseconds per call,
           i.e. what graphc costs around the arithmetic (default passes: fused into one kernel;
           and with optimize=False: 50 separate steps).
