@@ -48,3 +48,159 @@ def test_bench_compiler_suite_small(tmp_path, capsys):
     assert [r["step"] for r in rss["rows"]] == [0, 1, 3]
     assert {"rss_bytes", "peak_bytes", "maxrss_bytes"} <= set(rss["rows"][0])
     assert {"growth_after_step1_bytes", "flat"} <= set(rss)
+
+
+# -- peers and mixed suites -----------------------------------------------------------------------
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import graphc  # noqa: E402
+from graphc.tools.bench import peers  # noqa: E402
+
+HAVE_C = graphc.backend_info()["c_available"]
+
+
+def _installed(mod):
+    return importlib.util.find_spec(mod) is not None
+
+
+def _rows(res, workload):
+    return {r["peer"]: r for r in res["rows"] if r["workload"] == workload}
+
+
+def test_peers_suite_end_to_end(tmp_path, capsys):
+    """numpy, graphc C and PyTorch (when installed) each in a worker process, 2 rounds of two workloads
+    (the W-mlp step is the small one's code at other sizes; test_peer_steps_match_numpy_in_process runs
+    it): every peer's update after one step matches the NumPy step's, table and JSON carry the columns."""
+    path = tmp_path / "peers.json"
+    assert main(["--suite", "peers", "--peers", "numpy,graphc-c,torch", "--workloads", "lr,small", "--rounds", "2",
+                 "--repeats", "1", "--min-batch-ms", "0", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "AVX" in out and "2 interleaved rounds" in out
+    assert peers.WORKLOADS["lr"] in out and peers.WORKLOADS["small"] in out and peers.WORKLOADS["mlp"] not in out
+    doc = json.loads(path.read_text())
+    assert {"isa", "date", "numpy"} <= set(doc["machine"])
+    res = doc["results"]["peers"]
+    assert res["threads"] == peers.all_cpus() and res["rounds"] == 2
+    expected = {"numpy": True, "graphc-c": HAVE_C, "torch": _installed("torch")}
+    assert {r["workload"] for r in res["rows"]} == {"lr", "small"}
+    for w in ("lr", "small"):
+        rows = _rows(res, w)
+        assert set(rows) == set(expected)
+        for p, present in expected.items():
+            r = rows[p]
+            if not present:
+                assert r["status"] == "not installed" and r.get("median_us") is None
+                continue
+            assert r["status"] == "ok", r
+            assert r["met_tolerance"], r
+            assert r["update_rel_diff"] <= peers.TOLERANCE[r["dtype"]]
+            assert r["rounds"] == 2 and r["median_us"] > 0 and r["min_us"] <= r["median_us"] <= r["max_us"]
+            assert r["vs_best"] >= 1.0
+        assert rows["numpy"]["vs_numpy"] == 1.0 and rows["numpy"]["update_rel_diff"] == 0.0
+        assert min(r["vs_best"] for r in rows.values() if r.get("vs_best")) == 1.0
+
+
+@pytest.mark.skipif(not _installed("jax"), reason="jax not installed")
+def test_peers_jax_worker_matches_numpy():
+    """The jitted JAX step (donated parameters, x64 enabled in its worker) takes the NumPy step (the MLP
+    code at the small sizes: jitting the W-mlp step too costs seconds)."""
+    res = peers.peers_suite(["numpy", "jax"], ["lr", "small"], rounds=1, repeats=1, min_batch_s=0.0)
+    for w in ("lr", "small"):
+        r = _rows(res, w)["jax"]
+        assert r["status"] == "ok" and r["met_tolerance"] and r["median_us"] > 0, r
+
+
+@pytest.mark.skipif(not _installed("pytensor"), reason="pytensor not installed")
+@pytest.mark.parametrize("workload", ["lr", "small"])
+def test_pytensor_step_matches_numpy(workload):
+    """PyTensor's compiled step with updates, built with the Python linker here: its C linker compiles
+    for over a minute on an empty cache (the benchmark uses it; the graph is the same). The W-mlp step
+    is the small one's code with bigger sizes."""
+    from pytensor.compile.mode import Mode
+    r = peers.check_one_step("pytensor", peers.workload_data(workload), Mode(linker="py", optimizer="fast_compile"))
+    assert r["met_tolerance"], r
+    assert r["loss"] == pytest.approx(r["numpy_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("workload", list(peers.WORKLOADS))
+@pytest.mark.parametrize("peer", ["graphc-numpy", "graphc-c", "torch"])
+def test_peer_steps_match_numpy_in_process(peer, workload):
+    """One step of each peer from the same weights updates the parameters as the NumPy step does (and
+    the NumPy step agrees with PyTorch's autograd, an independent oracle)."""
+    if peer == "graphc-c" and not HAVE_C:
+        pytest.skip("C extension not built")
+    if peer == "torch" and not _installed("torch"):
+        pytest.skip("torch not installed")
+    r = peers.check_one_step(peer, peers.workload_data(workload))
+    assert r["met_tolerance"], r
+    assert r["loss"] == pytest.approx(r["numpy_loss"], rel=1e-5)
+
+
+def test_peer_check_catches_a_wrong_step(monkeypatch):
+    """The update check is not vacuous: a NumPy-written step that skips the bias update fails it."""
+    from graphc.tools.bench import workloads
+    real = workloads.numpy_mlp_step
+
+    def no_bias_update(weights, lr):
+        biases = [w.copy() for w in weights[1::2]]
+        step = real(weights, lr)
+
+        def wrong(x, y):
+            loss = step(x, y)
+            for w, b in zip(weights[1::2], biases):
+                w[...] = b
+            return loss
+        return wrong
+
+    data = peers.workload_data("small")
+    good = peers.check_one_step("graphc-numpy", data)
+    monkeypatch.setattr(workloads, "numpy_mlp_step", no_bias_update)  # the reference is now wrong
+    bad = peers.check_one_step("graphc-numpy", data)
+    assert good["met_tolerance"] and not bad["met_tolerance"] and bad["update_rel_diff"] > 0.5
+
+
+def test_peers_missing_library_is_not_installed(tmp_path):
+    """A peer whose import fails is listed as 'not installed'; the others still run."""
+    fake = tmp_path / "fake" / "jax"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    root = str(Path(graphc.__file__).resolve().parents[1])
+    res = peers.peers_suite(["numpy", "jax"], ["lr"], rounds=1, repeats=1, min_batch_s=0.0,
+                            extra_env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), root])})
+    rows = _rows(res, "lr")
+    assert rows["jax"]["status"] == "not installed" and rows["jax"].get("median_us") is None
+    assert "hidden by the test" in res["peers"]["jax"]["reason"]
+    assert rows["numpy"]["status"] == "ok" and rows["numpy"]["median_us"] > 0
+    assert "not installed" in peers.format_tables(res)
+
+
+def test_bench_rejects_unknown_peer():
+    with pytest.raises(SystemExit):
+        main(["--suite", "peers", "--peers", "numpy,nope"])
+
+
+@pytest.mark.skipif(not HAVE_C, reason="C extension not built")
+def test_mixed_small(tmp_path, capsys):
+    """--mixed alone runs only that suite: GEMMs alone and interleaved, small MLP at 1 and 2 threads
+    without and with a busy process, which is gone afterwards."""
+    path = tmp_path / "mixed.json"
+    assert main(["--mixed", "--mixed-size", "64", "--rounds", "1", "--repeats", "2", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "interleaved" in out and "busy process" in out
+    res = json.loads(path.read_text())["results"]
+    assert set(res) == {"mixed"}
+    g = res["mixed"]["gemm"]["rows"]
+    assert [r["impl"].split()[0] for r in g] == ["graphc", "numpy"]
+    assert g[0]["max_rel_diff"] < 1e-5
+    for r in g:
+        assert r["alone_gflops"] > 0 and r["interleaved_gflops"] > 0
+        assert r["ratio"] == pytest.approx(r["interleaved_gflops"] / r["alone_gflops"])
+    loaded = res["mixed"]["loaded"]["rows"]
+    assert [(r["busy_pid"] is None, r["threads"]) for r in loaded] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    pid = loaded[-1]["busy_pid"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -16,7 +16,7 @@ COMMANDS = {
     "fuzz": ("graphc.verify.fuzz", "main",
              "random-graph gradient fuzzing: C vs NumPy vs finite differences"),
     "bench": ("graphc.tools.bench", "main",
-              "benchmarks: GEMM, MLP/logistic-regression steps, dispatch overhead"),
+              "benchmarks: GEMM, training steps, dispatch, compiler; peers in own processes; --mixed"),
     "info": ("graphc.tools.cli", "info_main",
              "print the backend in use, SIMD level and thread count (--model x.onnx: an imported ONNX model)"),
 }

@@ -1,12 +1,18 @@
-"""`graphc bench`: GEMM, MLP and logistic-regression training steps, per-call dispatch overhead, compiler.
+"""`graphc bench`: GEMM, MLP and logistic-regression training steps, per-call dispatch overhead, compiler, peers.
 
-    graphc bench [--suite gemm,mlp,lr,dispatch,compiler] [--sizes 256,512] [--repeats R] [--threads N]
-                 [--nodes 100,1000,10000] [--rss-steps 1000] [--json [PATH]]
+    graphc bench [--suite gemm,mlp,lr,dispatch,compiler,peers,mixed] [--sizes 256,512] [--repeats R]
+                 [--threads N] [--nodes 100,1000,10000] [--rss-steps 1000] [--json [PATH]]
+                 [--peers numpy,torch,jax,pytensor,graphc-c,graphc-numpy] [--workloads lr,small,mlp]
+                 [--rounds 7] [--mixed] [--mixed-size 1024]
 
-Prints the machine (CPU, cores, thread counts, library versions, date) and one table per suite.
+Prints the machine (CPU, ISA, cores, thread counts, library versions, date) and one table per suite.
 --json alone prints one JSON document instead of the tables; --json PATH also writes it there.
-The workloads are described in graphc.bench.workloads; the GEMM table in graphc.bench.gemm; the
-compiler suite (passes on/off, arena bytes, compile time vs graph size, RSS) in graphc.bench.compiler.
+The default suites are gemm,mlp,lr,dispatch,compiler (one process, quick looks). `peers` is the fair
+comparison with NumPy, PyTorch, JAX, PyTensor (each peer in its own process, rounds interleaved; see
+graphc.tools.bench.peers); `--mixed` (alone: only that suite) measures graphc and NumPy in one
+process and graphc next to a busy process (graphc.tools.bench.mixed). The workloads are described in
+graphc.tools.bench.workloads; the GEMM table in .gemm; the compiler suite (passes on/off, arena
+bytes, compile time vs graph size, RSS) in .compiler.
 """
 from __future__ import annotations
 
@@ -19,7 +25,26 @@ import sys
 
 import numpy as np
 
-SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler")
+SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler", "peers", "mixed")
+DEFAULT_SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler")
+
+
+def cpu_isa() -> str:
+    """The SIMD extensions the CPU reports that graphc's and the peers' kernels may use."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return "unknown"
+    isa = [name for flag, name in (("avx2", "AVX2"), ("fma", "FMA")) if flag in flags]
+    avx512 = [f[6:].upper() for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags]
+    if avx512:
+        isa.append("AVX-512" + "/".join(avx512))
+    return "+".join(isa[:2]) + (", " + ", ".join(isa[2:]) if isa[2:] else "") if isa else "no AVX2"
 
 
 def machine_info(threads=None) -> dict:
@@ -29,7 +54,8 @@ def machine_info(threads=None) -> dict:
     from .gemm import cpu_model
     info = gc.backend_info()
     out = {
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "graphc_threads": threads or info["threads"],
+        "cpu": cpu_model(), "isa": cpu_isa(), "logical_cpus": os.cpu_count(),
+        "graphc_threads": threads or info["threads"],
         "avx2": info["avx2"], "c_available": info["c_available"], "python": platform.python_version(),
         "numpy": np.__version__, "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -68,6 +94,12 @@ def _format(suite, rows) -> str:
     if suite == "compiler":
         from .compiler import format_tables
         return format_tables(rows)
+    if suite == "peers":
+        from .peers import format_tables as peers_tables
+        return peers_tables(rows)
+    if suite == "mixed":
+        from .mixed import format_tables as mixed_tables
+        return mixed_tables(rows)
     if suite == "lr":
         return _table(rows, [("impl", "W-lr step (30->1, 569 samples, f64)", "{}"),
                              ("median_us", "us", "{:.1f}"), ("vs_numpy", "x numpy", "{:.2f}")])
@@ -76,11 +108,22 @@ def _format(suite, rows) -> str:
                          ("us_per_call", "us/call", "{:.2f}")])
 
 
-def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=None, rss_steps=None) -> dict:
-    from . import workloads
+def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=None, rss_steps=None,
+               peers=None, workloads=None, rounds=None, mixed_size=None, min_batch_s=None) -> dict:
+    from . import workloads as W
     results = {}
-    with workloads.thread_limits(threads):
+    if "peers" in suites:  # before any library here starts a thread pool: the workers are separate processes
+        from .peers import MIN_BATCH_S, REPEATS, ROUNDS, peers_suite
+        results["peers"] = peers_suite(peers, workloads, rounds or ROUNDS, repeats or REPEATS, threads,
+                                       MIN_BATCH_S if min_batch_s is None else min_batch_s, log=log)
+    if "mixed" in suites:  # sets its own thread counts (default: all CPUs)
+        from . import mixed
+        results["mixed"] = mixed.mixed_suite(mixed_size or 1024, rounds or mixed.ROUNDS, repeats or mixed.REPEATS,
+                                             threads, log=log)
+    with W.thread_limits(threads):
         for suite in suites:
+            if suite in ("peers", "mixed"):
+                continue
             if log:
                 log(f"running {suite} ...")
             if suite == "gemm":
@@ -90,44 +133,69 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=N
                     kw["sizes"] = tuple(sizes)
                 results[suite] = gemm_table(threads=threads, **kw)
             elif suite == "mlp":
-                results[suite] = workloads.mlp_table(repeats=repeats or 20)
+                results[suite] = W.mlp_table(repeats=repeats or 20)
             elif suite == "lr":
-                results[suite] = workloads.lr_table(repeats=repeats or 20)
+                results[suite] = W.lr_table(repeats=repeats or 20)
             elif suite == "compiler":
                 from .compiler import compiler_suite
                 results[suite] = compiler_suite(repeats, nodes, rss_steps, threads)
             else:
-                results[suite] = workloads.dispatch_table(repeats=repeats or 20)
-    return results
+                results[suite] = W.dispatch_table(repeats=repeats or 20)
+    return {s: results[s] for s in suites}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="graphc bench", description=__doc__.splitlines()[0])
-    p.add_argument("--suite", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    p.add_argument("--suite", default=None, help=f"comma-separated subset of {','.join(SUITES)} "
+                                                 f"(default {','.join(DEFAULT_SUITES)})")
     p.add_argument("--sizes", default=None, help="GEMM square sizes, comma separated (default 256,512,1024,2048)")
     p.add_argument("--repeats", type=int, default=None, help="measurements per median (default per suite)")
-    p.add_argument("--threads", type=int, default=None, help="threads for graphc, NumPy's BLAS and PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="threads for graphc, NumPy's BLAS and PyTorch "
+                                                              "(peers, mixed: also JAX, PyTensor; default all CPUs)")
     p.add_argument("--nodes", default=None, help="compiler suite: graph sizes in nodes (default 100,1000,10000)")
     p.add_argument("--rss-steps", type=int, default=None, help="compiler suite: W-mlp steps for the RSS series "
                                                                 "(default 1000)")
+    p.add_argument("--peers", default=None, help="peers suite: comma-separated subset of "
+                                                 "numpy,torch,jax,pytensor,graphc-c,graphc-numpy (default all)")
+    p.add_argument("--workloads", default=None, help="peers suite: comma-separated subset of lr,small,mlp")
+    p.add_argument("--rounds", type=int, default=None, help="peers / mixed: interleaved rounds (default 7 / 5)")
+    p.add_argument("--min-batch-ms", type=float, default=None,
+                   help="peers: a measurement of a short step times a batch of calls lasting this long (default 2)")
+    p.add_argument("--mixed", action="store_true", help="add the mixed-use suite (graphc and NumPy GEMMs "
+                                                        "interleaved in one process; small MLP next to a busy process)")
+    p.add_argument("--mixed-size", type=int, default=None, help="mixed: GEMM size (default 1024)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of tables (or, with PATH, also write it there)")
     args = p.parse_args(argv)
-    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    suite_arg = args.suite if args.suite is not None else ("" if args.mixed else ",".join(DEFAULT_SUITES))
+    suites = [s.strip() for s in suite_arg.split(",") if s.strip()]
+    if args.mixed and "mixed" not in suites:
+        suites.append("mixed")
+    split = lambda v: [s.strip() for s in v.split(",") if s.strip()] if v else None  # noqa: E731
+    from .peers import PEERS, WORKLOADS
+    for opt, val, known in (("--peers", split(args.peers), PEERS), ("--workloads", split(args.workloads), WORKLOADS)):
+        if val and set(val) - set(known):
+            p.error(f"unknown {opt} {sorted(set(val) - set(known))}; choose from {','.join(known)}")
     bad = [s for s in suites if s not in SUITES]
     if bad:
         p.error(f"unknown suite(s) {bad}; choose from {SUITES}")
     sizes = [int(s) for s in args.sizes.split(",") if s] if args.sizes else None
     nodes = [int(s) for s in args.nodes.split(",") if s] if args.nodes else None
     quiet = args.json == "-"
+    peers_or_mixed = {"peers", "mixed"} & set(suites)
+    if peers_or_mixed and not args.threads:  # those suites default to every CPU, and say so
+        from .peers import all_cpus
+        args.threads = all_cpus()
     info = machine_info(args.threads)
     if not quiet:
-        print(f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, graphc {info['graphc_threads']} "
-              f"threads, AVX2 {info['avx2']}")
+        print(f"machine: {info['cpu']} ({info['isa']}), {info['logical_cpus']} logical CPUs, graphc "
+              f"{info['graphc_threads']} threads, graphc AVX2 kernels {info['avx2']}")
         print(f"numpy {info['numpy']}, BLAS: {'; '.join(info['blas'])}; torch: {info['torch']}")
         print(f"python {info['python']}, {info['platform']}, {info['date']}")
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
-    results = run_suites(suites, sizes, args.repeats, args.threads, log, nodes, args.rss_steps)
+    results = run_suites(suites, sizes, args.repeats, args.threads, log, nodes, args.rss_steps,
+                         split(args.peers), split(args.workloads), args.rounds, args.mixed_size,
+                         None if args.min_batch_ms is None else args.min_batch_ms / 1e3)
     if not quiet:
         for suite, rows in results.items():
             print()

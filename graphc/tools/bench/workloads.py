@@ -5,6 +5,8 @@ W-mlp     one SGD step (forward, backward, update) of an MLP 784-512-256-10, ReL
           hand-written NumPy backprop of the same step, and PyTorch CPU eager when installed.
 W-lr      one full-batch gradient-descent step of logistic regression 30 -> 1 on 569 samples,
           float64 (sklearn's breast-cancer data when installed, else random): graphc vs NumPy.
+          The step functions here (numpy_/torch_/graphc_ mlp and lr) are also the peers suite's
+          (graphc.tools.bench.peers, which adds JAX and PyTensor and runs each in its own process).
 dispatch  a compiled chain of 50 elementwise ops on 16-element arrays: microseconds per call,
           i.e. what graphc costs around the arithmetic (default passes: fused into one kernel;
           and with optimize=False: 50 separate steps).
@@ -229,6 +231,52 @@ def lr_data():
     return np.ascontiguousarray(X, np.float64), y.astype(np.float64), source
 
 
+def graphc_lr_step(d: int, lr: float, backend: str, w0=None, b0=None):
+    """compile(updates=...) of one full-batch GD step of logistic regression d -> 1 (float64, loss
+    = mean binary cross-entropy on logits); returns (step(X, Y) -> loss, [w, b] Tensors)."""
+    w = gc.parameter(np.zeros(d) if w0 is None else np.array(w0, np.float64), name="w")
+    b = gc.parameter(np.zeros(()) if b0 is None else np.array(b0, np.float64), name="b")
+    x = gc.placeholder("x", (None, d), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    loss = gc.binary_cross_entropy(x @ w + b, t)
+    gw, gb = gc.grad(loss, [w, b])
+    f = gc.compile(loss, backend=backend, updates={w: w - lr * gw, b: b - lr * gb})
+    return (lambda xv, yv: f(x=xv, t=yv)), [w, b]
+
+
+def numpy_lr_step(params: list, lr: float):
+    """The same step by hand in NumPy; params = [w (d,), b ()] are updated in place."""
+    w, b = params
+
+    def step(X, Y):
+        z = X @ w + b
+        loss = np.mean(np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z))))
+        g = (1.0 / (1.0 + np.exp(-z)) - Y) / X.shape[0]
+        w[...] -= lr * (X.T @ g)
+        b[...] -= lr * g.sum()
+        return float(loss)
+
+    return step
+
+
+def torch_lr_step(params: list, lr: float):
+    """PyTorch eager (autograd) of the same step; returns (step(X, Y) -> loss, [w, b] tensors)."""
+    torch = _torch()
+    ps = [torch.tensor(p, requires_grad=True) for p in params]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def step(X, Y):
+        w, b = ps
+        loss = bce(X @ w + b, Y)
+        grads = torch.autograd.grad(loss, ps)
+        with torch.no_grad():
+            for p, g in zip(ps, grads):
+                p.sub_(lr * g)
+        return loss.item()
+
+    return step, ps
+
+
 def lr_table(repeats=20, lr=0.1) -> list:
     """graphc vs hand-written NumPy for one full-batch GD step (loss + update) of logistic regression."""
     X, Y, source = lr_data()
@@ -237,28 +285,11 @@ def lr_table(repeats=20, lr=0.1) -> list:
     for backend in ("c", "numpy"):
         if backend == "c" and not gc.backend_info()["c_available"]:
             continue
-        w = gc.parameter(np.zeros(d), name="w")
-        b = gc.parameter(np.zeros(()), name="b")
-        x = gc.placeholder("x", (None, d), "float64")
-        t = gc.placeholder("t", (None,), "float64")
-        loss = gc.binary_cross_entropy(x @ w + b, t)
-        gw, gb = gc.grad(loss, [w, b])
-        f = gc.compile(loss, backend=backend, updates={w: w - lr * gw, b: b - lr * gb})
-        sec = median_seconds(lambda f=f: f(x=X, t=Y), repeats, min_batch_s=0.02)
+        step, _ = graphc_lr_step(d, lr, backend)
+        sec = median_seconds(lambda step=step: step(X, Y), repeats, min_batch_s=0.02)
         rows.append(dict(impl=f"graphc {backend}", median_us=sec * 1e6))
-
-    w_np, b_np = np.zeros(d), np.zeros(())
-
-    def numpy_step():
-        nonlocal w_np, b_np
-        z = X @ w_np + b_np
-        loss = np.mean(np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z))))
-        g = (1.0 / (1.0 + np.exp(-z)) - Y) / n
-        w_np = w_np - lr * (X.T @ g)
-        b_np = b_np - lr * g.sum()
-        return loss
-
-    sec = median_seconds(numpy_step, repeats, min_batch_s=0.02)
+    step = numpy_lr_step([np.zeros(d), np.zeros(())], lr)
+    sec = median_seconds(lambda: step(X, Y), repeats, min_batch_s=0.02)
     rows.append(dict(impl="numpy hand-written", median_us=sec * 1e6))
     for r in rows:
         r["vs_numpy"] = r["median_us"] / rows[-1]["median_us"]
