@@ -16,8 +16,10 @@
  * The epilogue (beta * C, bias, activation) is applied while the tile is in registers, on the
  * write-back of the last K block; earlier K blocks just accumulate into C.
  *
- * Two implementations share the driver: AVX2+FMA micro-kernels (compiled per function with
- * target attributes, since the module is built for plain x86-64) and a portable plain-C one.
+ * Three implementations share the driver: AVX-512 (F+VL+DQ) and AVX2+FMA micro-kernels
+ * (compiled per function with target attributes, since the module is built for plain x86-64;
+ * the best one the CPU and OS support is picked at run time, gc_simd_level()) and a portable
+ * plain-C one.
  * Tiny products skip packing; small ones stay on one thread. Threads split the rows of C (or
  * the B panels when M is small). Scratch is allocated per call: two threads may run GEMMs
  * concurrently.
@@ -40,18 +42,34 @@
 /* Threads and SIMD selection                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-static int g_simd_enabled = 1;
-static int g_cpu_avx2 = 0; /* set once at load time, read-only afterwards */
+/* Highest level the tests allow (gc_set_simd_max / gc_set_simd_enabled); flipped by tests while
+ * other threads may run GEMMs, hence atomic (a plain load on x86). */
+static _Atomic int g_simd_max = GC_SIMD_AVX512;
+static int g_cpu_level = GC_SIMD_SCALAR; /* set once at load time, read-only afterwards */
 
 #ifdef GC_X86
+/* __builtin_cpu_supports reports a feature only when the OS also saves its register state
+ * (libgcc checks XCR0 through xgetbv: YMM for AVX/AVX2/FMA, opmask + ZMM for AVX-512), so a
+ * kernel that disabled AVX-512 state gets the AVX2 path. */
 __attribute__((constructor)) static void gemm_detect_cpu(void) {
     __builtin_cpu_init();
-    g_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        g_cpu_level = GC_SIMD_AVX2;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512dq"))
+            g_cpu_level = GC_SIMD_AVX512;
+    }
 }
 #endif
 
-int gc_simd_level(void) { return g_cpu_avx2 && g_simd_enabled; }
-void gc_set_simd_enabled(int enabled) { g_simd_enabled = enabled != 0; }
+int gc_simd_level(void) {
+    const int cap = g_simd_max;
+    return g_cpu_level < cap ? g_cpu_level : cap;
+}
+void gc_set_simd_enabled(int enabled) { g_simd_max = enabled ? GC_SIMD_AVX512 : GC_SIMD_SCALAR; }
+void gc_set_simd_max(int level) {
+    g_simd_max = level < 0 || level > GC_SIMD_AVX512 ? GC_SIMD_AVX512 : level;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Shared definitions                                                                          */
@@ -786,6 +804,357 @@ static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, S_MC, S_KC, S_NC,
                                  s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided};
 static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, D_MC, D_KC, D_NC,
                                  d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided};
+
+/* ------------------------------------------------------------------------------------------ */
+/* AVX-512 (F + VL + DQ) micro-kernels                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* 32 zmm registers: sgemm 14 x 32 = 28 accumulators + 2 B vectors, A broadcast from memory as
+ * an embedded-broadcast FMA operand (no register); dgemm 14 x 16, the same budget with 8 doubles
+ * per vector. 12 x 32 / 12 x 16 measured the same within noise here (Xeon, Sapphire Rapids class,
+ * one thread, CPU time: ~150 GFLOP/s f32, ~70 f64 at 1024^2); 14 rows need fewer B loads per FMA.
+ * GCC keeps the 28 accumulators in registers with one spill per 4 k steps (checked with -S). */
+#define AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define AVX512_INLINE __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"), always_inline)) static inline
+
+#ifndef S5_MR
+#define S5_MR 14
+#endif
+#define S5_NR 32
+#ifndef D5_MR
+#define D5_MR 14
+#endif
+#define D5_NR 16
+/* The packing routines store an MR-wide row of a panel with one 16-lane (float) or 2 x 8-lane
+ * (double) masked store. */
+_Static_assert(S5_MR <= 16 && D5_MR <= 16 && S5_MR >= 8 && D5_MR >= 8, "AVX-512 MR out of range");
+
+/* Lanes [0, n) of a 16/8-lane vector, n clamped to [0, lanes]. */
+AVX512_INLINE __mmask16 mask16(int64_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+AVX512_INLINE __mmask8 mask8(int64_t n) {
+    return n >= 8 ? (__mmask8)0xFF : n <= 0 ? (__mmask8)0 : (__mmask8)((1u << n) - 1);
+}
+
+/* Activations on 512-bit vectors through the AVX2 forms (s_act8/d_act4) on 256-bit halves: the
+ * same instructions on the same values, so the AVX-512 epilogue gives bit-identical results. */
+AVX512_INLINE __m512 s_act16(__m512 v, int act, __m256d p) {
+    if (act == GC_ACT_IDENTITY) return v;
+    const __m256 lo = s_act8(_mm512_castps512_ps256(v), act, p);
+    const __m256 hi = s_act8(_mm512_extractf32x8_ps(v, 1), act, p);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+AVX512_INLINE __m512d d_act8(__m512d v, int act, __m256d p) {
+    if (act == GC_ACT_IDENTITY) return v;
+    const __m256d lo = d_act4(_mm512_castpd512_pd256(v), act, p);
+    const __m256d hi = d_act4(_mm512_extractf64x4_pd(v, 1), act, p);
+    return _mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1);
+}
+
+/* The alpha / addend / gate part of the epilogue (epi_t's contract) for one tile row: row
+ * pointers into the addend and gate (NULL when absent), broadcast constants loaded once per tile. */
+#define WB5_EXTRA(P, T, V)                                                                         \
+    typedef struct {                                                                               \
+        int scale; /* alpha != 1 */                                                                \
+        V valpha, vgp;                                                                             \
+        const T *addend, *gate;                                                                    \
+    } P##_wb_extra;
+WB5_EXTRA(s5, float, __m512)
+WB5_EXTRA(d5, double, __m512d)
+#undef WB5_EXTRA
+
+/* Write-back of one tile row (two vectors) with the epilogue of epi_t, in the order of the AVX2
+ * and portable paths. Masked loads/stores touch only the first n columns (of C, addend, gate). */
+AVX512_INLINE void s5_wb_row(float *cr, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1, int add_c,
+                             __m512 vbeta, int has_bias, __m512 bias0, __m512 bias1, int act,
+                             __m256d vp, const s5_wb_extra *x) {
+    if (x->scale) {
+        v0 = _mm512_mul_ps(v0, x->valpha);
+        v1 = _mm512_mul_ps(v1, x->valpha);
+    }
+    if (add_c) {
+        v0 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m0, cr), v0);
+        v1 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m1, cr + 16), v1);
+    }
+    if (x->addend) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, x->addend));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, x->addend + 16));
+    }
+    if (has_bias) {
+        v0 = _mm512_add_ps(v0, bias0);
+        v1 = _mm512_add_ps(v1, bias1);
+    }
+    v0 = s_act16(v0, act, vp);
+    v1 = s_act16(v1, act, vp);
+    if (x->gate) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
+        const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+        const __mmask16 p0 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, x->gate), zero, _CMP_GT_OQ);
+        const __mmask16 p1 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, x->gate + 16), zero, _CMP_GT_OQ);
+        v0 = _mm512_mul_ps(v0, _mm512_mask_blend_ps(p0, x->vgp, one));
+        v1 = _mm512_mul_ps(v1, _mm512_mask_blend_ps(p1, x->vgp, one));
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+}
+AVX512_INLINE void d5_wb_row(double *cr, __m512d v0, __m512d v1, __mmask8 m0, __mmask8 m1, int add_c,
+                             __m512d vbeta, int has_bias, __m512d bias0, __m512d bias1, int act,
+                             __m256d vp, const d5_wb_extra *x) {
+    if (x->scale) {
+        v0 = _mm512_mul_pd(v0, x->valpha);
+        v1 = _mm512_mul_pd(v1, x->valpha);
+    }
+    if (add_c) {
+        v0 = _mm512_fmadd_pd(vbeta, _mm512_maskz_loadu_pd(m0, cr), v0);
+        v1 = _mm512_fmadd_pd(vbeta, _mm512_maskz_loadu_pd(m1, cr + 8), v1);
+    }
+    if (x->addend) {
+        v0 = _mm512_add_pd(v0, _mm512_maskz_loadu_pd(m0, x->addend));
+        v1 = _mm512_add_pd(v1, _mm512_maskz_loadu_pd(m1, x->addend + 8));
+    }
+    if (has_bias) {
+        v0 = _mm512_add_pd(v0, bias0);
+        v1 = _mm512_add_pd(v1, bias1);
+    }
+    v0 = d_act8(v0, act, vp);
+    v1 = d_act8(v1, act, vp);
+    if (x->gate) {
+        const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+        const __mmask8 p0 = _mm512_cmp_pd_mask(_mm512_maskz_loadu_pd(m0, x->gate), zero, _CMP_GT_OQ);
+        const __mmask8 p1 = _mm512_cmp_pd_mask(_mm512_maskz_loadu_pd(m1, x->gate + 8), zero, _CMP_GT_OQ);
+        v0 = _mm512_mul_pd(v0, _mm512_mask_blend_pd(p0, x->vgp, one));
+        v1 = _mm512_mul_pd(v1, _mm512_mask_blend_pd(p1, x->vgp, one));
+    }
+    _mm512_mask_storeu_pd(cr, m0, v0);
+    _mm512_mask_storeu_pd(cr + 8, m1, v1);
+}
+
+/* The kernels keep the tile in an array of vectors indexed only by constants after full
+ * unrolling, which GCC keeps in registers (checked in the assembly: no spills in the k loop).
+ * rsa/csa as in the AVX2 kernels: packed panels (1, MR) or A read in place. */
+#define GEN_AVX512_KERNEL(P, T, V, MR, NR, L, SETZERO, LOAD, STORE, SET1, FMA, SET1D, MASK, MASKT, WB, MK) \
+AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *c,     \
+                            int64_t ldc, int64_t m, int64_t n, const epi_t *e, const T *bias) {    \
+    V acc[MR][2];                                                                                  \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = SETZERO();       \
+    const int add_c = e->add_c;                                                                    \
+    /* C is needed only after the K loop: fetch it now so its misses overlap the arithmetic. */    \
+    if (add_c)                                                                                     \
+        for (int64_t i = 0; i < m; i++) {                                                          \
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);                                \
+            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);                        \
+        }                                                                                          \
+    int64_t k = 0;                                                                                 \
+    for (; k + 4 <= kc; k += 4) {                                                                  \
+        _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);                                    \
+        _Pragma("GCC unroll 4") for (int kk = 0; kk < 4; kk++) {                                   \
+            const V b0 = LOAD(b), b1 = LOAD(b + L);                                                \
+            _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) {                                \
+                const V ai = SET1(a[i * rsa]);                                                     \
+                acc[i][0] = FMA(ai, b0, acc[i][0]);                                                \
+                acc[i][1] = FMA(ai, b1, acc[i][1]);                                                \
+            }                                                                                      \
+            a += csa;                                                                              \
+            b += NR;                                                                               \
+        }                                                                                          \
+    }                                                                                              \
+    for (; k < kc; k++) {                                                                          \
+        const V b0 = LOAD(b), b1 = LOAD(b + L);                                                    \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) {                                    \
+            const V ai = SET1(a[i * rsa]);                                                         \
+            acc[i][0] = FMA(ai, b0, acc[i][0]);                                                    \
+            acc[i][1] = FMA(ai, b1, acc[i][1]);                                                    \
+        }                                                                                          \
+        a += csa;                                                                                  \
+        b += NR;                                                                                   \
+    }                                                                                              \
+    if (!e->last) bias = NULL;                                                                     \
+    const int act = e->last ? e->act : GC_ACT_IDENTITY;                                            \
+    const MASKT m0 = MASK(n), m1 = MASK(n - L);                                                    \
+    const V vbeta = SET1((T)e->beta);                                                              \
+    const __m256d vp = SET1D;                                                                      \
+    V bias0 = SETZERO(), bias1 = bias0;                                                            \
+    if (bias) {                                                                                    \
+        bias0 = MK(m0, bias);                                                                      \
+        bias1 = MK(m1, bias + L);                                                                  \
+    }                                                                                              \
+    /* Through a stack tile: one (not MR) inlined copy of the write-back and its activations. */ \
+    T tile[MR * NR] __attribute__((aligned(64)));                                                  \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) {                                        \
+        STORE(tile + i * NR, acc[i][0]);                                                           \
+        STORE(tile + i * NR + L, acc[i][1]);                                                       \
+    }                                                                                              \
+    P##_wb_extra x = {e->alpha != 1, SET1((T)e->alpha), SET1((T)e->gate_param),                   \
+                      (const T *)(e->last ? e->addend : NULL), (const T *)(e->last ? e->gate : NULL)}; \
+    for (int64_t i = 0; i < m; i++) {                                                              \
+        WB(c + i * ldc, LOAD(tile + i * NR), LOAD(tile + i * NR + L), m0, m1, add_c, vbeta,        \
+           bias != NULL, bias0, bias1, act, vp, &x);                                               \
+        if (x.addend) x.addend += e->ldx;                                                          \
+        if (x.gate) x.gate += e->ldg;                                                              \
+    }                                                                                              \
+}                                                                                                  \
+AVX512 static void P##_kernel(int64_t kc, const void *a, int64_t rsa, int64_t csa, const void *b,  \
+                              void *c, int64_t ldc, int64_t m, int64_t n, const epi_t *e,          \
+                              const void *bias) {                                                  \
+    (void)rsa, (void)csa;                                                                          \
+    P##_body(kc, (const T *)a, 1, MR, (const T *)b, (T *)c, ldc, m, n, e, (const T *)bias);        \
+}                                                                                                  \
+AVX512 static void P##_kernel_strided(int64_t kc, const void *a, int64_t rsa, int64_t csa,         \
+                                      const void *b, void *c, int64_t ldc, int64_t m, int64_t n,   \
+                                      const epi_t *e, const void *bias) {                          \
+    P##_body(kc, (const T *)a, rsa, csa, (const T *)b, (T *)c, ldc, m, n, e, (const T *)bias);     \
+}
+
+/* vp: the float parameter widened to double, as in the AVX2 kernel. */
+GEN_AVX512_KERNEL(s5, float, __m512, S5_MR, S5_NR, 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_store_ps,
+                  _mm512_set1_ps, _mm512_fmadd_ps, _mm256_set1_pd((double)(float)e->act_param),
+                  mask16, __mmask16, s5_wb_row, _mm512_maskz_loadu_ps)
+GEN_AVX512_KERNEL(d5, double, __m512d, D5_MR, D5_NR, 8, _mm512_setzero_pd, _mm512_load_pd, _mm512_store_pd,
+                  _mm512_set1_pd, _mm512_fmadd_pd, _mm256_set1_pd(e->act_param),
+                  mask8, __mmask8, d5_wb_row, _mm512_maskz_loadu_pd)
+
+/* Packing. A panels are MR (14) wide, so each k row of a panel is written with one masked store;
+ * rows/columns past the edge are written as zeros and never loaded (masked loads). The
+ * transposing cases go through the AVX2 8x8 / 4x4 register transposes. */
+
+AVX512 static void s5_pack_a(const void *vA, int64_t lda, int tA, int64_t r0, int64_t c0,
+                             int64_t rows, int64_t kc, void *vdst) {
+    const float *A = (const float *)vA;
+    float *dst = (float *)vdst;
+    for (int64_t i0 = 0; i0 < rows; i0 += S5_MR, dst += S5_MR * kc) {
+        const int64_t m = MIN(S5_MR, rows - i0);
+        if (!tA) { /* A is M x K: rows contiguous in k, transposed 8 rows x 8 k at a time */
+            for (int g = 0; g < S5_MR; g += 8) {
+                const int nrows = (int)MAX(0, MIN(8, m - g));
+                const __mmask8 lanes = (__mmask8)mask8(S5_MR - g);
+                const float *src[8];
+                for (int i = 0; i < 8; i++) src[i] = A + (r0 + i0 + MIN(g + i, m - 1)) * lda + c0;
+                int64_t k = 0;
+                for (; k + 8 <= kc; k += 8) {
+                    __m256 r[8];
+                    for (int i = 0; i < 8; i++) r[i] = i < nrows ? _mm256_loadu_ps(src[i] + k) : _mm256_setzero_ps();
+                    transpose8_ps(r);
+                    for (int kk = 0; kk < 8; kk++) _mm256_mask_storeu_ps(dst + (k + kk) * S5_MR + g, lanes, r[kk]);
+                }
+                for (; k < kc; k++)
+                    for (int i = g; i < MIN(g + 8, S5_MR); i++) dst[k * S5_MR + i] = i - g < nrows ? src[i - g][k] : 0.0f;
+            }
+        } else { /* A is K x M: the panel's rows are contiguous for each k */
+            const float *src = A + c0 * lda + r0 + i0;
+            const __mmask16 lm = mask16(m), sm = mask16(S5_MR);
+            for (int64_t k = 0; k < kc; k++, src += lda)
+                _mm512_mask_storeu_ps(dst + k * S5_MR, sm, _mm512_maskz_loadu_ps(lm, src));
+        }
+    }
+}
+
+AVX512 static void s5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, int64_t c0,
+                             int64_t kc, int64_t cols, void *vdst) {
+    const float *B = (const float *)vB;
+    float *dst = (float *)vdst;
+    for (int64_t j0 = 0; j0 < cols; j0 += S5_NR, dst += S5_NR * kc) {
+        const int64_t n = MIN(S5_NR, cols - j0);
+        if (!tB) { /* B is K x N: each k row of the panel is 32 contiguous floats */
+            const float *src = B + r0 * ldb + c0 + j0;
+            const __mmask16 m0 = mask16(n), m1 = mask16(n - 16);
+            for (int64_t k = 0; k < kc; k++, src += ldb) {
+                _mm512_storeu_ps(dst + k * S5_NR, _mm512_maskz_loadu_ps(m0, src));
+                _mm512_storeu_ps(dst + k * S5_NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+            }
+        } else { /* B is N x K: column j of the panel is contiguous in k */
+            for (int h = 0; h < S5_NR; h += 8) {
+                const float *src[8];
+                const int nrows = (int)MAX(0, MIN(8, n - h));
+                for (int i = 0; i < 8; i++) src[i] = B + (c0 + j0 + MIN(h + i, MAX(n - 1, 0))) * ldb + r0;
+                s_gather8(src, nrows, kc, dst + h, S5_NR);
+            }
+        }
+    }
+}
+
+AVX512 static void d5_pack_a(const void *vA, int64_t lda, int tA, int64_t r0, int64_t c0,
+                             int64_t rows, int64_t kc, void *vdst) {
+    const double *A = (const double *)vA;
+    double *dst = (double *)vdst;
+    for (int64_t i0 = 0; i0 < rows; i0 += D5_MR, dst += D5_MR * kc) {
+        const int64_t m = MIN(D5_MR, rows - i0);
+        if (!tA) { /* rows in groups of 4, transposed 4 k at a time */
+            for (int g = 0; g < D5_MR; g += 4) {
+                const int nrows = (int)MAX(0, MIN(4, m - g));
+                const __mmask8 lanes = mask8(MIN(4, D5_MR - g));
+                const double *src[4];
+                for (int i = 0; i < 4; i++) src[i] = A + (r0 + i0 + MIN(g + i, m - 1)) * lda + c0;
+                int64_t k = 0;
+                for (; k + 4 <= kc; k += 4) {
+                    __m256d r[4];
+                    for (int i = 0; i < 4; i++) r[i] = i < nrows ? _mm256_loadu_pd(src[i] + k) : _mm256_setzero_pd();
+                    transpose4_pd(r);
+                    for (int kk = 0; kk < 4; kk++) _mm256_mask_storeu_pd(dst + (k + kk) * D5_MR + g, lanes, r[kk]);
+                }
+                for (; k < kc; k++)
+                    for (int i = g; i < MIN(g + 4, D5_MR); i++) dst[k * D5_MR + i] = i - g < nrows ? src[i - g][k] : 0.0;
+            }
+        } else {
+            const double *src = A + c0 * lda + r0 + i0;
+            const __mmask8 l0 = mask8(m), l1 = mask8(m - 8), s0 = mask8(D5_MR), s1 = mask8(D5_MR - 8);
+            for (int64_t k = 0; k < kc; k++, src += lda) {
+                _mm512_mask_storeu_pd(dst + k * D5_MR, s0, _mm512_maskz_loadu_pd(l0, src));
+                _mm512_mask_storeu_pd(dst + k * D5_MR + 8, s1, _mm512_maskz_loadu_pd(l1, src + 8));
+            }
+        }
+    }
+}
+
+AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, int64_t c0,
+                             int64_t kc, int64_t cols, void *vdst) {
+    const double *B = (const double *)vB;
+    double *dst = (double *)vdst;
+    for (int64_t j0 = 0; j0 < cols; j0 += D5_NR, dst += D5_NR * kc) {
+        const int64_t n = MIN(D5_NR, cols - j0);
+        if (!tB) {
+            const double *src = B + r0 * ldb + c0 + j0;
+            const __mmask8 m0 = mask8(n), m1 = mask8(n - 8);
+            for (int64_t k = 0; k < kc; k++, src += ldb) {
+                _mm512_storeu_pd(dst + k * D5_NR, _mm512_maskz_loadu_pd(m0, src));
+                _mm512_storeu_pd(dst + k * D5_NR + 8, _mm512_maskz_loadu_pd(m1, src + 8));
+            }
+        } else {
+            for (int h = 0; h < D5_NR; h += 4) {
+                const double *src[4];
+                const int nrows = (int)MAX(0, MIN(4, n - h));
+                for (int i = 0; i < 4; i++) src[i] = B + (c0 + j0 + MIN(h + i, MAX(n - 1, 0))) * ldb + r0;
+                d_gather4(src, nrows, kc, dst + h, D5_NR);
+            }
+        }
+    }
+}
+
+/* Blocking for this machine's caches (Sapphire Rapids class: L1d 48 KB, L2 2 MB per core):
+ * the B micro-panel (KC x NR) stays in L1 while MR-row A panels stream from L2; the A block
+ * (MC x KC) sits in L2. Swept (one thread, CPU time, 256^2..2048^2 and the W-mlp shapes): KC 192
+ * and 384, MC 168 and 672, NC 1024 were all within noise of these or slower. */
+#ifndef S5_MC
+#define S5_MC 336
+#endif
+#ifndef S5_KC
+#define S5_KC 256
+#endif
+#ifndef S5_NC
+#define S5_NC 4096
+#endif
+#ifndef D5_MC
+#define D5_MC 168
+#endif
+#ifndef D5_KC
+#define D5_KC 256
+#endif
+#ifndef D5_NC
+#define D5_NC 4096
+#endif
+static const gemm_impl S_AVX512 = {sizeof(float), S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
+                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided};
+static const gemm_impl D_AVX512 = {sizeof(double), D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
+                                   d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided};
 #endif /* GC_X86 */
 
 static const gemm_impl S_SCALAR = {sizeof(float), SC_MR, SC_NR, 128, 256, 4096,
@@ -1016,7 +1385,9 @@ void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
     const gemm_impl *im = &S_SCALAR;
 #ifdef GC_X86
-    if (gc_simd_level()) im = &S_AVX2;
+    const int level = gc_simd_level();
+    if (level >= GC_SIMD_AVX512) im = &S_AVX512;
+    else if (level >= GC_SIMD_AVX2) im = &S_AVX2;
 #endif
     gemm_run(im, &g, s_direct, s_no_k);
 }
@@ -1029,7 +1400,9 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
     const gemm_impl *im = &D_SCALAR;
 #ifdef GC_X86
-    if (gc_simd_level()) im = &D_AVX2;
+    const int level = gc_simd_level();
+    if (level >= GC_SIMD_AVX512) im = &D_AVX512;
+    else if (level >= GC_SIMD_AVX2) im = &D_AVX2;
 #endif
     gemm_run(im, &g, d_direct, d_no_k);
 }

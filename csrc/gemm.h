@@ -72,7 +72,12 @@ int gc_sgemm_ex(const gc_gemm_desc *d);
 int gc_dgemm_ex(const gc_gemm_desc *d);
 
 /* Threads: gc_set_num_threads / gc_get_num_threads are in threads.h. */
-/* 1 when the AVX2+FMA code paths are selected on this CPU, 0 when the portable scalar path is. */
+/* SIMD level of the GEMM micro-kernels: the best one this CPU (and OS) supports, capped by the
+ * test hooks below. Anything nonzero also selects exec.c's AVX2 GEMV. */
+enum gc_simd { GC_SIMD_SCALAR = 0, GC_SIMD_AVX2 = 1, GC_SIMD_AVX512 = 2 };
 int gc_simd_level(void);
-/* Force the portable path (0) or re-enable auto-detection (1); used by tests. */
+/* Force the portable path (0) or re-enable auto-detection (nonzero); used by tests. */
 void gc_set_simd_enabled(int enabled);
+/* Cap the level at `level` (0 scalar, 1 AVX2+FMA, 2 AVX-512; < 0: no cap), so tests can run each
+ * level the CPU has: after gc_set_simd_max(L), gc_simd_level() == L iff the CPU supports L. */
+void gc_set_simd_max(int level);

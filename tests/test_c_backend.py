@@ -539,6 +539,8 @@ def test_set_num_threads_and_backend_info():
     flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
     if flags:
         assert info["avx2"] == ("avx2" in flags and "fma" in flags)
+        avx512 = info["avx2"] and {"avx512f", "avx512vl", "avx512dq"} <= set(flags)
+        assert info["gemm_simd"] == ("avx512" if avx512 else "avx2" if info["avx2"] else "scalar")
     x, y, params, loss = _mlp("float32", sizes=(64, 256, 10))
     f = gc.compile([loss] + gc.grad(loss, params), backend="c")
     rng = np.random.default_rng(12)

@@ -1,6 +1,6 @@
 """Tests of the C GEMM (csrc/gemm.c) against a float64 NumPy reference.
 
-Covers both the AVX2 and the portable path (gc_set_simd_enabled), 1 and 2 threads, all transpose
+Covers every SIMD level the CPU has (portable, AVX2, AVX-512; gc_set_simd_max), 1 and 2 threads, all transpose
 combinations, non-tight leading dimensions, beta 0 (C may hold NaN) and 1, bias, every
 activation, empty dimensions, and memory safety (guard values around C, guard pages after A/B).
 
@@ -33,6 +33,40 @@ IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU = (lib.GC_ACT_IDENTITY, lib.GC_ACT_REL
                                              lib.GC_ACT_SIGMOID, lib.GC_ACT_TANH, lib.GC_ACT_ELU)
 CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+SCALAR, AVX2, AVX512 = 0, 1, 2
+LEVEL_NAMES = {SCALAR: "scalar", AVX2: "avx2", AVX512: "avx512"}
+
+
+def _cpu_levels():
+    """The GEMM SIMD levels this CPU (and this build) can run: gc_simd_level() reaches the cap
+    set by gc_set_simd_max exactly when the level is available."""
+    if not hasattr(lib, "gc_set_simd_max"):  # an older module (GRAPHC_TEST_CMODULE)
+        return [SCALAR, AVX2] if lib.gc_simd_level() else [SCALAR]
+    levels = []
+    for level in (SCALAR, AVX2, AVX512):
+        lib.gc_set_simd_max(level)
+        if lib.gc_simd_level() == level:
+            levels.append(level)
+    lib.gc_set_simd_max(-1)
+    return levels
+
+
+CPU_LEVELS = _cpu_levels()
+# Every level, each skipped (not silently replaced by another) where the CPU lacks it.
+LEVELS = [pytest.param(level, id=LEVEL_NAMES[level],
+                       marks=pytest.mark.skipif(level not in CPU_LEVELS, reason=f"CPU has no {LEVEL_NAMES[level]}"))
+          for level in (AVX512, AVX2, SCALAR)]
+
+
+def set_level(level):
+    """Run the GEMM at exactly `level` (the caller skipped levels the CPU lacks)."""
+    if hasattr(lib, "gc_set_simd_max"):
+        lib.gc_set_simd_max(level)
+    else:
+        lib.gc_set_simd_enabled(int(level > 0))
+    assert lib.gc_simd_level() == level
 
 
 @pytest.fixture(autouse=True)
@@ -105,11 +139,12 @@ def padded(rng, rows, cols, pad, dtype):
     return big[:, pad // 2: pad // 2 + cols]
 
 
-# Sizes around the register tiles (MR=6, NR=16/8), the scalar tiles (4, 8) and the cache blocks
-# (MC 144/72, KC 256), plus small ones; large enough products go through the packed path.
+# Sizes around the register tiles (AVX2 MR=6, NR=16/8; AVX-512 MR=14, NR=32/16), the scalar
+# tiles (4, 8) and the cache blocks (MC 144/72 and 336/168, KC 256), plus small ones; large enough
+# products go through the packed path.
 SIZES = st.one_of(st.integers(0, 20),
-                  st.sampled_from([5, 6, 7, 8, 9, 15, 16, 17, 33, 71, 72, 73, 143, 144, 145,
-                                   255, 256, 257, 300]),
+                  st.sampled_from([5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 28, 29, 31, 32, 33, 71, 72, 73,
+                                   143, 144, 145, 167, 168, 169, 255, 256, 257, 300, 337]),
                   st.integers(0, 300))
 
 
@@ -119,11 +154,11 @@ SIZES = st.one_of(st.integers(0, 20),
        pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
        beta=st.sampled_from([0.0, 1.0]), with_bias=st.booleans(),
        act=st.sampled_from([IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU]),
-       simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
-def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, with_bias, act, simd,
+       level=st.sampled_from(CPU_LEVELS), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, with_bias, act, level,
                                  threads, seed):
     rng = np.random.default_rng(seed)
-    lib.gc_set_simd_enabled(int(simd))
+    set_level(level)
     lib.gc_set_num_threads(threads)
     A = padded(rng, *((K, M) if transA else (M, K)), pads[0], dtype)
     B = padded(rng, *((N, K) if transB else (K, N)), pads[1], dtype)
@@ -139,15 +174,15 @@ def test_matches_numpy_reference(dtype, M, N, K, transA, transB, pads, beta, wit
 
 
 @pytest.mark.parametrize("threads", [2])
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (6, 16, 256), (7, 4100, 3), (5, 3, 600), (150, 90, 513),
                                    (1, 300, 300), (300, 1, 300), (64, 64, 64), (12, 2000, 64),
                                    (300, 40, 300), (97, 4090, 20)])
-def test_block_boundaries(dtype, simd, threads, M, N, K):
+def test_block_boundaries(dtype, level, threads, M, N, K):
     """Deterministic shapes crossing NC (4080), several KC blocks, vectors (M or N == 1), threads
     splitting B panels (small M), A read in place (few B panels)."""
-    lib.gc_set_simd_enabled(simd)
+    set_level(level)
     lib.gc_set_num_threads(threads)
     rng = np.random.default_rng(M * 7 + N * 3 + K)
     for transA in (False, True):
@@ -162,11 +197,11 @@ def test_block_boundaries(dtype, simd, threads, M, N, K):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_guard_values_around_c(dtype, simd, threads):
+def test_guard_values_around_c(dtype, level, threads):
     """Only the M x N window of C is written: sentinels around and between rows survive."""
-    lib.gc_set_simd_enabled(simd)
+    set_level(level)
     lib.gc_set_num_threads(threads)
     rng = np.random.default_rng(1)
     sentinel = dtype(-12345.5)
@@ -218,10 +253,10 @@ def _unguard(keep):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect guard pages")
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_no_reads_past_a_and_b(dtype, simd):
-    lib.gc_set_simd_enabled(simd)
+def test_no_reads_past_a_and_b(dtype, level):
+    set_level(level)
     keep = []
     try:
         for M, N, K in [(1, 1, 1), (7, 9, 5), (13, 19, 257), (200, 190, 3), (37, 1, 300), (1, 37, 300)]:
@@ -246,14 +281,14 @@ SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-3, -1e-3, 0.3, -0.3, 0.5, -
 
 
 @pytest.mark.parametrize("act", [SIGMOID, TANH, RELU, LEAKY, ELU])
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N", [(40, 5), (192, 200)])  # the direct path and the packed path
-def test_activation_accuracy(dtype, simd, act, M, N):
+def test_activation_accuracy(dtype, level, act, M, N):
     """Epilogue activations elementwise against libm (through NumPy) on exactly known inputs:
     with K = 1, A = x (a column) and B = 1, the pre-activation is x[i] + bias[j], rounded once in
     the working precision exactly as NumPy rounds it."""
-    lib.gc_set_simd_enabled(simd)
+    set_level(level)
     rng = np.random.default_rng(3)
     x = np.resize(np.concatenate([SPECIAL, rng.standard_normal(M) * 6]), (M, 1)).astype(dtype)
     bias = np.concatenate([[0.0, 0.0], rng.standard_normal(N) * 3, rng.uniform(-1e-3, 1e-3, N)])
@@ -273,11 +308,11 @@ def test_activation_accuracy(dtype, simd, act, M, N):
     assert np.all(ok), (z[~ok][:5], C[~ok][:5], ref[~ok][:5])
 
 
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_k_zero(dtype, simd):
+def test_k_zero(dtype, level):
     """K == 0: C = act(beta * C + bias); A and B are never read (NULL here)."""
-    lib.gc_set_simd_enabled(simd)
+    set_level(level)
     rng = np.random.default_rng(4)
     f = lib.gc_sgemm if dtype == np.float32 else lib.gc_dgemm
     for beta in (0.0, 1.0):
@@ -302,14 +337,14 @@ def test_empty_outputs_touch_nothing(dtype):
 
 
 def test_paths_and_threads_agree_closely():
-    """AVX2 vs portable, 1 vs 2 threads: same maths, different summation order only."""
+    """AVX-512 vs AVX2 vs portable, 1 vs 2 threads: same maths, different summation order only."""
     rng = np.random.default_rng(5)
     A = rng.standard_normal((300, 290))
     B = rng.standard_normal((290, 310))
     outs = []
-    for simd in (1, 0):
+    for level in CPU_LEVELS:
         for threads in (1, 2):
-            lib.gc_set_simd_enabled(simd)
+            set_level(level)
             lib.gc_set_num_threads(threads)
             outs.append(gemm(A, B, np.empty((300, 310))))
     for o in outs[1:]:
@@ -351,13 +386,83 @@ def test_thread_count_settings(monkeypatch):
 
 def test_simd_switch():
     lib.gc_set_simd_enabled(0)
-    assert lib.gc_simd_level() == 0
+    assert lib.gc_simd_level() == SCALAR
     lib.gc_set_simd_enabled(1)
+    best = lib.gc_simd_level()
+    assert best == max(CPU_LEVELS)
+    if hasattr(lib, "gc_set_simd_max"):
+        for cap in (SCALAR, AVX2, AVX512):
+            lib.gc_set_simd_max(cap)
+            assert lib.gc_simd_level() == min(cap, best)
+        lib.gc_set_simd_max(-1)
+        assert lib.gc_simd_level() == best
+        lib.gc_set_simd_max(AVX2)
+        lib.gc_set_simd_enabled(1)  # re-enabling lifts the cap, as before there were levels
+        assert lib.gc_simd_level() == best
     if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
         with open("/proc/cpuinfo") as f:
             flags = next((line.split() for line in f if line.startswith("flags")), [])
-        # 1 only where the CPU has AVX2+FMA (a build may still choose the portable path only)
-        assert lib.gc_simd_level() <= int("avx2" in flags and "fma" in flags)
+        # a level only where the CPU has its features (a build may still choose the portable path
+        # only); /proc/cpuinfo lists avx512* only when the kernel enables the zmm state
+        has_avx2 = "avx2" in flags and "fma" in flags
+        assert best <= (AVX512 if has_avx2 and {"avx512f", "avx512vl", "avx512dq"} <= set(flags)
+                        else AVX2 if has_avx2 else SCALAR)
+
+
+EDGE = [0, 1, 2, 7, 13, 31, 32, 33, 63, 64, 65, 200, 517]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edge_shapes_every_level(dtype, level):
+    """Every M, N, K in EDGE (tile, vector and block edges of all levels; 0 and 1 for the empty and
+    vector cases), with the other options cycling deterministically over the cases: 1 or 2
+    threads, the 4 transpose combinations, padded lda/ldb/ldc, beta 0 over a NaN-filled C or
+    beta 1, bias, each activation."""
+    set_level(level)
+    rng = np.random.default_rng(11)
+    acts = [IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU]
+    i = 0
+    for M in EDGE:
+        for N in EDGE:
+            for K in EDGE:
+                i += 1
+                transA, transB, beta = i % 2 == 1, i // 2 % 2 == 1, float(i // 4 % 2)
+                act, pads = acts[i % len(acts)], (i % 3, i % 5, i % 4)
+                if M * N * K > 1 << 18 and i % 4:  # keep the large cases to a quarter
+                    continue
+                lib.gc_set_num_threads(1 + i % 3 // 2)
+                A = padded(rng, *((K, M) if transA else (M, K)), pads[0], dtype)
+                B = padded(rng, *((N, K) if transB else (K, N)), pads[1], dtype)
+                C = padded(rng, M, N, pads[2], dtype)
+                if beta == 0:
+                    C[...] = np.nan
+                C0 = C.copy()
+                bias = rng.standard_normal(N).astype(dtype) if i % 7 < 4 else None
+                gemm(A, B, C, transA, transB, beta, bias, act, 0.1)
+                ref = reference(A, B, C0, transA, transB, beta, bias, act, 0.1)
+                assert np.all(np.isfinite(C)), (M, N, K, transA, transB, beta, act)
+                assert rel_err(C, ref) <= TOL[np.dtype(dtype)], (M, N, K, transA, transB, beta, act)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_levels_agree_on_the_epilogue(dtype):
+    """The AVX-512 write-back runs the AVX2 activation code on 256-bit halves: with K = 1 (one
+    exact product per element) every level gives the same bits for every activation."""
+    if not {AVX2, AVX512} <= set(CPU_LEVELS):
+        pytest.skip("needs AVX2 and AVX-512")
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((70, 1)) * 5).astype(dtype)
+    B = np.ones((1, 45), dtype)
+    bias = (rng.standard_normal(45) * 2).astype(dtype)
+    C0 = rng.standard_normal((70, 45)).astype(dtype)
+    for act in (IDENTITY, RELU, LEAKY, SIGMOID, TANH, ELU):
+        for beta in (0.0, 1.0):
+            outs = []
+            for level in (AVX2, AVX512):
+                set_level(level)
+                outs.append(gemm(x, B, C0.copy(), beta=beta, bias=bias, act=act, act_param=0.3))
+            np.testing.assert_array_equal(outs[0], outs[1])
 
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -426,14 +531,14 @@ def reference_ex(A, B, C0, transA, transB, alpha, beta, bias, act, p, addend, ga
        pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
        alpha=st.sampled_from([1.0, 0.0, -0.1, 2.5]), beta=st.sampled_from([0.0, 1.0]),
        with_addend=st.booleans(), gate=st.sampled_from([None, RELU, LEAKY]), with_bias=st.booleans(),
-       simd=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+       level=st.sampled_from(CPU_LEVELS), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
 def test_extended_epilogue_matches_numpy(dtype, M, N, K, transA, transB, pads, alpha, beta, with_addend, gate,
-                                         with_bias, simd, threads, seed):
+                                         with_bias, level, threads, seed):
     """C = gate'(alpha * op(A) op(B) + beta C + addend + bias) against float64 NumPy, with padded
     leading dimensions for every matrix, NaN garbage in C when beta = 0, and gates holding zeros
     and negatives (the kink: relu' is 0 at 0)."""
     rng = np.random.default_rng(seed)
-    lib.gc_set_simd_enabled(int(simd))
+    set_level(level)
     lib.gc_set_num_threads(threads)
     A = padded(rng, *((K, M) if transA else (M, K)), pads[0], dtype)
     B = padded(rng, *((N, K) if transB else (K, N)), pads[1], dtype)
@@ -472,13 +577,13 @@ def exec_matmul(A, B, C, transA, transB, bias=None, act=IDENTITY):
                        _ptr(bias), act, 0.0)
 
 
-@pytest.mark.parametrize("simd", [1, 0])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(784, 512, 256), (256, 10, 256), (300, 40, 600), (5, 7, 3), (6, 16, 0)])
-def test_sgd_update_epilogue_is_one_rounding_from_numpy(dtype, simd, M, N, K):
+def test_sgd_update_epilogue_is_one_rounding_from_numpy(dtype, level, M, N, K):
     """W - lr * X^T G (the weight-gradient GEMM of an SGD step, several K blocks for K = 600):
     the fused result is within a few ulp of NumPy's two-pass float computation, and W is not written."""
-    lib.gc_set_simd_enabled(simd)
+    set_level(level)
     rng = np.random.default_rng(M + N + K)
     X = rng.standard_normal((K, M)).astype(dtype)
     G = rng.standard_normal((K, N)).astype(dtype)

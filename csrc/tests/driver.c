@@ -188,9 +188,9 @@ int main(void) {
     test_copy_element_sizes();
     for (int threads = 1; threads <= 2; threads++) {
         gc_set_num_threads(threads);
-        for (int simd = 1; simd >= 0; simd--) {
-            gc_set_simd_enabled(simd);
-            gc_kernels_set_simd(simd);
+        for (int level = GC_SIMD_AVX512; level >= GC_SIMD_SCALAR; level--) { /* capped at the CPU's */
+            gc_set_simd_max(level);
+            gc_kernels_set_simd(level > 0);
             run_all_f32();
             run_all_f64();
         }

@@ -75,14 +75,16 @@ def set_num_threads(n: int) -> None:
 
 
 def backend_info() -> dict:
-    """Which backend runs by default, whether the AVX2+FMA kernels were selected, thread count."""
-    info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "threads": 1,
-            "c_import_error": C_IMPORT_ERROR}
+    """Which backend runs by default, whether the AVX2+FMA kernels were selected, the GEMM's SIMD
+    level ("scalar", "avx2" or "avx512"), thread count."""
+    info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "gemm_simd": "scalar",
+            "threads": 1, "c_import_error": C_IMPORT_ERROR}
     if C_AVAILABLE:
         lib = _cgraphc.lib
         # True only when both the GEMM and the vector-math kernels run their AVX2+FMA paths
         kernels_simd = lib.gc_kernels_simd_level() if hasattr(lib, "gc_kernels_simd_level") else 1
         info["avx2"] = bool(lib.gc_simd_level()) and bool(kernels_simd)
+        info["gemm_simd"] = {0: "scalar", 1: "avx2", 2: "avx512"}.get(int(lib.gc_simd_level()), "scalar")
         info["threads"] = int(_cgraphc.lib.gc_get_num_threads())
     return info
 
