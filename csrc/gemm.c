@@ -1377,19 +1377,32 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
 /* Entry points                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The micro-kernels of the selected SIMD level, for every entry point. */
+#define IMPL_PICKER(P, T)                                                                          \
+    static const gemm_impl *P##_impl(void) {                                                       \
+        IMPL_X86(T)                                                                                \
+        return &T##_SCALAR;                                                                        \
+    }
+#ifdef GC_X86
+#define IMPL_X86(T)                                                                                \
+    const int level = gc_simd_level();                                                             \
+    if (level >= GC_SIMD_AVX512) return &T##_AVX512;                                               \
+    if (level >= GC_SIMD_AVX2) return &T##_AVX2;
+#else
+#define IMPL_X86(T)
+#endif
+IMPL_PICKER(s, S)
+IMPL_PICKER(d, D)
+#undef IMPL_PICKER
+#undef IMPL_X86
+
 void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const float *A, int64_t lda, const float *B, int64_t ldb,
               float beta, float *C, int64_t ldc,
               const float *bias, int act, float act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
-    const gemm_impl *im = &S_SCALAR;
-#ifdef GC_X86
-    const int level = gc_simd_level();
-    if (level >= GC_SIMD_AVX512) im = &S_AVX512;
-    else if (level >= GC_SIMD_AVX2) im = &S_AVX2;
-#endif
-    gemm_run(im, &g, s_direct, s_no_k);
+    gemm_run(s_impl(), &g, s_direct, s_no_k);
 }
 
 void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
@@ -1398,13 +1411,7 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const double *bias, int act, double act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
-    const gemm_impl *im = &D_SCALAR;
-#ifdef GC_X86
-    const int level = gc_simd_level();
-    if (level >= GC_SIMD_AVX512) im = &D_AVX512;
-    else if (level >= GC_SIMD_AVX2) im = &D_AVX2;
-#endif
-    gemm_run(im, &g, d_direct, d_no_k);
+    gemm_run(d_impl(), &g, d_direct, d_no_k);
 }
 
 /* The descriptor as gemm_args, or -1 (GC_K_EINVAL) when it is malformed. The gate factor where
@@ -1440,21 +1447,13 @@ int gc_sgemm_ex(const gc_gemm_desc *d) {
     g.beta = (float)g.beta;
     g.act_param = (float)g.act_param;
     g.gate_param = (float)g.gate_param;
-    const gemm_impl *im = &S_SCALAR;
-#ifdef GC_X86
-    if (gc_simd_level()) im = &S_AVX2;
-#endif
-    gemm_run(im, &g, s_direct, s_no_k);
+    gemm_run(s_impl(), &g, s_direct, s_no_k);
     return 0;
 }
 
 int gc_dgemm_ex(const gc_gemm_desc *d) {
     gemm_args g;
     if (desc_args(d, &g)) return -1;
-    const gemm_impl *im = &D_SCALAR;
-#ifdef GC_X86
-    if (gc_simd_level()) im = &D_AVX2;
-#endif
-    gemm_run(im, &g, d_direct, d_no_k);
+    gemm_run(d_impl(), &g, d_direct, d_no_k);
     return 0;
 }
