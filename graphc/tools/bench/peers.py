@@ -58,7 +58,7 @@ SMALL_SIZES = (64, 32, 10)
 ROUNDS = 7
 REPEATS = 15
 MIN_BATCH_S = 2e-3  # one measurement of a microsecond-scale step averages this long a batch of calls
-PAUSE_S = 0.1  # before each turn: longer than the spin-wait of idle OpenMP / OpenBLAS workers
+PAUSE_S = 0.5  # before each turn: longer than the spin-wait of idle workers (OpenBLAS: 2^28 cycles, ~0.1 s)
 REPLY_TIMEOUT_S = 600.0  # a worker that says nothing for this long is declared hung
 # After one step from the same weights, the max relative difference of each peer's parameter
 # *updates* (p1 - p0) to the NumPy step's, relative to max |NumPy update| per parameter. The updates,
