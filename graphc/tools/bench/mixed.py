@@ -8,7 +8,10 @@ GEMM      graphc's n x n float32 GEMM (a compiled `a @ b` of two placeholders on
           interleaved call by call (graphc, NumPy, graphc, ...), each call timed on its own. Reported:
           GFLOP/s alone and interleaved (median over rounds of the per-round medians) and
           interleaved / alone. Issue 14's target: both >= 0.9 (thread pools that spin after a call,
-          or want the same cores, slow the other library down).
+          or want the same cores, slow the other library down). graphc's pool spins at most ~50 us
+          when idle; OpenBLAS's workers spin 2^OPENBLAS_THREAD_TIMEOUT cycles (default 2^28, ~0.1 s)
+          after every NumPy call, so run it also as `OPENBLAS_THREAD_TIMEOUT=4 graphc bench --mixed`
+          to see the difference (the variable is read when NumPy loads OpenBLAS).
 loaded    the small MLP step (64-32-10, batch 32, float32, SGD through compile(updates=...)) at 1 and
           2 graphc threads, without and with one busy-loop process (started here, pinned
           to the last CPU, killed afterwards), 1- and 2-thread runs interleaved per round. Target:
@@ -147,7 +150,8 @@ def mixed_suite(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, 
             loaded = loaded_small_mlp(rounds, repeats, busy)
     finally:
         gc.set_num_threads(old)
-    return dict(threads=n, gemm=gemm, loaded=loaded)
+    return dict(threads=n, gemm=gemm, loaded=loaded,
+                openblas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
 
 
 def format_tables(res: dict) -> str:
@@ -160,6 +164,10 @@ def format_tables(res: dict) -> str:
                               ("alone_gflops", "alone GFLOP/s", "{:.1f}"),
                               ("interleaved_gflops", "interleaved", "{:.1f}"),
                               ("ratio", f"ratio (>= {g['target']})", "{:.2f}"), ("met", "met", "{}")]),
+           # OpenBLAS's idle workers busy-wait 2^OPENBLAS_THREAD_TIMEOUT cycles (default 28, ~0.1 s)
+           # after each call, on the cores graphc's next call wants; 4 makes them sleep at once
+           "OPENBLAS_THREAD_TIMEOUT=" + (res.get("openblas_thread_timeout") or "unset (OpenBLAS default 28: "
+                                         "its idle workers spin ~2^28 cycles after each call)"),
            ""]
     out.append(_table(ld["rows"], [("load", "small MLP step (64-32-10, b32, f32), graphc c", "{}"),
                                    ("threads", "threads", "{}"), ("median_us", "us", "{:.1f}"),
