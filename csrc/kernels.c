@@ -30,22 +30,21 @@
 
 /* Parallel thresholds: below this much work (elements, or the kernel's own unit) a kernel runs
  * on the calling thread, because handing half of it to a pool thread costs more than it saves.
- * PROVISIONAL: these are the OpenMP build's single threshold (65536, measured when a fork/join
- * cost ~1 us), carried over per kernel. The pool's region costs about the same while its worker
- * spins (~0.3-0.5 us, csrc/tests/pool_bench.c), so they should be close; the per-kernel
- * measurement with csrc/tests/pool_bench.py could not be made on the development machine (load
- * 5-10 on its 2 cores: the worker rarely got a core and 2 threads lost at every size). Re-measure
- * there on a quiet machine and set each to the size where 2 threads start to win. */
+ * Each is the size from which 2 threads beat 1 in csrc/tests/pool_bench.py (float32, calls back
+ * to back so the worker is awake, medians of 15 batches; 2-core Xeon VM, quiet, 2026-12-01):
+ * relu/exp 1.25-1.39x at 32768 elements (<= 1.1x below), add 1.13x at 65536 (noisy below),
+ * softmax over rows of 64 1.30x at 4096, row sums 1.26x at 32768 (0.73x at 8192), BCE 2.3x at
+ * 4096. Conv and pooling were not measured: they keep the OpenMP build's 65536. */
 #ifdef GC_PAR_MIN_ZERO /* csrc/tests/pool_bench.py's build: every kernel splits */
 #define PAR_MIN_SCALE 0
 #else
 #define PAR_MIN_SCALE 1
 #endif
-#define PAR_MIN_UNARY (65536 * PAR_MIN_SCALE)  /* elements: gc_unary, gc_act_backward, BCE backward */
+#define PAR_MIN_UNARY (32768 * PAR_MIN_SCALE)  /* elements: gc_unary, gc_act_backward, BCE backward */
 #define PAR_MIN_BINARY (65536 * PAR_MIN_SCALE) /* output elements of a broadcasting binary op */
-#define PAR_MIN_FUSED (65536 * PAR_MIN_SCALE)  /* elements of a fused elementwise program */
-#define PAR_MIN_REDUCE (65536 * PAR_MIN_SCALE) /* elements read by a reduction */
-#define PAR_MIN_ROWS (65536 * PAR_MIN_SCALE)   /* elements of softmax / its backward / softmax-CE */
+#define PAR_MIN_FUSED (32768 * PAR_MIN_SCALE)  /* elements of a fused elementwise program */
+#define PAR_MIN_REDUCE (32768 * PAR_MIN_SCALE) /* elements read by a reduction */
+#define PAR_MIN_ROWS (4096 * PAR_MIN_SCALE)     /* elements of softmax / its backward / softmax-CE */
 #define PAR_MIN_BCE (4096 * PAR_MIN_SCALE)     /* elements of the BCE loss: exp + log1p each (was n*16 >= 65536) */
 #define PAR_MIN_CONV (65536 * PAR_MIN_SCALE)   /* multiply-adds of a conv2d (its GEMMs thread themselves) */
 #define PAR_MIN_POOL (65536 * PAR_MIN_SCALE)   /* window taps of a pooling layer */

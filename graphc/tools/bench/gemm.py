@@ -35,7 +35,7 @@ MLP_SHAPES = [
     ("dx g1@W1^T", 256, 784, 512, False, True),
 ]
 
-_PAUSE_S = 0.05  # longer than the spin-wait of idle graphc / OpenBLAS workers
+_PAUSE_S = 0.25  # longer than the spin-wait of idle workers (OpenBLAS: 2^28 cycles, ~0.1 s; graphc: ~50 us)
 
 
 def load_lib():
