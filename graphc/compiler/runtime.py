@@ -24,7 +24,8 @@ class Function:
     It returns a list of NumPy arrays in the order of `outputs` (a single array when compile()
     was given one Tensor); they are the caller's: an array returned earlier is never written
     again while anything still references it (the C backend reuses only output buffers the
-    caller has dropped, and keeps up to two per output, plus the arena of a plan up to 16 MiB).
+    caller has dropped, and keeps up to two per output, plus the arena of a plan up to 16 MiB;
+    it also holds the last call's feed arrays until the next call, to reuse their pointers).
     One Plan is built and cached per signature of feed and parameter shapes; a call with the
     last signature's dtypes and C-contiguous arrays takes a short path (see _fast_call)."""
 
