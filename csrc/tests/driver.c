@@ -30,6 +30,7 @@
 #include "fused.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "threads.h"
 
 static long g_checks, g_failures;
 
