@@ -1327,8 +1327,14 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     const int64_t mpanels = (g->M + im->mr - 1) / im->mr;
     const int64_t npanels = (MIN(g->N, im->nc) + im->nr - 1) / im->nr;
     /* Split rows (each thread packs its own A blocks, all share B) when every thread gets a
-     * few row panels; otherwise split the B panels and let each thread pack the small A. */
-    x.split_rows = mpanels >= 4 * (int64_t)nt || mpanels >= npanels;
+     * few row panels; otherwise split the B panels and let each thread pack the small A. Also
+     * split the B panels when that shares the work out more evenly: the slowest thread sets the
+     * time, and 256 rows are 19 panels of 14 (10 + 9) but 512 columns 16 panels of 32 (8 + 8). */
+    {
+        const int64_t t = nt > 1 ? nt : 1;
+        const int64_t by_rows = (mpanels + t - 1) / t * npanels, by_cols = mpanels * ((npanels + t - 1) / t);
+        x.split_rows = (mpanels >= 4 * t || mpanels >= npanels) && !(npanels >= t && by_cols < by_rows);
+    }
     if (x.split_rows) nt = (int)MIN((int64_t)nt, mpanels);
     else nt = (int)MIN((int64_t)nt, npanels);
     if (nt < 1) nt = 1;
