@@ -331,9 +331,10 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         return GC_K_OK;
     }
     case GC_OP_GEMM_EX: {
-        NEED(16);
+        NEED(17);
         void *A = PTR(8), *B = PTR(9), *C = PTR(10);
         const void *X = PTR(11), *G = PTR(12);
+        void *S = PTR(16); /* the column sums of op(B) (a bias gradient), or NULL */
         REQUIRE(A && B && C);
         const double alpha = FCONST(13), gp = FCONST(15);
         const int gate_act = (int)a[14];
@@ -345,11 +346,12 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
             const int64_t n = a[2] * a[3];
             if (f64) epilogue_f64(n, C, alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? gp : 0.0);
             else epilogue_f32(n, C, (float)alpha, X, G, gate_act == GC_ACT_LEAKY_RELU ? (float)gp : 0.0f);
+            if (S) gc_gemm_colsum(f64, (int)a[1], a[4], a[3], B, a[6], S);
             return GC_K_OK;
         }
         const gc_gemm_desc d = {(int)a[0], (int)a[1], a[2], a[3], a[4], A, a[5], B, a[6], C, a[7], alpha, 0.0,
                                 NULL, GC_ACT_IDENTITY, 0.0, X, a[3] > 1 ? a[3] : 1, G, a[3] > 1 ? a[3] : 1,
-                                gate_act, gp};
+                                gate_act, gp, S};
         return (f64 ? gc_dgemm_ex(&d) : gc_sgemm_ex(&d)) == 0 ? GC_K_OK : GC_K_EINVAL;
     }
     case GC_OP_UNARY: {

@@ -100,6 +100,7 @@ typedef struct {
     const void *gate;      /* NULL or M x N (row stride ldg): multiply by act'(gate) at the end */
     int64_t ldx, ldg;
     double gate_param;     /* the factor where gate <= 0 (0 for relu, the slope for leaky_relu) */
+    void *colsum;          /* NULL or N: the column sums of op(B) over K, written as B is packed */
 } gemm_args;
 
 /* What the write-back of one micro-tile must do, in this order:
@@ -149,6 +150,9 @@ typedef void (*kernel_fn)(int64_t, const void *, int64_t, int64_t, const void *,
 /* pack_a(A, lda, transA, row0, col0 (k), rows, kc, dst): MR-tall panels, k-major inside a panel.
  * pack_b(B, ldb, transB, row0 (k), col0, kc, cols, dst): NR-wide panels, k-major inside. */
 typedef void (*pack_fn)(const void *, int64_t, int, int64_t, int64_t, int64_t, int64_t, void *);
+/* colsum(packed panels, kc, nr, cols, out, first): out[j] (=, when first, else +=) the sum over the
+ * kc rows of column j < cols of the NR-wide panels that pack_b wrote (see gemm_args.colsum). */
+typedef void (*colsum_fn)(const void *, int64_t, int64_t, int64_t, void *, int);
 
 typedef struct {
     size_t esize;
@@ -156,7 +160,54 @@ typedef struct {
     pack_fn pack_a, pack_b;
     kernel_fn kernel;
     kernel_fn kernel_strided; /* NULL: always pack A */
+    colsum_fn colsum;         /* NULL: the portable colsum_packed of esize */
 } gemm_impl;
+
+/* Column sums of packed B panels (gemm_args.colsum), for one NR known at compile time so that a
+ * panel's NR running sums stay in registers. Each column is summed row after row, k = 0, 1, ...
+ * across the K blocks too (out carries the sums between blocks), which is the order of NumPy's
+ * sum over axis 0. The panels are in cache: pack_b has just written them. */
+#define GEN_COLSUM(NAME, T, NR, TARGET)                                                            \
+    TARGET static void NAME(const void *vp, int64_t kc, int64_t nr, int64_t cols, void *vout,      \
+                            int first) {                                                           \
+        const T *p = (const T *)vp;                                                                \
+        T *out = (T *)vout;                                                                        \
+        (void)nr;                                                                                  \
+        for (int64_t j0 = 0; j0 < cols; j0 += NR, p += NR * kc) {                                  \
+            const int64_t n = MIN(NR, cols - j0);                                                  \
+            T acc[NR];                                                                             \
+            for (int j = 0; j < NR; j++) acc[j] = (first || j >= n) ? (T)0 : out[j0 + j];          \
+            for (int64_t k = 0; k < kc; k++)                                                       \
+                for (int j = 0; j < NR; j++) acc[j] += p[k * NR + j];                              \
+            for (int64_t j = 0; j < n; j++) out[j0 + j] = acc[j];                                  \
+        }                                                                                          \
+    }
+
+/* The same for any NR (the portable tables), and for op(B) read in place: the paths that never
+ * pack B (tiny products, K == 0, out of scratch memory) still owe the caller its column sums. */
+#define GEN_COLSUM_ANY(P, T)                                                                       \
+    static void P##_colsum_packed(const void *vp, int64_t kc, int64_t nr, int64_t cols, void *vout, \
+                                  int first) {                                                     \
+        const T *p = (const T *)vp;                                                                \
+        T *out = (T *)vout;                                                                        \
+        for (int64_t j0 = 0; j0 < cols; j0 += nr, p += nr * kc) {                                  \
+            const int64_t n = MIN(nr, cols - j0);                                                  \
+            for (int64_t j = 0; j < n; j++)                                                        \
+                if (first) out[j0 + j] = 0;                                                        \
+            for (int64_t k = 0; k < kc; k++)                                                       \
+                for (int64_t j = 0; j < n; j++) out[j0 + j] += p[k * nr + j];                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void P##_colsum_plain(int transB, int64_t K, int64_t N, const void *vb, int64_t ldb,    \
+                                 void *vout) {                                                     \
+        const T *B = (const T *)vb;                                                                \
+        T *out = (T *)vout;                                                                        \
+        for (int64_t j = 0; j < N; j++) out[j] = 0;                                                \
+        for (int64_t k = 0; k < K; k++)                                                            \
+            for (int64_t j = 0; j < N; j++) out[j] += transB ? B[j * ldb + k] : B[k * ldb + j];    \
+    }
+GEN_COLSUM_ANY(s, float)
+GEN_COLSUM_ANY(d, double)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Scalar activation (the portable epilogue; also the reference for the vectorised one)        */
@@ -800,10 +851,14 @@ AVX2 static void d_kernel_avx2_strided(int64_t kc, const void *a, int64_t rsa, i
 #ifndef D_NC
 #define D_NC 4080
 #endif
+GEN_COLSUM(s_colsum_avx2, float, S_NR, AVX2)
+GEN_COLSUM(d_colsum_avx2, double, D_NR, AVX2)
 static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, S_MC, S_KC, S_NC,
-                                 s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided};
+                                 s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided,
+                                 s_colsum_avx2};
 static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, D_MC, D_KC, D_NC,
-                                 d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided};
+                                 d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided,
+                                 d_colsum_avx2};
 
 /* ------------------------------------------------------------------------------------------ */
 /* AVX-512 (F + VL + DQ) micro-kernels                                                         */
@@ -1151,16 +1206,18 @@ AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, in
 #ifndef D5_NC
 #define D5_NC 4096
 #endif
+GEN_COLSUM(s5_colsum, float, S5_NR, AVX512)
+GEN_COLSUM(d5_colsum, double, D5_NR, AVX512)
 static const gemm_impl S_AVX512 = {sizeof(float), S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
-                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided};
+                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum};
 static const gemm_impl D_AVX512 = {sizeof(double), D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
-                                   d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided};
+                                   d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided, d5_colsum};
 #endif /* GC_X86 */
 
 static const gemm_impl S_SCALAR = {sizeof(float), SC_MR, SC_NR, 128, 256, 4096,
-                                   s_pack_a_sc, s_pack_b_sc, s_kernel_sc, NULL};
+                                   s_pack_a_sc, s_pack_b_sc, s_kernel_sc, NULL, s_colsum_packed};
 static const gemm_impl D_SCALAR = {sizeof(double), SC_MR, SC_NR, 64, 256, 4096,
-                                   d_pack_a_sc, d_pack_b_sc, d_kernel_sc, NULL};
+                                   d_pack_a_sc, d_pack_b_sc, d_kernel_sc, NULL, d_colsum_packed};
 
 /* ------------------------------------------------------------------------------------------ */
 /* Blocking driver                                                                             */
@@ -1174,6 +1231,7 @@ typedef struct {
     int direct_a;       /* kernels read A in place (few columns: packing A would not pay off) */
     int64_t kc_max, mc_max; /* K and M block sizes of this call (<= KC, MC) */
     char *bpack;        /* kc_max x round_up(nc, NR), shared */
+    colsum_fn colsum;   /* im->colsum or the portable one */
     char *apack;        /* per thread: mc_max x kc_max */
     size_t apack_stride;
 } driver_ctx;
@@ -1254,10 +1312,15 @@ static void driver_body(const driver_ctx *x, int tid) {
         for (int64_t pc = 0; pc < g->K; pc += x->kc_max) {
             const int64_t kc = MIN(x->kc_max, g->K - pc);
             const epi_t e = epi_for(g, pc == 0, pc + kc == g->K);
-            if (jp1 > jp0)
-                im->pack_b(g->B, g->ldb, g->transB, pc, jc + jp0 * im->nr, kc,
-                           MIN(nc, jp1 * im->nr) - jp0 * im->nr,
-                           x->bpack + (size_t)(jp0 * im->nr * kc) * es);
+            if (jp1 > jp0) {
+                const int64_t cols = MIN(nc, jp1 * im->nr) - jp0 * im->nr;
+                char *mine = x->bpack + (size_t)(jp0 * im->nr * kc) * es;
+                im->pack_b(g->B, g->ldb, g->transB, pc, jc + jp0 * im->nr, kc, cols, mine);
+                /* the same columns every K block: no other thread touches these sums */
+                if (g->colsum)
+                    x->colsum(mine, kc, im->nr, cols, (char *)g->colsum + (size_t)(jc + jp0 * im->nr) * es,
+                              pc == 0);
+            }
             if (x->split_rows) {
                 if (nt > 1) gc_barrier(); /* B block packed by everyone */
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
@@ -1306,15 +1369,24 @@ static void driver_thread(void *ctx, int tid, int team) {
 #define DIRECT_A_MAX_PANELS 4
 #endif
 
+/* gemm_args.colsum on the paths that do not pack B. */
+static void colsum_unpacked(const gemm_impl *im, const gemm_args *g) {
+    if (!g->colsum || g->N <= 0) return;
+    const int64_t K = MAX(g->K, 0);
+    if (im->esize == sizeof(float)) s_colsum_plain(g->transB, K, g->N, g->B, g->ldb, g->colsum);
+    else d_colsum_plain(g->transB, K, g->N, g->B, g->ldb, g->colsum);
+}
+
 static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(const gemm_args *),
                      void (*no_k)(const gemm_args *)) {
-    if (g->M <= 0 || g->N <= 0) return;
-    if (g->K <= 0) {
-        no_k(g);
+    if (g->M <= 0 || g->N <= 0 || g->K <= 0) {
+        colsum_unpacked(im, g);
+        if (g->M > 0 && g->N > 0) no_k(g);
         return;
     }
     const double fmas = (double)g->M * (double)g->N * (double)g->K;
     if (fmas < DIRECT_MAX_FMAS) {
+        colsum_unpacked(im, g);
         direct(g);
         return;
     }
@@ -1368,10 +1440,12 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     const size_t bspan = (size_t)round_up((int64_t)bbytes, GC_ALIGN);
     char *scratch = (char *)scratch_alloc(bspan + x.apack_stride * (size_t)nt);
     if (!scratch) { /* out of memory for scratch: still produce the right answer, slowly */
+        colsum_unpacked(im, g);
         direct(g);
         return;
     }
     x.bpack = scratch;
+    x.colsum = im->colsum ? im->colsum : im->esize == sizeof(float) ? s_colsum_packed : d_colsum_packed;
     x.apack = scratch + bspan;
 
     if (nt == 1) driver_body(&x, 0);
@@ -1438,9 +1512,10 @@ static int desc_args(const gc_gemm_desc *d, gemm_args *g) {
         else if (d->gate_act != GC_ACT_RELU) return -1;
     }
     if (d->addend && d->ldx < (N > 1 ? N : 1)) return -1;
+    if (d->colsum_b && N > 0 && K > 0 && !d->b) return -1;
     const gemm_args a = {d->trans_a != 0, d->trans_b != 0, M, N, K, d->lda, d->ldb, d->ldc, d->a, d->b,
                          d->c, d->bias, d->beta, d->act_param, d->act, d->alpha, d->addend, d->gate,
-                         d->ldx, d->ldg, gp};
+                         d->ldx, d->ldg, gp, d->colsum_b};
     *g = a;
     return 0;
 }
@@ -1462,4 +1537,10 @@ int gc_dgemm_ex(const gc_gemm_desc *d) {
     if (desc_args(d, &g)) return -1;
     gemm_run(d_impl(), &g, d_direct, d_no_k);
     return 0;
+}
+
+void gc_gemm_colsum(int f64, int trans_b, int64_t K, int64_t N, const void *B, int64_t ldb, void *out) {
+    if (N <= 0) return;
+    if (f64) d_colsum_plain(trans_b != 0, K > 0 ? K : 0, N, B, ldb, out);
+    else s_colsum_plain(trans_b != 0, K > 0 ? K : 0, N, B, ldb, out);
 }

@@ -46,7 +46,11 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
  * ReLU layer): relu: gate > 0 ? 1 : 0, leaky_relu: gate > 0 ? 1 : gate_param; the products are
  * those of graphc's activation_grad kernel (g * 0 keeps a NaN g a NaN). Other gate_act values,
  * negative sizes or leading dimensions smaller than a row give GC_K_EINVAL (-1) and touch
- * nothing; 0 on success. */
+ * nothing; 0 on success.
+ * colsum_b (length n) may be NULL; otherwise it receives sum_k op(B)[k, j], summed row after row
+ * like NumPy's sum over axis 0 and computed from the packed panels of B while they are in cache:
+ * the bias gradient db = sum over the batch of dZ next to dW = X^T dZ, without another pass over
+ * dZ. It must not overlap any operand. */
 typedef struct {
     int trans_a, trans_b;
     int64_t m, n, k;
@@ -66,10 +70,14 @@ typedef struct {
     int64_t ldg;
     int gate_act; /* GC_ACT_RELU or GC_ACT_LEAKY_RELU when gate != NULL */
     double gate_param;
+    void *colsum_b; /* NULL, or length n: receives the column sums of op(B) over K */
 } gc_gemm_desc;
 
 int gc_sgemm_ex(const gc_gemm_desc *d);
 int gc_dgemm_ex(const gc_gemm_desc *d);
+/* colsum_b alone (float64 when f64): out[j] = sum_k op(B)[k, j], op(B) K x N, for the callers that
+ * compute a product without the packed GEMM. */
+void gc_gemm_colsum(int f64, int trans_b, int64_t K, int64_t N, const void *B, int64_t ldb, void *out);
 
 /* Threads: gc_set_num_threads / gc_get_num_threads are in threads.h. */
 /* SIMD level of the GEMM micro-kernels: the best one this CPU (and OS) supports, capped by the

@@ -604,3 +604,59 @@ def test_gemm_ex_ops_match_numpy_backend(dtype, m, k, n):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
     assert np.all(got[1][Y <= 0] == 0)
+
+
+# -- bias gradients summed by the weight-gradient GEMM (gc_sgemm_ex's colsum_b) --------------------
+def _steps_and_hosts(f):
+    lo = runner_of(f).lowered
+    return [s.node.op for s in lo.plan.steps], lo.colsum_hosts
+
+
+@pytest.mark.skipif(not C_AVAILABLE, reason="the C extension is not built")
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 9, 300])
+def test_bias_gradients_are_summed_by_the_weight_gradient_gemms(dt, batch):
+    """db = sum_to(dZ) is dropped and written by the GEMM dW = h^T dZ of the same layer, with the
+    SGD update fused (matmul_update) or the gradients returned (plain matmul); values as NumPy's."""
+    rng = np.random.default_rng(batch)
+    feeds = dict(x=rng.standard_normal((batch, 20)).astype(dt), y=rng.integers(0, 5, batch))
+    x, y, params, loss = _mlp(dt)
+    fc, _ = both([loss] + gc.grad(loss, params), feeds)
+    ops, hosts = _steps_and_hosts(fc)
+    assert sorted(ops[h] for h in hosts) == ["matmul"] * 3 and {ops[s] for s in hosts.values()} == {"sum_to"}
+    assert "sum_to" in ops  # still in the plan (explain, NumPy backend); only the C code drops it
+    results = {}
+    for backend in ("c", "numpy"):
+        x, y, params, loss = _mlp(dt)
+        step = gc.compile(loss, backend=backend,
+                          updates={p: p - 0.1 * g for p, g in zip(params, gc.grad(loss, params))})
+        losses = [step(**feeds) for _ in range(3)]
+        results[backend] = losses + [p.value for p in params]
+        if backend == "c":
+            ops, hosts = _steps_and_hosts(step)
+            assert sorted(ops[h] for h in hosts) == ["matmul_update"] * 3
+    for a, b in zip(results["c"], results["numpy"]):
+        assert_close(a, b, tol=TOL[np.dtype(dt)] * 10)
+
+
+@pytest.mark.skipif(not C_AVAILABLE, reason="the C extension is not built")
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_a_bias_gradient_read_before_its_gemm_is_summed_on_its_own(dt):
+    """The sum would be written late (by the GEMM): a step between reading it keeps sum_to."""
+    rng = np.random.default_rng(3)
+    feeds = dict(x=rng.standard_normal((9, 4)).astype(dt), dz=rng.standard_normal((9, 6)).astype(dt))
+
+    def graph(read_between: bool):
+        x, dz = gc.placeholder("x", (None, 4), dt), gc.placeholder("dz", (None, 6), dt)
+        b = gc.parameter(np.zeros(6, dt), name="b")
+        g = gc.tanh(dz)
+        db = gc.sum_to(g, b)
+        reader = gc.exp(db) if read_between else db
+        return [gc.matmul(gc.tanh(x), g, trans_a=True), reader]  # tanh(x): the GEMM runs last
+
+    fc, _ = both(graph(True), feeds)
+    ops, hosts = _steps_and_hosts(fc)
+    assert ops.index("sum_to") < ops.index("exp") < ops.index("matmul") and hosts == {}
+    fc, _ = both(graph(False), feeds)  # the positive control: the sum is only an output
+    ops, hosts = _steps_and_hosts(fc)
+    assert [(ops[h], ops[s]) for h, s in hosts.items()] == [("matmul", "sum_to")]

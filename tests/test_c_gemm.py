@@ -495,7 +495,7 @@ def test_gemm_inside_an_outer_openmp_team_does_not_deadlock(tmp_path):
 
 # -- the extended epilogue (gc_sgemm_ex / gc_dgemm_ex): alpha, addend, gate ----------------------
 def gemm_ex(A, B, C, transA=False, transB=False, alpha=1.0, beta=0.0, bias=None, act=IDENTITY, act_param=0.0,
-            addend=None, gate=None, gate_act=RELU, gate_param=0.0):
+            addend=None, gate=None, gate_act=RELU, gate_param=0.0, colsum=None):
     """Call gc_sgemm_ex/gc_dgemm_ex through its descriptor; returns the status."""
     M, K = (A.shape[1], A.shape[0]) if transA else A.shape
     N = B.shape[0] if transB else B.shape[1]
@@ -506,6 +506,7 @@ def gemm_ex(A, B, C, transA=False, transB=False, alpha=1.0, beta=0.0, bias=None,
     d.addend, d.ldx = _ptr(addend), _ld(addend) if addend is not None else 0
     d.gate, d.ldg = _ptr(gate), _ld(gate) if gate is not None else 0
     d.gate_act, d.gate_param = gate_act, gate_param
+    d.colsum_b = _ptr(colsum)
     f = lib.gc_sgemm_ex if C.dtype == np.float32 else lib.gc_dgemm_ex
     return f(d)
 
@@ -595,6 +596,56 @@ def test_sgd_update_epilogue_is_one_rounding_from_numpy(dtype, level, M, N, K):
     want = W.astype(np.float64) - lr * (X.T.astype(np.float64) @ G.astype(np.float64))
     scale = np.abs(W).max() + lr * np.abs(X.T.astype(np.float64)) @ np.abs(G.astype(np.float64))
     assert np.all(np.abs(out - want) <= 8 * np.finfo(dtype).eps * scale)
+
+
+def sequential_colsum(opB, dtype):
+    """sum_k opB[k] added row after row in dtype (NumPy's order for a sum over axis 0)."""
+    out = np.zeros(opB.shape[1], dtype)
+    for row in opB:
+        out = out + row
+    return out
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,N,K,transB", [
+    (784, 512, 256, False),  # the W-mlp step's dW1 = X^T dZ1 (rows split across threads)
+    (40, 512, 600, False),   # several K blocks, B panels split across threads
+    (256, 10, 256, False),   # one partial panel
+    (64, 4100, 9, False),    # more columns than one NC block
+    (33, 37, 300, True),     # op(B) = B^T
+    (3, 5, 7, False),        # below DIRECT_MAX_FMAS: B is never packed
+    (6, 16, 0, False),       # K = 0: the sums are 0
+    (0, 7, 5, False),        # M = 0: no product, the sums are still owed
+])
+def test_colsum_of_b_is_numpy_sum_over_rows(level, dtype, threads, M, N, K, transB):
+    """colsum_b = the column sums of op(B), bit for bit NumPy's sum over axis 0 (row after row,
+    also across K blocks and threads), next to an unchanged product and epilogue."""
+    set_level(level)
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(M * 7 + N + K)
+    A = rng.standard_normal((K, M)).astype(dtype)
+    B = rng.standard_normal((N, K) if transB else (K, N)).astype(dtype)
+    W = rng.standard_normal((M, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
+    sums = np.full(N + 2, np.nan, dtype)  # two guard values after the N sums
+    assert gemm_ex(A, B, out, transA=True, transB=transB, alpha=-0.01, addend=W, colsum=sums[:N]) == 0
+    opB = B.T if transB else B
+    np.testing.assert_array_equal(sums[:N], sequential_colsum(opB, dtype))
+    assert np.isnan(sums[N:]).all()
+    plain = np.full((M, N), np.nan, dtype)
+    assert gemm_ex(A, B, plain, transA=True, transB=transB, alpha=-0.01, addend=W) == 0
+    np.testing.assert_array_equal(out, plain)
+
+
+def test_colsum_refuses_a_missing_b():
+    A, C, sums = np.ones((2, 3), np.float32), np.zeros((3, 4), np.float32), np.full(4, 7.0, np.float32)
+    d = ffi.new("gc_gemm_desc *")
+    d.trans_a, d.m, d.n, d.k, d.lda, d.ldb, d.ldc = 1, 3, 4, 2, 3, 4, 4
+    d.a, d.b, d.c, d.colsum_b = _ptr(A), ffi.NULL, _ptr(C), _ptr(sums)
+    assert lib.gc_sgemm_ex(d) == -1
+    assert np.all(sums == 7.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -108,6 +108,7 @@ class _Lowering:
         self.fconst: list = [0.0]
         self.scratch_need = 0
         self.loc: dict = {}  # slot -> (kind, value) with kind a gc_ref_kind
+        self.colsum: dict = {}  # GEMM step -> slot of the bias gradient it also writes (_colsum_hosts)
 
     # -- operands ----------------------------------------------------------------------------
     def ref(self, slot: int) -> int:
@@ -148,6 +149,8 @@ def _gemm(lw, k, step):
         n, ldb = (r, c) if tb else (c, c)
     else:
         n, ldb = 1, 1
+    if k in lw.colsum:  # a plain matmul that also computes a bias gradient
+        return _gemm_ex(lw, k, step)
     ins = step.inputs
     bias = lw.ref(ins[2]) if len(ins) == 3 else _NO_REF
     act = c_code("GC_ACT_", node.attrs.get("act", "identity"))
@@ -159,30 +162,85 @@ def _gemm(lw, k, step):
 
 
 def _gemm_ex(lw, k, step):
-    """matmul_update (C = x + alpha op(A) op(B)) and matmul_act_grad (C = op(A) op(B) * act'(y)):
-    one GEMM whose epilogue reads the third input, contiguous like the output (gc_sgemm_ex)."""
-    from ..ops.fused import GATE_ACTS
-    node = step.node
-    if not _floats(node) or any(i.ndim != 2 for i in node.inputs):
+    """matmul_update (C = x + alpha op(A) op(B)), matmul_act_grad (C = op(A) op(B) * act'(y)), and
+    a plain 2-d matmul that also owes a bias gradient (_colsum_hosts): one GEMM whose epilogue reads
+    the third input, contiguous like the output (gc_sgemm_ex)."""
+    if not _gemm_ex_lowers(step.node):
         return False
-    a, b, _ = node.inputs
+    node = step.node
+    a, b = node.inputs[:2]
     ta, tb = bool(node.attrs["trans_a"]), bool(node.attrs["trans_b"])
     m, n = node.shape
     kk = a.shape[0] if ta else a.shape[1]
+    addend = gate = None
+    alpha, gate_act, gate_param = 1.0, 0, 0.0
     if node.op == "matmul_update":
-        addend, gate, alpha, gate_act, gate_param = step.inputs[2], None, node.attrs["alpha"], 0, 0.0
-    else:
-        gate_act = c_code("GC_ACT_", node.attrs["act"])
-        if node.attrs["act"] not in GATE_ACTS or gate_act is None:
-            return False
-        addend, gate, alpha, gate_param = None, step.inputs[2], 1.0, node.attrs["alpha"]
+        addend, alpha = step.inputs[2], node.attrs["alpha"]
+    elif node.op == "matmul_act_grad":
+        gate, gate_act, gate_param = step.inputs[2], c_code("GC_ACT_", node.attrs["act"]), node.attrs["alpha"]
+    colsum = lw.colsum.get(k)
     if m * n == 0:
-        return True
+        return colsum is None
     lw.emit(lib.GC_OP_GEMM_EX, k, node.dtype, int(ta), int(tb), m, n, kk, max(a.shape[1], 1), max(b.shape[1], 1),
             max(n, 1), lw.ref(step.inputs[0]), lw.ref(step.inputs[1]), lw.ref(step.out),
             _NO_REF if addend is None else lw.ref(addend), _NO_REF if gate is None else lw.ref(gate),
-            lw.fidx(alpha), gate_act, lw.fidx(gate_param))
+            lw.fidx(alpha), gate_act, lw.fidx(gate_param), _NO_REF if colsum is None else lw.ref(colsum))
     return True
+
+
+def _gemm_ex_lowers(node) -> bool:
+    """_gemm_ex emits node: float 2-d operands and, for matmul_act_grad, a gate it knows."""
+    from ..ops.fused import GATE_ACTS
+    if not _floats(node) or any(i.ndim != 2 for i in node.inputs[:2]) or node.ndim != 2:
+        return False
+    if node.op == "matmul":
+        return len(node.inputs) == 2
+    if node.op == "matmul_update":
+        return node.inputs[2].ndim == 2
+    return (node.op == "matmul_act_grad" and node.inputs[2].ndim == 2 and node.attrs["act"] in GATE_ACTS
+            and c_code("GC_ACT_", node.attrs["act"]) is not None)
+
+
+def _colsum_hosts(plan: Plan, arena) -> dict:
+    """{GEMM step: sum_to step} for the bias gradients a later GEMM computes while it packs B.
+
+    The backward pass of x @ W + b reads dZ twice: dW = x^T @ dZ and db = sum_to(dZ, b), the
+    column sums of dZ. gc_sgemm_ex sums the columns of op(B) = dZ as it packs them, so the sum_to
+    step s is dropped and its output written by the GEMM step h > s. That is safe when
+      - h reads the same dZ as its B (not transposed) and lowers to GC_OP_GEMM_EX;
+      - no step between s and h reads the sum (or a view of it): it is written later than planned;
+      - a step after h reads it, or it is an output, so the arena holds its buffer from step s
+        until after h (the planner gave it to no other value in between);
+      - dZ is live up to h anyway (h reads it), so the sum reads what sum_to would have read."""
+    steps = plan.steps
+    root = getattr(arena, "root", {})
+    outputs = set(plan.outputs)
+    hosts: dict = {}
+    taken: set = set()
+    for s, st in enumerate(steps):
+        node = st.node
+        if node.op != "sum_to" or node.dtype not in FLOATS:
+            continue
+        g, like = node.inputs
+        if g.ndim != 2 or g.dtype != node.dtype or like.shape not in ((g.shape[1],), (1, g.shape[1])):
+            continue
+        src = root.get(st.inputs[0], st.inputs[0])
+        readers = [t for t in range(s + 1, len(steps))
+                   if any(root.get(i, i) == st.out for i in steps[t].inputs)]
+        for h in range(s + 1, len(steps)):
+            host = steps[h]
+            if readers and readers[0] <= h:
+                break
+            if (h in taken or REGISTRY[host.node.op].lowering not in ("gemm", "gemm_ex")
+                    or len(host.inputs) < 2 or root.get(host.inputs[1], host.inputs[1]) != src
+                    or host.node.attrs.get("trans_b") or host.node.dtype != node.dtype
+                    or not _gemm_ex_lowers(host.node) or 0 in host.node.shape):
+                continue
+            if readers or st.out in outputs:
+                hosts[h] = s
+                taken.add(h)
+            break
+    return hosts
 
 
 def _unary(lw, k, step):
@@ -536,13 +594,20 @@ class Lowered:
         # instructions, cut into C segments around NumPy steps
         self.program: list = []  # ("c", start, end) | ("np", step index)
         self.numpy_steps = []
+        self.colsum_hosts = _colsum_hosts(plan, self.arena)
+        lw.colsum = {h: steps[s].out for h, s in self.colsum_hosts.items()}
+        deferred = {s: h for h, s in self.colsum_hosts.items()}
         start = 0
         for k, step in enumerate(steps):
+            if k in deferred:
+                continue  # computed by the GEMM of step deferred[k]
             rule = _rule(step.node.op)
             before = len(lw.words)
             if rule is not None and rule(lw, k, step):
                 continue
             del lw.words[before:]
+            if k in lw.colsum:  # pragma: no cover - _colsum_hosts only picks GEMMs that lower
+                raise AssertionError("a GEMM owing a bias gradient did not lower")
             if step.node.op in aliasing:  # pragma: no cover - aliases always lower
                 raise AssertionError("alias step without a lowering")
             if len(lw.words) > start:
@@ -567,6 +632,13 @@ class Lowered:
         self.fconst_ptr = ffi.cast("double *", ffi.from_buffer(self.fconst))
         self.pool_ptr = ffi.from_buffer(self.pool) if self.pool.size else ffi.NULL
         self.segments = len(self.segments_code)
+
+    def step_notes(self) -> dict:
+        """{step: remark} for Function.explain(): what the C code does differently from the plan."""
+        notes = {s: f"C: computed inside step {h}'s GEMM, which reads %{self.plan.steps[h].inputs[1]} as its B"
+                 for h, s in self.colsum_hosts.items()}
+        notes.update({k: "NumPy step (no C kernel for these operands)" for k in self.numpy_steps})
+        return notes
 
     @staticmethod
     def _inplace_is_elementwise(plan, arena) -> bool:

@@ -248,6 +248,8 @@ class Function:
                  f"compiled in {plan.compile_seconds * 1e3:.1f} ms",
                  f"  arena: {arena.nbytes:,} bytes with liveness reuse vs {arena.naive_bytes:,} naive "
                  f"({len(arena.inplace)} in-place steps)"]
+        run = next((r for p, r in self._plans.values() if p is plan), None)
+        notes = getattr(getattr(run, "lowered", None), "step_notes", dict)()  # the C backend's
         for k, step in enumerate(plan.steps):
             n = step.node
             ins = ", ".join(f"%{s}" for s in step.inputs)
@@ -257,6 +259,8 @@ class Function:
                 attrs = "".join(f" {a}={v}" for a, v in n.attrs.items() if a not in ("shape", "dtype"))
             where = n.source.replace("; ", "\n" + " " * 10 + "# ") if "; " in n.source else n.source
             lines.append(f"  {k:4d}  %{step.out} = {n.op}({ins}){attrs} -> {fmt_shape(n.shape)} {n.dtype}   # {where}")
+            if k in notes:
+                lines.append(f"          ({notes[k]})")
         lines.append("  outputs: " + ", ".join(f"%{s}" for s in plan.outputs))
         return Explanation("\n".join(lines))
 
