@@ -305,6 +305,31 @@ def test_fused_dense_epilogues():
         both(outs + gc.grad(loss, [x, w, b]), dict(x=rng.standard_normal((9, 6)).astype(dt)), optimize=False)
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_dense_with_a_bias_on_matrix_vector_shapes(dt, k):
+    """dense with a bias where the product is one column or one row (exec.c's GEMV loops, then the
+    bias added): matrix @ vector + scalar (1-d output), (m, k) @ (k, 1) + (1,), (1, k) @ (k, n) + (n,),
+    transposed layouts too, and the gradients; against the NumPy backend."""
+    rng = np.random.default_rng(k)
+    m, n = 37, 5
+    a = gc.placeholder("a", (m, k), dt)
+    at = gc.placeholder("at", (k, m), dt)
+    row = gc.placeholder("row", (1, k), dt)
+    v = gc.parameter(rng.standard_normal(k).astype(dt), name="v")
+    col = gc.parameter(rng.standard_normal((k, 1)).astype(dt), name="col")
+    wn = gc.parameter(rng.standard_normal((k, n)).astype(dt), name="wn")
+    s = gc.parameter(np.asarray(0.75, dt), name="s")
+    b1 = gc.parameter(np.array([-0.5], dt), name="b1")
+    bn = gc.parameter(rng.standard_normal(n).astype(dt), name="bn")
+    outs = [gc.ops.dense(a, v, s), gc.ops.dense(at, v, s, trans_a=True), gc.ops.dense(a, col, b1),
+            gc.ops.dense(row, wn, bn), gc.ops.dense(row, gc.transpose(wn), bn, trans_b=True)]
+    loss = sum(gc.sum(o * o) for o in outs)
+    feeds = {t.name: rng.standard_normal(t.shape).astype(dt) for t in (a, at, row)}
+    fc, _ = both(outs + gc.grad(loss, [v, s, b1, bn]), feeds, optimize=False)
+    assert runner_of(fc).numpy_steps == []
+
+
 NEW_ACTIVATIONS = {"softplus": lambda t: gc.softplus(t, beta=2.0), "elu": lambda t: gc.elu(t, alpha=0.7),
                    "gelu": gc.gelu, "gelu_tanh": lambda t: gc.gelu(t, approximate="tanh"), "silu": gc.silu,
                    "erf": gc.erf}
