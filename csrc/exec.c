@@ -446,6 +446,14 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         REQUIRE(z && t && loss);
         return TWIN(gc_bce_logits_fwd, a[0], z, t, loss);
     }
+    case GC_OP_BCE_LOGITS_GRAD: {
+        NEED(5);
+        void *z = PTR(1), *t = PTR(2), *scale = PTR(3), *dz = PTR(4);
+        REQUIRE(z && t && scale && dz);
+        /* the scale (upstream gradient / n) is a runtime scalar, read here rather than in Python */
+        const double sv = f64 ? *(const double *)scale : (double)*(const float *)scale;
+        return TWIN(gc_bce_logits_grad, a[0], z, t, sv, dz);
+    }
     case GC_OP_CONV2D: {
         NEED(15);
         void *x = PTR(11), *w = PTR(12), *bias = PTR(13), *y = PTR(14);

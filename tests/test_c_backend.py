@@ -170,6 +170,39 @@ def test_logistic_regression_bce_step():
     assert runner_of(fc).segments == 1
 
 
+def _w_lr_step(backend, X, d):
+    """The bench's W-lr step: full-batch GD on mean BCE of x @ w + b (float64), via updates=."""
+    w = gc.parameter(np.linspace(-0.3, 0.3, d), name="w")
+    b = gc.parameter(np.asarray(0.1), name="b")
+    x = gc.placeholder("x", (None, d), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    loss = gc.binary_cross_entropy(x @ w + b, t)
+    gw, gb = gc.grad(loss, [w, b])
+    return gc.compile(loss, backend=backend, updates={w: w - 0.5 * gw, b: b - 0.5 * gb}), w, b
+
+
+def test_w_lr_step_is_one_c_call_and_matches_the_numpy_backend():
+    """The W-lr plan (569 x 30): the logits one dense node (GEMV + scalar bias), the loss and its
+    gradient one kernel each (no sigmoid / sub / mul left), all in one C segment; losses and
+    parameters after several steps equal the NumPy backend's (also with saturated logits and
+    rows that are not a multiple of the vector width)."""
+    rng = np.random.default_rng(4)
+    for n, spread in ((569, 1.0), (37, 40.0)):
+        X = rng.standard_normal((n, 30)) * spread
+        T = (rng.random(n) > 0.5).astype(np.float64)
+        fc, wc, bc = _w_lr_step("c", X, 30)
+        fn, wn, bn = _w_lr_step("numpy", X, 30)
+        for _ in range(4):
+            assert_close(fc(x=X, t=T), fn(x=X, t=T), what="loss")
+            assert_close(wc.value, wn.value, what="w")
+            assert_close(bc.value, bn.value, what="b")
+        run = runner_of(fc)
+        assert run.segments == 1 and run.numpy_steps == []
+        ops = [st.node.op for st in fc._last_plan.steps]
+        assert {"dense", "binary_cross_entropy", "bce_logits_grad"} <= set(ops), ops
+        assert not {"add", "sigmoid", "sub"} & set(ops), ops
+
+
 # -- op coverage -------------------------------------------------------------------------------------
 @FAST
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=5, max_side=4),

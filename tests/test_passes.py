@@ -124,10 +124,25 @@ def test_fusion_fires_on_the_logistic_regression_graph():
     fused = fuse_elementwise(fuse_losses(cse(simplify(out))))
     ops = ops_of(fused)
     assert "binary_cross_entropy" in ops and "binary_cross_entropy_probs" not in ops
-    assert "bce_probs_grad" not in ops
+    assert "bce_probs_grad" not in ops and "bce_logits_grad" in ops and "sigmoid" not in ops
     assert ops.count("fused_elementwise") >= 2
     on = gc.compile([loss, gw, gb])(**feeds)
     off = gc.compile([loss, gw, gb], optimize=False)(**feeds)
+    for a, c in zip(on, off):
+        np.testing.assert_allclose(a, c, rtol=1e-12)
+
+
+def test_bce_of_probabilities_not_from_a_sigmoid_keeps_its_own_gradient():
+    """bce_logits_grad replaces the probabilities' gradient only where they are sigmoid(z)."""
+    z = gc.placeholder("z", (None,), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    p = 0.5 * (gc.tanh(z) + 1)  # a probability, but not sigmoid(z)
+    loss = gc.binary_cross_entropy_probs(p, t)
+    feeds = dict(z=np.linspace(-2, 2, 9), t=np.linspace(0, 1, 9))
+    ops = ops_of(fuse_losses(concrete([loss, gc.grad(loss, z)], **feeds)))
+    assert "bce_probs_grad" in ops and "bce_logits_grad" not in ops and "binary_cross_entropy" not in ops
+    on = gc.compile([loss, gc.grad(loss, z)])(**feeds)
+    off = gc.compile([loss, gc.grad(loss, z)], optimize=False)(**feeds)
     for a, c in zip(on, off):
         np.testing.assert_allclose(a, c, rtol=1e-12)
 

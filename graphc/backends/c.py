@@ -350,12 +350,20 @@ def _sce(lw, k, step):
 
 
 def _bce(lw, k, step):
+    """binary_cross_entropy(z, t) -> the loss; bce_logits_grad(z, t, scale) -> (sigmoid(z) - t) * scale,
+    the scale a runtime scalar the interpreter reads."""
     node = step.node
-    z, t = node.inputs
+    z, t = node.inputs[:2]
     if not _floats(node) or z.shape != t.shape:
         return False
-    lw.emit(lib.GC_OP_BINARY_CROSS_ENTROPY, k, node.dtype, _prod(z.shape), lw.ref(step.inputs[0]),
-            lw.ref(step.inputs[1]), lw.ref(step.out))
+    refs = [lw.ref(s) for s in step.inputs] + [lw.ref(step.out)]
+    if node.op == "bce_logits_grad":
+        if node.inputs[2].shape != ():
+            return False
+        if _prod(z.shape):
+            lw.emit(lib.GC_OP_BCE_LOGITS_GRAD, k, node.dtype, _prod(z.shape), *refs)
+        return True
+    lw.emit(lib.GC_OP_BINARY_CROSS_ENTROPY, k, node.dtype, _prod(z.shape), *refs)
     return True
 
 

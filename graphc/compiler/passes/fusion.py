@@ -52,14 +52,16 @@ def binary_cross_entropy_on_logits(node):
 
 @fuse_losses.rule("activation_grad")
 def binary_cross_entropy_grad(node):
-    """activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> (sigmoid(z) - t) * s."""
+    """activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> bce_logits_grad(z, t, s),
+    the (sigmoid(z) - t) * s that binary_cross_entropy's VJP makes."""
     y, upstream = node.inputs
     if not (node.attrs["act"] == "sigmoid" and y.op == "sigmoid" and upstream.op == "bce_probs_grad"
             and upstream.inputs[0] is y):
         return None
     _, t, scale = upstream.inputs
-    diff = _fused("sub", [y, t], {}, node, [upstream])
-    return _fused("mul", [diff, scale], {}, node, [node])
+    if scale.shape != () or scale.dtype != node.dtype or t.dtype != node.dtype or t.shape != node.shape:
+        return None
+    return _fused("bce_logits_grad", [y.inputs[0], t, scale], {}, node, [upstream, node])
 
 
 def _epilogue(node: Tensor) -> bool:
