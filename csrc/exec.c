@@ -454,6 +454,13 @@ static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a
         const double sv = f64 ? *(const double *)scale : (double)*(const float *)scale;
         return TWIN(gc_bce_logits_grad, a[0], z, t, sv, dz);
     }
+    case GC_OP_BCE_LOSS_AND_GRAD: {
+        NEED(6);
+        void *z = PTR(1), *t = PTR(2), *scale = PTR(3), *loss = PTR(4), *dz = PTR(5);
+        REQUIRE(z && t && scale && loss && dz);
+        const double sv = f64 ? *(const double *)scale : (double)*(const float *)scale;
+        return TWIN(gc_bce_logits_fwd_grad, a[0], z, t, sv, loss, dz);
+    }
     case GC_OP_CONV2D: {
         NEED(15);
         void *x = PTR(11), *w = PTR(12), *bias = PTR(13), *y = PTR(14);

@@ -203,6 +203,45 @@ def test_w_lr_step_is_one_c_call_and_matches_the_numpy_backend():
         assert not {"add", "sigmoid", "sub"} & set(ops), ops
 
 
+def _opcodes(f):
+    """The opcodes of the code the C backend runs for f's last plan, in order."""
+    code, ops, pc = runner_of(f).lowered.code, [], 0
+    while pc < len(code):
+        ops.append(int(code[pc]))
+        pc += int(code[pc + 1])
+    return ops
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_bce_loss_and_gradient_run_as_one_instruction_only_when_safe(dt):
+    """The loss and its gradient, back to back on the same logits and targets, become one
+    GC_OP_BCE_LOSS_AND_GRAD; not when the gradient's scale is computed from the loss (it does not
+    exist yet where the pair would run) or when only one of them is needed. Values match the
+    NumPy backend every time."""
+    from graphc.backends.c import lib
+    rng = np.random.default_rng(6)
+    z = gc.placeholder("z", (None,), dt)
+    t = gc.placeholder("t", (None,), dt)
+    loss = gc.binary_cross_entropy(z, t)
+    feeds = dict(z=(rng.standard_normal(45) * 20).astype(dt), t=rng.random(45).astype(dt))
+    pair, fwd, grad = lib.GC_OP_BCE_LOSS_AND_GRAD, lib.GC_OP_BINARY_CROSS_ENTROPY, lib.GC_OP_BCE_LOGITS_GRAD
+    fc, _ = both([loss, gc.grad(loss, z)], feeds)
+    ops = _opcodes(fc)
+    assert pair in ops and fwd not in ops and grad not in ops, ops
+    sq = loss * loss  # d(sq)/dloss = 2 loss: the gradient's scale needs the loss first
+    fc, _ = both([sq, gc.grad(sq, z)], feeds)
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd in ops and grad in ops, ops
+    fc, _ = both([gc.grad(loss, z)], feeds)  # no loss wanted: the gradient alone
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd not in ops and grad in ops, ops
+    g_by_loss = apply("bce_logits_grad", [z, t, loss])  # back to back, but the scale is the loss itself
+    fc, _ = both([loss, g_by_loss], feeds)
+    assert [st.node.op for st in fc._last_plan.steps] == ["binary_cross_entropy", "bce_logits_grad"]
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd in ops and grad in ops, ops
+
+
 # -- op coverage -------------------------------------------------------------------------------------
 @FAST
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=5, max_side=4),

@@ -1392,6 +1392,44 @@ def test_bce_logits_grad_every_tail_extremes_and_in_place(dt, simd):
     assert f(-1, ffi.NULL, ffi.NULL, 1.0, ffi.NULL) != 0
 
 
+@pytest.mark.parametrize("simd", [1, 0], ids=["avx2", "libm"])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_bce_loss_and_gradient_in_one_pass_equal_the_two_kernels(dt, simd):
+    """gc_bce_logits_fwd_grad gives gc_bce_logits_fwd's loss and gc_bce_logits_grad's dz bit for bit:
+    every tail, extremes and NaN/inf, dz over z or t, one and two threads (the partial sums follow
+    the same ranges)."""
+    set_simd(simd)
+    both, fwd, grad = kfn("gc_bce_logits_fwd_grad", dt), kfn("gc_bce_logits_fwd", dt), kfn("gc_bce_logits_grad", dt)
+    rng = np.random.default_rng(12)
+    grid = _bce_logits_grid()
+    cases = [(rng.standard_normal(n) * 30, rng.random(n)) for n in list(range(1, 18)) + [31, 33, 569]]
+    cases += [(grid, np.full_like(grid, 0.0)), (grid, np.full_like(grid, 1.0)),
+              (np.array([np.nan, 1.0, np.inf, -np.inf, 2.0]), np.array([0.5, 0.5, 1.0, 0.0, np.nan]))]
+    for threads, extra in ((1, []), (2, [(rng.standard_normal(70001) * 5, rng.random(70001))])):
+        lib.gc_set_num_threads(threads)
+        for zv, tv in cases + extra:
+            z, t = zv.astype(dt), tv.astype(dt)
+            n, scale = z.size, 1.0 / z.size
+            want_loss, want_dz = np.empty(1, dt), np.empty_like(z)
+            assert fwd(n, ptr(z), ptr(t), ptr(want_loss)) == 0
+            assert grad(n, ptr(z), ptr(t), scale, ptr(want_dz)) == 0
+            loss = np.empty(1, dt)
+            buf, dz = guarded((n,), dt)
+            assert both(n, ptr(z), ptr(t), scale, ptr(loss), ptr(dz)) == 0
+            check_guard(buf, n)
+            np.testing.assert_array_equal(loss, want_loss, err_msg=f"n={n}")
+            np.testing.assert_array_equal(dz, want_dz, err_msg=f"n={n}")
+            for which in ("z", "t"):
+                zz, tt = z.copy(), t.copy()
+                out = zz if which == "z" else tt
+                assert both(n, ptr(zz), ptr(tt), scale, ptr(loss), ptr(out)) == 0
+                np.testing.assert_array_equal(loss, want_loss, err_msg=f"dz over {which}, n={n}")
+                np.testing.assert_array_equal(out, want_dz, err_msg=f"dz over {which}, n={n}")
+    loss = np.full(1, SENTINEL, dt)
+    assert both(0, ffi.NULL, ffi.NULL, 1.0, ptr(loss), ffi.NULL) == 0 and np.isnan(loss[0])
+    assert both(-1, ffi.NULL, ffi.NULL, 1.0, ptr(loss), ffi.NULL) != 0
+
+
 def test_bce_loss_and_gradient_match_pytorch():
     """The forward and the gradient kernels against PyTorch's binary_cross_entropy_with_logits and
     its autograd (float64, mean reduction), on logits up to |z| = 1e3 and every tail length."""
