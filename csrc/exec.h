@@ -48,10 +48,14 @@ enum gc_exec_op {
     GC_OP_CAST = 19,                      /* src_dtype n x y   (word [3] is the destination dtype) */
     GC_OP_COPY = 20,                      /* elem_bytes ndim x y shape[ndim] x_strides[ndim]: strided gather */
     GC_OP_FILL = 21,                      /* n y value_idx */
-    GC_OP_GEMM_EX = 22                    /* ta tb M N K lda ldb ldc A B C addend gate alpha_idx gate_act
+    GC_OP_GEMM_EX = 22,                   /* ta tb M N K lda ldb ldc A B C addend gate alpha_idx gate_act
                                              gate_param_idx colsum: C = (addend + alpha op(A) op(B)) * act'(gate),
                                              addend and gate contiguous M x N or -1; colsum (length N, or -1)
                                              = the column sums of op(B) (gc_sgemm_ex) */
+    GC_OP_BCE_LOGITS_GRAD = 23,           /* n z t scale(scalar ref) dz: dz = (sigmoid(z) - t) * scale */
+    GC_OP_BCE_LOSS_AND_GRAD = 24          /* n z t scale(scalar ref) loss dz: GC_OP_BINARY_CROSS_ENTROPY and
+                                             GC_OP_BCE_LOGITS_GRAD on the same z, t in one pass (the C
+                                             backend pairs them when they run back to back) */
 };
 
 enum gc_exec_dtype { GC_DT_F32 = 0, GC_DT_F64 = 1, GC_DT_I32 = 2, GC_DT_I64 = 3, GC_DT_BOOL = 4 };

@@ -127,6 +127,15 @@ int gc_bce_logits_fwd_f64(int64_t n, const double *z, const double *t, double *l
 /* dz = (sigmoid(z) - t) * g / n; dz may equal z or t. */
 int gc_bce_logits_bwd_f32(int64_t n, const float *z, const float *t, float g, float *dz);
 int gc_bce_logits_bwd_f64(int64_t n, const double *z, const double *t, double g, double *dz);
+/* dz = (sigmoid(z) - t) * scale (the bce_logits_grad op), sigmoid, difference and product in double
+ * (rounded once to float for _f32); dz may equal z or t. */
+int gc_bce_logits_grad_f32(int64_t n, const float *z, const float *t, double scale, float *dz);
+int gc_bce_logits_grad_f64(int64_t n, const double *z, const double *t, double scale, double *dz);
+/* Both at once, exp(-|z|) computed once per element: *loss as gc_bce_logits_fwd and dz as
+ * gc_bce_logits_grad, bit for bit; dz may equal z or t (not loss). */
+int gc_bce_logits_fwd_grad_f32(int64_t n, const float *z, const float *t, double scale, float *loss, float *dz);
+int gc_bce_logits_fwd_grad_f64(int64_t n, const double *z, const double *t, double scale, double *loss,
+                               double *dz);
 
 /* ---- conv2d, NCHW, PyTorch layout and semantics (cross-correlation, zero padding) ----
  * x (N, C, H, W), w (O, C, KH, KW), bias (O) or NULL, y (N, O, OH, OW) with

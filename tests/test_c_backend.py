@@ -170,6 +170,78 @@ def test_logistic_regression_bce_step():
     assert runner_of(fc).segments == 1
 
 
+def _w_lr_step(backend, X, d):
+    """The bench's W-lr step: full-batch GD on mean BCE of x @ w + b (float64), via updates=."""
+    w = gc.parameter(np.linspace(-0.3, 0.3, d), name="w")
+    b = gc.parameter(np.asarray(0.1), name="b")
+    x = gc.placeholder("x", (None, d), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    loss = gc.binary_cross_entropy(x @ w + b, t)
+    gw, gb = gc.grad(loss, [w, b])
+    return gc.compile(loss, backend=backend, updates={w: w - 0.5 * gw, b: b - 0.5 * gb}), w, b
+
+
+def test_w_lr_step_is_one_c_call_and_matches_the_numpy_backend():
+    """The W-lr plan (569 x 30): the logits one dense node (GEMV + scalar bias), the loss and its
+    gradient one kernel each (no sigmoid / sub / mul left), all in one C segment; losses and
+    parameters after several steps equal the NumPy backend's (also with saturated logits and
+    rows that are not a multiple of the vector width)."""
+    rng = np.random.default_rng(4)
+    for n, spread in ((569, 1.0), (37, 40.0)):
+        X = rng.standard_normal((n, 30)) * spread
+        T = (rng.random(n) > 0.5).astype(np.float64)
+        fc, wc, bc = _w_lr_step("c", X, 30)
+        fn, wn, bn = _w_lr_step("numpy", X, 30)
+        for _ in range(4):
+            assert_close(fc(x=X, t=T), fn(x=X, t=T), what="loss")
+            assert_close(wc.value, wn.value, what="w")
+            assert_close(bc.value, bn.value, what="b")
+        run = runner_of(fc)
+        assert run.segments == 1 and run.numpy_steps == []
+        ops = [st.node.op for st in fc._last_plan.steps]
+        assert {"dense", "binary_cross_entropy", "bce_logits_grad"} <= set(ops), ops
+        assert not {"add", "sigmoid", "sub"} & set(ops), ops
+
+
+def _opcodes(f):
+    """The opcodes of the code the C backend runs for f's last plan, in order."""
+    code, ops, pc = runner_of(f).lowered.code, [], 0
+    while pc < len(code):
+        ops.append(int(code[pc]))
+        pc += int(code[pc + 1])
+    return ops
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_bce_loss_and_gradient_run_as_one_instruction_only_when_safe(dt):
+    """The loss and its gradient, back to back on the same logits and targets, become one
+    GC_OP_BCE_LOSS_AND_GRAD; not when the gradient's scale is computed from the loss (it does not
+    exist yet where the pair would run) or when only one of them is needed. Values match the
+    NumPy backend every time."""
+    from graphc.backends.c import lib
+    rng = np.random.default_rng(6)
+    z = gc.placeholder("z", (None,), dt)
+    t = gc.placeholder("t", (None,), dt)
+    loss = gc.binary_cross_entropy(z, t)
+    feeds = dict(z=(rng.standard_normal(45) * 20).astype(dt), t=rng.random(45).astype(dt))
+    pair, fwd, grad = lib.GC_OP_BCE_LOSS_AND_GRAD, lib.GC_OP_BINARY_CROSS_ENTROPY, lib.GC_OP_BCE_LOGITS_GRAD
+    fc, _ = both([loss, gc.grad(loss, z)], feeds)
+    ops = _opcodes(fc)
+    assert pair in ops and fwd not in ops and grad not in ops, ops
+    sq = loss * loss  # d(sq)/dloss = 2 loss: the gradient's scale needs the loss first
+    fc, _ = both([sq, gc.grad(sq, z)], feeds)
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd in ops and grad in ops, ops
+    fc, _ = both([gc.grad(loss, z)], feeds)  # no loss wanted: the gradient alone
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd not in ops and grad in ops, ops
+    g_by_loss = apply("bce_logits_grad", [z, t, loss])  # back to back, but the scale is the loss itself
+    fc, _ = both([loss, g_by_loss], feeds)
+    assert [st.node.op for st in fc._last_plan.steps] == ["binary_cross_entropy", "bce_logits_grad"]
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd in ops and grad in ops, ops
+
+
 # -- op coverage -------------------------------------------------------------------------------------
 @FAST
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=5, max_side=4),
@@ -303,6 +375,31 @@ def test_fused_dense_epilogues():
         outs.append(gc.ops.dense(x, w, None, act="relu", trans_b=False))
         loss = gc.sum(outs[2] * outs[4])
         both(outs + gc.grad(loss, [x, w, b]), dict(x=rng.standard_normal((9, 6)).astype(dt)), optimize=False)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_dense_with_a_bias_on_matrix_vector_shapes(dt, k):
+    """dense with a bias where the product is one column or one row (exec.c's GEMV loops, then the
+    bias added): matrix @ vector + scalar (1-d output), (m, k) @ (k, 1) + (1,), (1, k) @ (k, n) + (n,),
+    transposed layouts too, and the gradients; against the NumPy backend."""
+    rng = np.random.default_rng(k)
+    m, n = 37, 5
+    a = gc.placeholder("a", (m, k), dt)
+    at = gc.placeholder("at", (k, m), dt)
+    row = gc.placeholder("row", (1, k), dt)
+    v = gc.parameter(rng.standard_normal(k).astype(dt), name="v")
+    col = gc.parameter(rng.standard_normal((k, 1)).astype(dt), name="col")
+    wn = gc.parameter(rng.standard_normal((k, n)).astype(dt), name="wn")
+    s = gc.parameter(np.asarray(0.75, dt), name="s")
+    b1 = gc.parameter(np.array([-0.5], dt), name="b1")
+    bn = gc.parameter(rng.standard_normal(n).astype(dt), name="bn")
+    outs = [gc.ops.dense(a, v, s), gc.ops.dense(at, v, s, trans_a=True), gc.ops.dense(a, col, b1),
+            gc.ops.dense(row, wn, bn), gc.ops.dense(row, gc.transpose(wn), bn, trans_b=True)]
+    loss = sum(gc.sum(o * o) for o in outs)
+    feeds = {t.name: rng.standard_normal(t.shape).astype(dt) for t in (a, at, row)}
+    fc, _ = both(outs + gc.grad(loss, [v, s, b1, bn]), feeds, optimize=False)
+    assert runner_of(fc).numpy_steps == []
 
 
 NEW_ACTIVATIONS = {"softplus": lambda t: gc.softplus(t, beta=2.0), "elu": lambda t: gc.elu(t, alpha=0.7),

@@ -1283,6 +1283,171 @@ def test_bce_logits_every_tail_and_wide_range(dt, simd):
                     assert (np.isnan(got) and np.isnan(want)) or got == want, (n, pos, bad, got, want)
 
 
+def _bce_logits_grid():
+    """Logits where the BCE kernels' approximations are weakest or special: |z| near 0 (exp(-|z|)
+    near 1, the log1p series' widest argument), the exp/log1p transitions, the underflow of
+    exp(-|z|) into the subnormals (|z| ~ 708..745), |z| up to 1e3, signed zeros."""
+    mags = np.concatenate([np.linspace(0, 3, 3001), np.linspace(3, 40, 1001), np.geomspace(1e-300, 1e3, 1500),
+                           np.linspace(700, 750, 501), [1000.0]])
+    return np.concatenate([mags, -mags, [-0.0]])
+
+
+def _run_bce_terms(z, t):
+    """The forward kernel run on one element at a time: each term's own value (not a sum)."""
+    out = np.empty(1, z.dtype)
+    got = np.empty_like(z)
+    f = kfn("gc_bce_logits_fwd", z.dtype)
+    for i in range(z.size):
+        f(1, ptr(z[i:i + 1]), ptr(t[i:i + 1]), ptr(out))
+        got[i] = out[0]
+    return got
+
+
+@pytest.mark.parametrize("simd", [1, 0], ids=["avx2", "libm"])
+def test_bce_terms_within_a_few_ulp_of_long_double(simd):
+    """Each float64 term max(z,0) - z t + log1p(exp(-|z|)) within 3 ulp of an x87 long double
+    reference (ulps of the largest of the summands, which the additions round to anyway), for
+    t = 0, 1 (the softplus of -z / z, no cancellation) and 0.3; +-inf and NaN as the formula says."""
+    set_simd(simd)
+    z = _bce_logits_grid()
+    zl = z.astype(np.longdouble)
+    for tv in (0.0, 1.0, 0.3):
+        t = np.full_like(z, tv)
+        got = _run_bce_terms(z, t)
+        ref = np.maximum(zl, 0) - zl * np.longdouble(tv) + np.log1p(np.exp(-np.abs(zl)))
+        size = np.maximum(np.abs(ref), np.maximum(np.maximum(zl, 0), np.abs(zl * np.longdouble(tv))))
+        ulp = np.spacing(size.astype(np.float64)).astype(np.longdouble)
+        err = np.abs(got.astype(np.longdouble) - ref) / ulp
+        worst = int(np.argmax(err))
+        assert err[worst] <= 3, (tv, z[worst], got[worst], float(ref[worst]), float(err[worst]))
+    specials = np.array([np.inf, -np.inf, np.inf, -np.inf, np.inf, -np.inf, np.nan, np.nan])
+    tt = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0])
+    got = _run_bce_terms(specials, tt)
+    want = _bce_terms_ref(specials, tt)  # the formula in NumPy: inf * 0 and inf - inf are NaN, -inf * -1 is +inf
+    np.testing.assert_array_equal(got, want)
+
+
+def _bce_grad_ref(z, t, scale):
+    zl, tl = z.astype(np.longdouble), t.astype(np.longdouble)
+    with np.errstate(all="ignore"):
+        e = np.exp(-np.abs(zl))
+        sig = np.where(zl >= 0, 1 / (1 + e), e / (1 + e))
+        sig = np.where(np.isnan(zl), np.nan, sig)
+    return (sig - tl) * np.longdouble(scale), sig
+
+
+@pytest.mark.parametrize("simd", [1, 0], ids=["avx2", "libm"])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_bce_logits_grad_every_tail_extremes_and_in_place(dt, simd):
+    """gc_bce_logits_grad, dz = (sigmoid(z) - t) * scale in double: against long double over the
+    logits grid (a tiny sigmoid(z) for z << 0 keeps its relative accuracy when t = 0, subnormals
+    included), every n around the vector widths with no write past n, dz over z and over t, and
+    NaN / +-inf anywhere in a vector or its tail."""
+    set_simd(simd)
+    f = kfn("gc_bce_logits_grad", dt)
+    eps = np.finfo(dt).eps
+    z = _bce_logits_grid().astype(dt)
+    for tv in (0.0, 1.0, 0.25):
+        t = np.full_like(z, tv)
+        scale = 1.0 / 569
+        dz = np.empty_like(z)
+        assert f(z.size, ptr(z), ptr(t), scale, ptr(dz)) == 0
+        ref, sig = _bce_grad_ref(z, t, scale)
+        # one rounding to dt at the end, plus double-precision error relative to the summands
+        tol = eps * np.abs(ref) + 8 * np.finfo(np.float64).eps * (sig + abs(tv)) * scale
+        if dt == F64:
+            tol = np.maximum(tol, np.finfo(np.float64).smallest_subnormal)  # subnormal results
+        else:
+            tol = np.maximum(tol, np.finfo(np.float32).smallest_subnormal)
+        bad = np.abs(dz.astype(np.longdouble) - ref) > tol
+        assert not bad.any(), (tv, z[bad][:5], dz[bad][:5], ref[bad][:5].astype(np.float64))
+    rng = np.random.default_rng(5)
+    for n in list(range(1, 18)) + [31, 32, 33, 255, 256, 257, 569]:
+        z = (rng.standard_normal(n) * 30).astype(dt)
+        t = rng.random(n).astype(dt)
+        ref = _bce_grad_ref(z, t, 0.5)[0].astype(np.float64)
+        buf, dz = guarded((n,), dt)
+        assert f(n, ptr(z), ptr(t), 0.5, ptr(dz)) == 0
+        check_guard(buf, n)
+        assert_close(dz, ref, dt, tol=4 * eps)
+        for which in ("z", "t"):
+            zz, tt = z.copy(), t.copy()
+            out = zz if which == "z" else tt
+            assert f(n, ptr(zz), ptr(tt), 0.5, ptr(out)) == 0
+            np.testing.assert_array_equal(out, dz, err_msg=f"dz over {which}, n={n}")
+        for bad, want in ((np.nan, np.nan), (np.inf, None), (-np.inf, None)):
+            for pos in {0, n // 2, n - 1}:
+                zb = z.copy()
+                zb[pos] = bad
+                got = np.empty_like(zb)
+                assert f(n, ptr(zb), ptr(t), 0.5, ptr(got)) == 0
+                sig = {np.inf: 1.0, -np.inf: 0.0}.get(bad)
+                if want is None:
+                    assert got[pos] == dt.type((sig - float(t[pos])) * 0.5), (n, pos, bad, got[pos])
+                else:
+                    assert np.isnan(got[pos])
+                others = np.arange(n) != pos
+                np.testing.assert_array_equal(got[others], dz[others])
+    assert f(0, ffi.NULL, ffi.NULL, 1.0, ffi.NULL) == 0
+    assert f(-1, ffi.NULL, ffi.NULL, 1.0, ffi.NULL) != 0
+
+
+@pytest.mark.parametrize("simd", [1, 0], ids=["avx2", "libm"])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_bce_loss_and_gradient_in_one_pass_equal_the_two_kernels(dt, simd):
+    """gc_bce_logits_fwd_grad gives gc_bce_logits_fwd's loss and gc_bce_logits_grad's dz bit for bit:
+    every tail, extremes and NaN/inf, dz over z or t, one and two threads (the partial sums follow
+    the same ranges)."""
+    set_simd(simd)
+    both, fwd, grad = kfn("gc_bce_logits_fwd_grad", dt), kfn("gc_bce_logits_fwd", dt), kfn("gc_bce_logits_grad", dt)
+    rng = np.random.default_rng(12)
+    grid = _bce_logits_grid()
+    cases = [(rng.standard_normal(n) * 30, rng.random(n)) for n in list(range(1, 18)) + [31, 33, 569]]
+    cases += [(grid, np.full_like(grid, 0.0)), (grid, np.full_like(grid, 1.0)),
+              (np.array([np.nan, 1.0, np.inf, -np.inf, 2.0]), np.array([0.5, 0.5, 1.0, 0.0, np.nan]))]
+    for threads, extra in ((1, []), (2, [(rng.standard_normal(70001) * 5, rng.random(70001))])):
+        lib.gc_set_num_threads(threads)
+        for zv, tv in cases + extra:
+            z, t = zv.astype(dt), tv.astype(dt)
+            n, scale = z.size, 1.0 / z.size
+            want_loss, want_dz = np.empty(1, dt), np.empty_like(z)
+            assert fwd(n, ptr(z), ptr(t), ptr(want_loss)) == 0
+            assert grad(n, ptr(z), ptr(t), scale, ptr(want_dz)) == 0
+            loss = np.empty(1, dt)
+            buf, dz = guarded((n,), dt)
+            assert both(n, ptr(z), ptr(t), scale, ptr(loss), ptr(dz)) == 0
+            check_guard(buf, n)
+            np.testing.assert_array_equal(loss, want_loss, err_msg=f"n={n}")
+            np.testing.assert_array_equal(dz, want_dz, err_msg=f"n={n}")
+            for which in ("z", "t"):
+                zz, tt = z.copy(), t.copy()
+                out = zz if which == "z" else tt
+                assert both(n, ptr(zz), ptr(tt), scale, ptr(loss), ptr(out)) == 0
+                np.testing.assert_array_equal(loss, want_loss, err_msg=f"dz over {which}, n={n}")
+                np.testing.assert_array_equal(out, want_dz, err_msg=f"dz over {which}, n={n}")
+    loss = np.full(1, SENTINEL, dt)
+    assert both(0, ffi.NULL, ffi.NULL, 1.0, ptr(loss), ffi.NULL) == 0 and np.isnan(loss[0])
+    assert both(-1, ffi.NULL, ffi.NULL, 1.0, ptr(loss), ffi.NULL) != 0
+
+
+def test_bce_loss_and_gradient_match_pytorch():
+    """The forward and the gradient kernels against PyTorch's binary_cross_entropy_with_logits and
+    its autograd (float64, mean reduction), on logits up to |z| = 1e3 and every tail length."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    for n in (1, 3, 4, 5, 7, 8, 9, 31, 569):
+        for scale in (1.0, 30.0, 1e3):
+            z = rng.standard_normal(n) * scale
+            t = rng.random(n)
+            zt = torch.tensor(z, requires_grad=True)
+            want = torch.nn.functional.binary_cross_entropy_with_logits(zt, torch.tensor(t))
+            want.backward()
+            np.testing.assert_allclose(run_bce_fwd(z, t), want.item(), rtol=1e-14, atol=1e-300)
+            dz = np.empty_like(z)
+            assert lib.gc_bce_logits_grad_f64(n, ptr(z), ptr(t), 1.0 / n, ptr(dz)) == 0
+            np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-14, atol=1e-17 / n)
+
+
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
 def test_softmax_ce_short_rows_every_width(dt, simd):

@@ -124,12 +124,75 @@ def test_fusion_fires_on_the_logistic_regression_graph():
     fused = fuse_elementwise(fuse_losses(cse(simplify(out))))
     ops = ops_of(fused)
     assert "binary_cross_entropy" in ops and "binary_cross_entropy_probs" not in ops
-    assert "bce_probs_grad" not in ops
+    assert "bce_probs_grad" not in ops and "bce_logits_grad" in ops and "sigmoid" not in ops
     assert ops.count("fused_elementwise") >= 2
     on = gc.compile([loss, gw, gb])(**feeds)
     off = gc.compile([loss, gw, gb], optimize=False)(**feeds)
     for a, c in zip(on, off):
         np.testing.assert_allclose(a, c, rtol=1e-12)
+
+
+def test_bce_of_probabilities_not_from_a_sigmoid_keeps_its_own_gradient():
+    """bce_logits_grad replaces the probabilities' gradient only where they are sigmoid(z)."""
+    z = gc.placeholder("z", (None,), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    p = 0.5 * (gc.tanh(z) + 1)  # a probability, but not sigmoid(z)
+    loss = gc.binary_cross_entropy_probs(p, t)
+    feeds = dict(z=np.linspace(-2, 2, 9), t=np.linspace(0, 1, 9))
+    ops = ops_of(fuse_losses(concrete([loss, gc.grad(loss, z)], **feeds)))
+    assert "bce_probs_grad" in ops and "bce_logits_grad" not in ops and "binary_cross_entropy" not in ops
+    on = gc.compile([loss, gc.grad(loss, z)])(**feeds)
+    off = gc.compile([loss, gc.grad(loss, z)], optimize=False)(**feeds)
+    for a, c in zip(on, off):
+        np.testing.assert_allclose(a, c, rtol=1e-12)
+
+
+def _lr_graph(n=20, d=5, seed=3):
+    rng = np.random.default_rng(seed)
+    x = gc.placeholder("x", (None, d), "float64")
+    t = gc.placeholder("t", (None,), "float64")
+    w = gc.parameter(rng.normal(size=d), name="w")
+    b = gc.parameter(0.25, name="b")
+    feeds = dict(x=rng.normal(size=(n, d)), t=rng.integers(0, 2, n).astype(float))
+    return x, t, w, b, feeds
+
+
+def test_matrix_vector_plus_scalar_bias_becomes_one_dense():
+    """x @ w + b with a vector w and a scalar b (the logistic-regression logits): one dense node with
+    a 1-d output and the scalar as its column's bias; values unchanged, forward and gradients."""
+    x, t, w, b, feeds = _lr_graph()
+    loss = gc.binary_cross_entropy(x @ w + b, t)
+    gw, gb = gc.grad(loss, [w, b])
+    out = concrete([loss, w - 0.1 * gw, b - 0.1 * gb], **feeds)
+    fused = fuse_dense(fuse_losses(cse(simplify(out))))
+    dense = [n for n in reachable(fused) if n.op == "dense"]
+    assert len(dense) == 1 and dense[0].shape == (20,) and dense[0].inputs[2].shape == ()
+    assert dense[0].attrs["act"] == "identity"
+    assert "add" not in ops_of(fused)
+    on = gc.compile([loss, gw, gb])(**feeds)
+    off = gc.compile([loss, gw, gb], optimize=False)(**feeds)
+    for a, c in zip(on, off):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-15)
+
+
+def test_matrix_vector_bias_fusion_does_not_fire_when_it_must_not():
+    """No dense for: an activation on a matrix @ vector product (the GEMV adds a bias, no epilogue),
+    a bias that is not a scalar, a vector @ matrix product, a product read elsewhere too."""
+    x, t, w, b, feeds = _lr_graph()
+    v = gc.placeholder("v", (20,), "float64")
+    s = gc.parameter(0.5, name="s")
+    z = x @ w
+    cases = [gc.sigmoid(x @ w + b).sum(),  # activation
+             gc.relu(x @ w + b).sum(),
+             (x @ w + v).sum(),  # a (20,) bias: a plain add
+             (v @ x + s).sum(),  # vector @ matrix, not one GEMM column
+             ((z + b) * z).sum()]  # the product has another user
+    for out in cases:
+        fused = fuse_dense(concrete([out], x=feeds["x"], v=np.ones(20)))
+        assert "dense" not in ops_of(fused), ops_of(fused)
+        f_on = gc.compile(out)
+        f_off = gc.compile(out, optimize=False)
+        np.testing.assert_allclose(f_on(x=feeds["x"], v=np.ones(20)), f_off(x=feeds["x"], v=np.ones(20)), rtol=1e-12)
 
 
 def test_loss_fusion_makes_saturated_logits_finite():

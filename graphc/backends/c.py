@@ -109,6 +109,7 @@ class _Lowering:
         self.scratch_need = 0
         self.loc: dict = {}  # slot -> (kind, value) with kind a gc_ref_kind
         self.colsum: dict = {}  # GEMM step -> slot of the bias gradient it also writes (_colsum_hosts)
+        self.last: tuple = (-1, 0)  # (step, word index) of the last instruction emitted
 
     # -- operands ----------------------------------------------------------------------------
     def ref(self, slot: int) -> int:
@@ -121,6 +122,7 @@ class _Lowering:
 
     def emit(self, op: int, step: int, dtype, *args) -> None:
         code = dtype if isinstance(dtype, int) else DTYPE_CODE[np.dtype(dtype)]
+        self.last = (step, len(self.words))
         # ("scratch", offset) operands stay tuples until the arena size is known (_resolve_scratch)
         self.words += [int(op), 4 + len(args), step, int(code)] + [a if isinstance(a, tuple) else int(a)
                                                                    for a in args]
@@ -408,13 +410,56 @@ def _sce(lw, k, step):
 
 
 def _bce(lw, k, step):
+    """binary_cross_entropy(z, t) -> the loss; bce_logits_grad(z, t, scale) -> (sigmoid(z) - t) * scale,
+    the scale a runtime scalar the interpreter reads. A gradient step right after the loss step on
+    the same z and t turns that step's instruction into one pass computing both (_pair_bce)."""
     node = step.node
-    z, t = node.inputs
+    z, t = node.inputs[:2]
     if not _floats(node) or z.shape != t.shape:
         return False
-    lw.emit(lib.GC_OP_BINARY_CROSS_ENTROPY, k, node.dtype, _prod(z.shape), lw.ref(step.inputs[0]),
-            lw.ref(step.inputs[1]), lw.ref(step.out))
+    refs = [lw.ref(s) for s in step.inputs] + [lw.ref(step.out)]
+    if node.op == "bce_logits_grad":
+        if node.inputs[2].shape != ():
+            return False
+        if _prod(z.shape) and not _pair_bce(lw, k, step, refs):
+            lw.emit(lib.GC_OP_BCE_LOGITS_GRAD, k, node.dtype, _prod(z.shape), *refs)
+        return True
+    lw.emit(lib.GC_OP_BINARY_CROSS_ENTROPY, k, node.dtype, _prod(z.shape), *refs)
     return True
+
+
+def _pair_bce(lw, k, step, refs) -> bool:
+    """Rewrite the loss instruction just emitted for step k - 1 into GC_OP_BCE_LOSS_AND_GRAD when
+    step k is the gradient on the same z and t. The pair then runs at step k - 1, which is safe:
+    the scale is not the loss (so it exists by then), and nothing the plan frees at step k - 1 can
+    hold the gradient's bytes, since the loss step reads only z and t and step k reads them again
+    (the gradient may overwrite z or t in place: the kernel reads each element before writing it)."""
+    prev_step, at = lw.last
+    if prev_step != k - 1 or k == 0:
+        return False
+    prev = lw.plan.steps[k - 1]
+    words = lw.words
+    if (prev.node.op != "binary_cross_entropy" or list(prev.inputs) != list(step.inputs[:2])
+            or prev.node.dtype != step.node.dtype or step.inputs[2] == prev.out
+            or len(words) - at != 8 or words[at] != lib.GC_OP_BINARY_CROSS_ENTROPY):
+        return False
+    loss_ref, dz_ref = words[at + 7], refs[3]
+    if _overlap(lw, prev.out, step.out):  # never trust a planner bug with memory
+        return False
+    words[at:] = [lib.GC_OP_BCE_LOSS_AND_GRAD, 10, k - 1, words[at + 3], words[at + 4], refs[0], refs[1], refs[2],
+                  loss_ref, dz_ref]
+    return True
+
+
+def _overlap(lw, a: int, b: int) -> bool:
+    """Values (slots) a and b may share bytes: the same pointer-table entry or overlapping arena ranges."""
+    (ka, va), (kb, vb) = lw.loc[a], lw.loc[b]
+    if ka != kb:
+        return False
+    if ka != lib.GC_REF_ARENA:
+        return va == vb
+    na, nb = nbytes(lw.plan.nodes[a]), nbytes(lw.plan.nodes[b])
+    return va < vb + nb and vb < va + na
 
 
 def _conv(lw, k, step):

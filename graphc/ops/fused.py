@@ -2,6 +2,7 @@
 
 dense(x, W[, b]; trans_a, trans_b, act, alpha) = act(op(x) @ op(W) + b): the GEMM with its
 bias + activation epilogue. Its VJP reads the stored output (ReLU' = y > 0, σ' = y(1 − y)).
+Also x @ w + b for a matrix x, a vector w and a scalar b (1-d output, identity only): the GEMV.
 
 matmul_update(A, B, x; trans_a, trans_b, alpha) = x + alpha * op(A) @ op(B) and
 matmul_act_grad(A, B, y; trans_a, trans_b, act, alpha) = activation_grad(y, op(A) @ op(B), act):
@@ -44,6 +45,12 @@ def _dense_infer(inputs, trans_a, trans_b, act, alpha):
     if act == "leaky_relu" and alpha < 0:  # the VJP reads the output, whose sign then hides the side
         raise GraphError(f"dense with leaky_relu needs alpha >= 0 (got {alpha}); use leaky_relu(x @ w + b, alpha)")
     shape, dtype = _matmul_infer(inputs[:2], trans_a, trans_b)
+    if len(shape) == 1 and inputs[0].ndim == 2 and inputs[1].ndim == 1:  # matrix @ vector: one column
+        if act != "identity":
+            raise GraphError("dense of a matrix and a vector takes no activation")
+        if len(inputs) == 3 and inputs[2].shape != ():
+            raise GraphError(f"dense of a matrix and a vector: the bias must be a scalar, got shape {inputs[2].shape}")
+        return shape, dtype
     if len(shape) != 2:
         raise GraphError("dense needs 2-d operands")
     if len(inputs) == 3 and inputs[2].shape not in ((shape[1],), (None,)):

@@ -9,7 +9,7 @@ from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, as_tensor
 from . import Domain, OpDef, apply, register
 from .core import cast, normalize_axes, size_of
-from .elementwise import _floatify, sigmoid
+from .elementwise import _floatify, activation_grad, np_sigmoid, sigmoid
 from .reduce import sum
 
 __all__ = ["softmax", "log_softmax", "softmax_grad", "softmax_cross_entropy", "binary_cross_entropy",
@@ -182,11 +182,34 @@ def _bce_forward(z, t):
 
 def _bce_vjp(g, out, z, t):
     scale = g / size_of(z)
-    return [(sigmoid(z) - t) * scale, -z * scale]
+    return [apply("bce_logits_grad", [z, t, scale]), -z * scale]
+
+
+def _bce_grad_infer(inputs):
+    z, t, scale = inputs
+    _bce_infer([z, t])
+    if scale.shape != () or scale.dtype != z.dtype or t.dtype != z.dtype:
+        raise GraphError(f"bce_logits_grad needs targets of the logits' dtype {z.dtype} and a scalar scale of "
+                         f"it, got {t.dtype} and {scale.dtype}{list(scale.shape)}")
+    return z.shape, z.dtype
+
+
+def _bce_grad_forward(z, t, scale):
+    if z.shape != t.shape:
+        raise GraphError(f"logits {z.shape} and targets {t.shape} must have the same shape")
+    return (np_sigmoid(z) - t) * scale
+
+
+def _bce_grad_vjp(gg, out, z, t, scale):
+    p = sigmoid(z)
+    return [activation_grad(p, gg, "sigmoid") * scale, -gg * scale, sum(gg * (p - t))]
 
 
 register(OpDef("binary_cross_entropy", infer=_bce_infer, forward=_bce_forward, vjp=_bce_vjp, arity=2, lowering="bce",
                fuzz="bce", domain=(Domain(), Domain("unit", low=0.0, high=1.0))))
+register(OpDef("bce_logits_grad", infer=_bce_grad_infer, forward=_bce_grad_forward, vjp=_bce_grad_vjp, arity=3,
+               inplace=True, lowering="bce", fuzz="bce", made_by="vjp",
+               domain=(Domain(), Domain("unit", low=0.0, high=1.0), Domain())))
 
 
 def binary_cross_entropy(logits, targets) -> Tensor:

@@ -52,14 +52,16 @@ def binary_cross_entropy_on_logits(node):
 
 @fuse_losses.rule("activation_grad")
 def binary_cross_entropy_grad(node):
-    """activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> (sigmoid(z) - t) * s."""
+    """activation_grad(sigmoid(z), bce_probs_grad(.., t, s), sigmoid) -> bce_logits_grad(z, t, s),
+    the (sigmoid(z) - t) * s that binary_cross_entropy's VJP makes."""
     y, upstream = node.inputs
     if not (node.attrs["act"] == "sigmoid" and y.op == "sigmoid" and upstream.op == "bce_probs_grad"
             and upstream.inputs[0] is y):
         return None
     _, t, scale = upstream.inputs
-    diff = _fused("sub", [y, t], {}, node, [upstream])
-    return _fused("mul", [diff, scale], {}, node, [node])
+    if scale.shape != () or scale.dtype != node.dtype or t.dtype != node.dtype or t.shape != node.shape:
+        return None
+    return _fused("bce_logits_grad", [y.inputs[0], t, scale], {}, node, [upstream, node])
 
 
 def _epilogue(node: Tensor) -> bool:
@@ -69,9 +71,16 @@ def _epilogue(node: Tensor) -> bool:
     return REGISTRY[node.op].dense_act and node.op in ACTIVATIONS and node.attrs.get("alpha", 0.0) >= 0
 
 
+def _matrix_vector(mm: Tensor) -> bool:
+    """mm is a matmul of a matrix by a vector (output (M,): one GEMM column, N == 1)."""
+    return mm.op == "matmul" and mm.ndim == 1 and mm.inputs[0].ndim == 2 and mm.inputs[1].ndim == 1
+
+
 def fuse_dense(outputs: list) -> list:
     """act(matmul(x, W) + b) -> dense(x, W, b, act), also without the bias or the activation.
 
+    Also x @ w + b for a vector w and a scalar b (logistic regression's logits): dense with a 1-d
+    output, the scalar its one column's bias (identity activation only: the GEMV adds it).
     Fires only when the matmul (and the bias sum) feed nothing else, so nothing is computed twice."""
     users, out_ids = users_of(outputs)
 
@@ -79,11 +88,15 @@ def fuse_dense(outputs: list) -> list:
         return len(users.get(n.id, ())) == 1 and n.id not in out_ids
 
     def matmul_plus_bias(add: Tensor, orig: Tensor):
-        """(index of the matmul operand, bias) if add = matmul + row-vector bias."""
+        """(index of the matmul operand, bias) if add = matmul + row-vector bias (or matrix @ vector
+        + scalar)."""
         for k in (0, 1):
             mm, b = add.inputs[k], add.inputs[1 - k]
-            if (mm.op == "matmul" and mm.ndim == 2 and private(orig.inputs[k]) and mm.shape == add.shape
-                    and b.dtype == add.dtype and b.shape in ((add.shape[1],), (1, add.shape[1]))):
+            if not (mm.op == "matmul" and private(orig.inputs[k]) and mm.shape == add.shape and b.dtype == add.dtype):
+                continue
+            if mm.ndim == 2 and b.shape in ((add.shape[1],), (1, add.shape[1])):
+                return mm, b
+            if _matrix_vector(mm) and b.shape == ():
                 return mm, b
         return None
 
@@ -100,7 +113,7 @@ def fuse_dense(outputs: list) -> list:
         mm, bias = inner, None
         if inner.op == "add":
             found = matmul_plus_bias(inner, inner_orig)
-            if found is None:
+            if found is None or (found[0].ndim == 1 and act != "identity"):
                 return None
             mm, bias = found
             replaced = [mm] + replaced
