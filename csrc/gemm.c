@@ -865,22 +865,30 @@ WB5_EXTRA(s5, float, __m512)
 WB5_EXTRA(d5, double, __m512d)
 #undef WB5_EXTRA
 
-/* The epilogue of epi_t on one vector of a tile row, in the order of the AVX2 and portable paths:
- * cr is the vector's place in C, off its column offset in the row (for the addend and gate rows
- * of x). Masked loads touch only lanes m (of C, addend, gate). */
-AVX512_INLINE __m512 s5_epi_vec(__m512 v, const float *cr, __mmask16 m, int64_t off, int add_c, __m512 vbeta,
-                                int has_bias, __m512 bias, int act, __m256d vp, const s5_wb_extra *x) {
-    if (x->scale) v = _mm512_mul_ps(v, x->valpha);
+/* The epilogue of epi_t on one vector, in the order of the AVX2 and portable paths: cr is the
+ * vector's place in C, xr / gr its place in the addend / gate (read only when has_x / has_g).
+ * The flags are separate so that callers with a known epilogue compile the rest away. Masked
+ * loads touch only lanes m (of C, addend, gate). */
+AVX512_INLINE __m512 s5_epi_core(__m512 v, const float *cr, __mmask16 m, int scale, __m512 valpha, int add_c,
+                                 __m512 vbeta, int has_x, const float *xr, int has_bias, __m512 bias, int act,
+                                 __m256d vp, int has_g, const float *gr, __m512 vgp) {
+    if (scale) v = _mm512_mul_ps(v, valpha);
     if (add_c) v = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m, cr), v);
-    if (x->addend) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, x->addend + off));
+    if (has_x) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, xr));
     if (has_bias) v = _mm512_add_ps(v, bias);
     v = s_act16(v, act, vp);
-    if (x->gate) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
-        const __mmask16 p = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, x->gate + off), _mm512_setzero_ps(),
-                                               _CMP_GT_OQ);
-        v = _mm512_mul_ps(v, _mm512_mask_blend_ps(p, x->vgp, _mm512_set1_ps(1.0f)));
+    if (has_g) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
+        const __mmask16 p = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_GT_OQ);
+        v = _mm512_mul_ps(v, _mm512_mask_blend_ps(p, vgp, _mm512_set1_ps(1.0f)));
     }
     return v;
+}
+/* The same for the vector at column offset off of a tile row whose addend and gate rows are x's. */
+AVX512_INLINE __m512 s5_epi_vec(__m512 v, const float *cr, __mmask16 m, int64_t off, int add_c, __m512 vbeta,
+                                int has_bias, __m512 bias, int act, __m256d vp, const s5_wb_extra *x) {
+    return s5_epi_core(v, cr, m, x->scale, x->valpha, add_c, vbeta, x->addend != NULL,
+                       x->addend ? x->addend + off : NULL, has_bias, bias, act, vp, x->gate != NULL,
+                       x->gate ? x->gate + off : NULL, x->vgp);
 }
 
 /* Write-back of one tile row (two vectors) with the epilogue of epi_t. Masked loads/stores touch
@@ -1232,11 +1240,11 @@ AVX512 __attribute__((noinline)) static void s5_thin_tile(const s5_thin_epi *t, 
                                                           int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
     const gemm_args *g = t->g;
     const float *bias = g->bias ? (const float *)g->bias + j0 : NULL;
+    s5_wb_extra x = t->x;
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = i0 + r;
-        s5_wb_extra x = t->x;
-        if (x.addend) x.addend += i * g->ldx + j0;
-        if (x.gate) x.gate += i * g->ldg + j0;
+        if (t->x.addend) x.addend = t->x.addend + i * g->ldx + j0;
+        if (t->x.gate) x.gate = t->x.gate + i * g->ldg + j0;
         float *cr = (float *)g->C + i * g->ldc + j0;
         for (int64_t j = 0; j < cols; j += 16) {
             const __mmask16 m = mask16(cols - j);
@@ -1351,12 +1359,24 @@ AVX512 static void s5_tn_rows_##N(int64_t r0, int64_t r1, int64_t K, const float
     }                                                                                              \
 }
 
+/* The parts of the epilogue a call needs, as a bit set: the ks kernel has copies compiled for
+ * the common sets (the write-back is most of its time: 4 loads, stores or multiplies per 10 FMAs
+ * for K = 10), EPI_ANY decides at run time. */
+enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
+
+static int thin_epi_set(const gemm_args *g) {
+    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
+           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
+}
+
 /* ks (K <= 16, any N): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows x W <= 4
  * vectors of C at a time: per k, W vectors of op(B) and 4 broadcasts of op(A) feed 4W FMAs. Rows
  * outermost, so that C, the addend and the gate are streamed along their rows. a: row r0 of op(A)
- * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). */
-AVX512_INLINE void s5_ks_block(const int U, const int W, int64_t K, const float *a, int64_t lda, const float *b,
-                               int64_t ldb, int64_t n, float *tile) {
+ * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). F: the epilogue set
+ * (a constant), or EPI_ANY. */
+AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K, const float *a, int64_t lda,
+                               const float *b, int64_t ldb, int64_t n, const s5_thin_epi *t, int64_t i, int64_t j0,
+                               float *tile) {
     __m512 acc[4][4];
     __mmask16 m[4];
     /* a full block (n == 16 W, a constant) loads op(B) unmasked */
@@ -1373,35 +1393,84 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, int64_t K, const float 
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_fmadd_ps(au, bv[w], acc[u][w]);
         }
     }
+    const gemm_args *g = t->g;
+    if (F == EPI_ANY && g->act != GC_ACT_IDENTITY) { /* through the tile: one copy of the activations */
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+            _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
+        s5_thin_tile(t, tile, 64, i, U, j0, n);
+        return;
+    }
+    /* Straight from the registers: C is written row after row (n columns each) while the stores
+     * of a tile would be reloaded behind them (4 KB aliasing with the pending stores to C made
+     * that path ~3x slower for 256 x 256 x 10). What the write-back reads is first copied to
+     * locals: a vector store may alias anything, so fields read through t or g would be reloaded
+     * after every store. */
+    const int any = F == EPI_ANY;
+    const int scale = any ? t->x.scale : !!(F & EPI_SCALE), add_c = any ? t->add_c : !!(F & EPI_ADD_C);
+    const int has_x = any ? t->x.addend != NULL : !!(F & EPI_ADDEND);
+    const int has_g = any ? t->x.gate != NULL : !!(F & EPI_GATE);
+    const int has_bias = any ? g->bias != NULL : !!(F & EPI_BIAS);
+    const __m512 valpha = t->x.valpha, vbeta = t->vbeta, vgp = t->x.vgp;
+    const int64_t ldc = g->ldc, ldx = g->ldx, ldg = g->ldg;
+    const float *const xr0 = has_x ? t->x.addend + i * ldx + j0 : NULL;
+    const float *const gr0 = has_g ? t->x.gate + i * ldg + j0 : NULL;
+    float *const c = (float *)g->C + i * ldc + j0;
+    __m512 vbias[4];
+    _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
+        vbias[w] = has_bias ? _mm512_maskz_loadu_ps(m[w], (const float *)g->bias + j0 + 16 * w) : _mm512_setzero_ps();
     _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
-        _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
+        _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) {
+            float *const cr = c + u * ldc + 16 * w;
+            const __m512 v = s5_epi_core(acc[u][w], cr, m[w], scale, valpha, add_c, vbeta, has_x,
+                                         has_x ? xr0 + u * ldx + 16 * w : NULL, has_bias, vbias[w], GC_ACT_IDENTITY,
+                                         t->vp, has_g, has_g ? gr0 + u * ldg + 16 * w : NULL, vgp);
+            _mm512_mask_storeu_ps(cr, m[w], v);
+        }
 }
 
-AVX512 static void s5_ks_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a, int64_t lda,
-                              const float *b, int64_t ldb, const s5_thin_epi *t) {
+AVX512_INLINE void s5_ks_rows_body(const int F, int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a,
+                                   int64_t lda, const float *b, int64_t ldb, const s5_thin_epi *t) {
     float tile[4 * 64] __attribute__((aligned(64)));
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) {
         const float *ai = a + (i - r0) * lda;
         for (int64_t j0 = 0; j0 < N; j0 += 64) {
             const int64_t n = MIN(64, N - j0);
-            if (i + 8 <= r1) s5_thin_prefetch(t, i + 4, 4, j0, n);
             switch (n == 64 ? 0 : (n + 15) / 16) {
-            case 0: s5_ks_block(4, 4, K, ai, lda, b + j0, ldb, 64, tile); break;
-            case 1: s5_ks_block(4, 1, K, ai, lda, b + j0, ldb, n, tile); break;
-            case 2: s5_ks_block(4, 2, K, ai, lda, b + j0, ldb, n, tile); break;
-            case 3: s5_ks_block(4, 3, K, ai, lda, b + j0, ldb, n, tile); break;
-            default: s5_ks_block(4, 4, K, ai, lda, b + j0, ldb, n, tile); break;
+            case 0: s5_ks_block(4, 4, F, K, ai, lda, b + j0, ldb, 64, t, i, j0, tile); break;
+            case 1: s5_ks_block(4, 1, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            case 2: s5_ks_block(4, 2, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            case 3: s5_ks_block(4, 3, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            default: s5_ks_block(4, 4, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
             }
-            s5_thin_tile(t, tile, 64, i, 4, j0, n);
         }
     }
     for (; i < r1; i++)
-        for (int64_t j0 = 0; j0 < N; j0 += 16) {
-            const int64_t n = MIN(16, N - j0);
-            s5_ks_block(1, 1, K, a + (i - r0) * lda, lda, b + j0, ldb, n, tile);
-            s5_thin_tile(t, tile, 64, i, 1, j0, n);
-        }
+        for (int64_t j0 = 0; j0 < N; j0 += 16)
+            s5_ks_block(1, 1, F, K, a + (i - r0) * lda, lda, b + j0, ldb, MIN(16, N - j0), t, i, j0, tile);
+}
+
+#define GEN_KS_ROWS(NAME, F)                                                                       \
+    AVX512 static void s5_ks_rows_##NAME(int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a, int64_t lda, \
+                                         const float *b, int64_t ldb, const s5_thin_epi *t) {      \
+        s5_ks_rows_body(F, r0, r1, N, K, a, lda, b, ldb, t);                                       \
+    }
+GEN_KS_ROWS(any, EPI_ANY)
+GEN_KS_ROWS(plain, 0)
+GEN_KS_ROWS(bias, EPI_BIAS)
+GEN_KS_ROWS(gate, EPI_GATE)
+GEN_KS_ROWS(update, EPI_SCALE | EPI_ADDEND)
+#undef GEN_KS_ROWS
+
+static void s5_ks_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a, int64_t lda, const float *b,
+                       int64_t ldb, const s5_thin_epi *t) {
+    switch (thin_epi_set(t->g)) {
+    case 0: s5_ks_rows_plain(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_BIAS: s5_ks_rows_bias(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_GATE: s5_ks_rows_gate(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_SCALE | EPI_ADDEND: s5_ks_rows_update(r0, r1, N, K, a, lda, b, ldb, t); break;
+    default: s5_ks_rows_any(r0, r1, N, K, a, lda, b, ldb, t); break;
+    }
 }
 
 #define THIN_EACH_N(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
