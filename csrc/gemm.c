@@ -161,6 +161,7 @@ typedef struct {
     kernel_fn kernel;
     kernel_fn kernel_strided; /* NULL: always pack A */
     colsum_fn colsum;         /* NULL: the portable colsum_packed of esize */
+    int (*thin)(const gemm_args *); /* NULL, or unpacked kernels for thin shapes: 0 when it ran */
 } gemm_impl;
 
 /* Column sums of packed B panels (gemm_args.colsum), for one NR known at compile time so that a
@@ -919,36 +920,39 @@ WB5_EXTRA(s5, float, __m512)
 WB5_EXTRA(d5, double, __m512d)
 #undef WB5_EXTRA
 
-/* Write-back of one tile row (two vectors) with the epilogue of epi_t, in the order of the AVX2
- * and portable paths. Masked loads/stores touch only the first n columns (of C, addend, gate). */
+/* The epilogue of epi_t on one vector, in the order of the AVX2 and portable paths: cr is the
+ * vector's place in C, xr / gr its place in the addend / gate (read only when has_x / has_g).
+ * The flags are separate so that callers with a known epilogue compile the rest away. Masked
+ * loads touch only lanes m (of C, addend, gate). */
+AVX512_INLINE __m512 s5_epi_core(__m512 v, const float *cr, __mmask16 m, int scale, __m512 valpha, int add_c,
+                                 __m512 vbeta, int has_x, const float *xr, int has_bias, __m512 bias, int act,
+                                 __m256d vp, int has_g, const float *gr, __m512 vgp) {
+    if (scale) v = _mm512_mul_ps(v, valpha);
+    if (add_c) v = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m, cr), v);
+    if (has_x) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, xr));
+    if (has_bias) v = _mm512_add_ps(v, bias);
+    v = s_act16(v, act, vp);
+    if (has_g) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
+        const __mmask16 p = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_GT_OQ);
+        v = _mm512_mul_ps(v, _mm512_mask_blend_ps(p, vgp, _mm512_set1_ps(1.0f)));
+    }
+    return v;
+}
+/* The same for the vector at column offset off of a tile row whose addend and gate rows are x's. */
+AVX512_INLINE __m512 s5_epi_vec(__m512 v, const float *cr, __mmask16 m, int64_t off, int add_c, __m512 vbeta,
+                                int has_bias, __m512 bias, int act, __m256d vp, const s5_wb_extra *x) {
+    return s5_epi_core(v, cr, m, x->scale, x->valpha, add_c, vbeta, x->addend != NULL,
+                       x->addend ? x->addend + off : NULL, has_bias, bias, act, vp, x->gate != NULL,
+                       x->gate ? x->gate + off : NULL, x->vgp);
+}
+
+/* Write-back of one tile row (two vectors) with the epilogue of epi_t. Masked loads/stores touch
+ * only the first n columns (of C, addend, gate). */
 AVX512_INLINE void s5_wb_row(float *cr, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1, int add_c,
                              __m512 vbeta, int has_bias, __m512 bias0, __m512 bias1, int act,
                              __m256d vp, const s5_wb_extra *x) {
-    if (x->scale) {
-        v0 = _mm512_mul_ps(v0, x->valpha);
-        v1 = _mm512_mul_ps(v1, x->valpha);
-    }
-    if (add_c) {
-        v0 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m0, cr), v0);
-        v1 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m1, cr + 16), v1);
-    }
-    if (x->addend) {
-        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, x->addend));
-        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, x->addend + 16));
-    }
-    if (has_bias) {
-        v0 = _mm512_add_ps(v0, bias0);
-        v1 = _mm512_add_ps(v1, bias1);
-    }
-    v0 = s_act16(v0, act, vp);
-    v1 = s_act16(v1, act, vp);
-    if (x->gate) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
-        const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-        const __mmask16 p0 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, x->gate), zero, _CMP_GT_OQ);
-        const __mmask16 p1 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, x->gate + 16), zero, _CMP_GT_OQ);
-        v0 = _mm512_mul_ps(v0, _mm512_mask_blend_ps(p0, x->vgp, one));
-        v1 = _mm512_mul_ps(v1, _mm512_mask_blend_ps(p1, x->vgp, one));
-    }
+    v0 = s5_epi_vec(v0, cr, m0, 0, add_c, vbeta, has_bias, bias0, act, vp, x);
+    v1 = s5_epi_vec(v1, cr + 16, m1, 16, add_c, vbeta, has_bias, bias1, act, vp, x);
     _mm512_mask_storeu_ps(cr, m0, v0);
     _mm512_mask_storeu_ps(cr + 16, m1, v1);
 }
@@ -1184,6 +1188,462 @@ AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, in
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Thin float32 products on AVX-512 (N <= 16): unpacked kernels that fill whole vectors        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* With N <= 16 the packed kernel's 14 x 32 tiles are mostly padding (N = 10: 10 of every 32 FMA
+ * lanes do work, the dense-layer logits and the weight update of a 10-class output layer). Two
+ * unpacked kernels keep every lane busy and read A in place, once:
+ *   dot (A stored M x K): C[i, j] = A[i, :] . op(B)[:, j], 16 k per vector; R rows x N columns of
+ *       accumulators, then one horizontal-sum tree per row leaves the row's N results in one
+ *       vector, which goes through the epilogue as a tile row would;
+ *   tn (A stored K x M, op(A) = A^T, the weight-gradient shape X^T G): 16 rows of C per vector,
+ *       V vectors x N columns of accumulators fed by op(A)[i0:i0+16V, k] * op(B)[k, j]
+ *       (broadcast), then each 16 x 16 block transposed in registers into rows of C.
+ * op(B) is read as N rows of K (dot) or K rows of N (tn); in the other layout it is first
+ * transposed into a small buffer. The whole K is summed in registers (no K blocks), so the
+ * epilogue runs once per element (beta * C read once, then addend, bias, act, gate). */
+#define THIN_NMAX 16
+
+/* r[i] lane j <-> r[j] lane i: 4 rounds of 16 shuffles. */
+AVX512_INLINE void transpose16_ps(__m512 r[16]) {
+    __m512 t[16];
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* r[4p + c], 128-bit lane q: column 4q + c of rows 4p .. 4p+3 */
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4) {
+        const __m512d t0 = _mm512_castps_pd(t[i]), t1 = _mm512_castps_pd(t[i + 1]);
+        const __m512d t2 = _mm512_castps_pd(t[i + 2]), t3 = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    /* transpose the 4 x 4 grid of 128-bit blocks */
+    __m512 o[16];
+    _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+        const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+        const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        o[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        o[4 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        o[8 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        o[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+/* Lane j of the result: the sum of the 16 lanes of x[j] (a tree of 15 shuffle-pair adds). */
+AVX512_INLINE __m512 hsum16_ps(const __m512 x[16]) {
+    /* Slot s takes x[(s % 4) * 4 + s / 4], so that the last round leaves x[j]'s sum in lane j. */
+    __m512 y[8], z[4], w[2];
+    _Pragma("GCC unroll 8") for (int p = 0; p < 8; p++) {
+        const __m512 a = x[(2 * p) % 4 * 4 + 2 * p / 4], b = x[(2 * p + 1) % 4 * 4 + (2 * p + 1) / 4];
+        y[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    _Pragma("GCC unroll 4") for (int p = 0; p < 4; p++)
+        z[p] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * p], y[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * p], y[2 * p + 1], 0xDD));
+    _Pragma("GCC unroll 2") for (int p = 0; p < 2; p++) {
+        const __m512d a = _mm512_castps_pd(z[2 * p]), b = _mm512_castps_pd(z[2 * p + 1]);
+        w[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+/* dst (cols x rows, row stride ldd) = the transpose of src (rows x cols, row stride lds). */
+AVX512 static void s5_transpose(const float *src, int64_t lds, int64_t rows, int64_t cols, float *dst,
+                                int64_t ldd) {
+    for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        const int64_t ri = MIN(16, rows - i0);
+        for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+            const int64_t cj = MIN(16, cols - j0);
+            const __mmask16 mj = mask16(cj);
+            __m512 r[16];
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+                r[i] = i < ri ? _mm512_maskz_loadu_ps(mj, src + (i0 + i) * lds + j0) : _mm512_setzero_ps();
+            transpose16_ps(r);
+            _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++)
+                if (j < cj) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, mask16(ri), r[j]);
+        }
+    }
+}
+
+/* The write-back of a thin product: all of K at once, so the first and last K block. The kernels
+ * leave their results in a row-major stack tile, written back here by one loop (one copy of the
+ * epilogue and its activations, not one per register of the kernel). */
+typedef struct {
+    const gemm_args *g;
+    int add_c;
+    __m512 vbeta;
+    __m256d vp;
+    s5_wb_extra x; /* addend and gate of C's row 0 */
+} s5_thin_epi;
+
+AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
+    const s5_thin_epi t = {g, g->beta != 0, _mm512_set1_ps((float)g->beta), _mm256_set1_pd((double)(float)g->act_param),
+                           {g->alpha != 1, _mm512_set1_ps((float)g->alpha), _mm512_set1_ps((float)g->gate_param),
+                            (const float *)g->addend, (const float *)g->gate}};
+    return t;
+}
+
+/* C[i0 + r, j0 + j] = the epilogue of tile[r * ldt + j], r < rows, j < cols. */
+AVX512 __attribute__((noinline)) static void s5_thin_tile(const s5_thin_epi *t, const float *tile, int64_t ldt,
+                                                          int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+    const gemm_args *g = t->g;
+    const float *bias = g->bias ? (const float *)g->bias + j0 : NULL;
+    s5_wb_extra x = t->x;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = i0 + r;
+        if (t->x.addend) x.addend = t->x.addend + i * g->ldx + j0;
+        if (t->x.gate) x.gate = t->x.gate + i * g->ldg + j0;
+        float *cr = (float *)g->C + i * g->ldc + j0;
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 m = mask16(cols - j);
+            const __m512 vbias = bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
+            const __m512 v = s5_epi_vec(_mm512_load_ps(tile + r * ldt + j), cr + j, m, j, t->add_c, t->vbeta,
+                                        bias != NULL, vbias, g->act, t->vp, &x);
+            _mm512_mask_storeu_ps(cr + j, m, v);
+        }
+    }
+}
+
+/* Prefetch what the write-back of rows [i, i + rows) x columns [j0, j0 + n) will read or write
+ * (C, the addend, the gate): streamed a few rows at a time, these lines are each touched once,
+ * too briefly for the hardware prefetchers. */
+AVX512_INLINE void s5_thin_prefetch(const s5_thin_epi *t, int64_t i, const int rows, int64_t j0, int64_t n) {
+    const gemm_args *g = t->g;
+    for (int64_t j = 0; j < n; j += 16)
+        _Pragma("GCC unroll 4") for (int r = 0; r < rows; r++) {
+            _mm_prefetch((const char *)((const float *)g->C + (i + r) * g->ldc + j0 + j), _MM_HINT_T0);
+            if (t->x.gate) _mm_prefetch((const char *)(t->x.gate + (i + r) * g->ldg + j0 + j), _MM_HINT_T0);
+            if (t->x.addend) _mm_prefetch((const char *)(t->x.addend + (i + r) * g->ldx + j0 + j), _MM_HINT_T0);
+        }
+}
+
+/* dot: rows [r0, r1) of C, N columns, R rows at a time (then one at a time). bt: op(B) as N rows
+ * of K (row stride ldbt). Accumulators R x N (+ R A vectors): at most 30 of the 32 registers. */
+#define THIN_DOT_R(N) ((N) >= 15 ? 1 : 30 / ((N) + 1) > 8 ? 8 : 30 / ((N) + 1))
+#define GEN_THIN_DOT(N)                                                                            \
+AVX512_INLINE void s5_dot_block_##N(const int R, int64_t K, const float *a, int64_t lda,             \
+                                    const float *bt, int64_t ldbt, float *tile) {                  \
+    __m512 acc[THIN_DOT_R(N)][N];                                                                  \
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                            \
+        _Pragma("GCC unroll 16") for (int j = 0; j < N; j++) acc[r][j] = _mm512_setzero_ps();      \
+    int64_t k = 0;                                                                                 \
+    for (; k + 16 <= K; k += 16) {                                                                 \
+        __m512 av[THIN_DOT_R(N)];                                                                  \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) av[r] = _mm512_loadu_ps(a + r * lda + k); \
+        _Pragma("GCC unroll 16") for (int j = 0; j < N; j++) {                                     \
+            __m512 b = _mm512_loadu_ps(bt + j * ldbt + k);                                         \
+            if (R > 1) __asm__("" : "+v"(b)); /* one load, not one per row */                     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(av[r], b, acc[r][j]); \
+        }                                                                                          \
+    }                                                                                              \
+    if (k < K) {                                                                                   \
+        const __mmask16 mk = mask16(K - k);                                                        \
+        __m512 av[THIN_DOT_R(N)];                                                                  \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) av[r] = _mm512_maskz_loadu_ps(mk, a + r * lda + k); \
+        _Pragma("GCC unroll 16") for (int j = 0; j < N; j++) {                                     \
+            __m512 b = _mm512_maskz_loadu_ps(mk, bt + j * ldbt + k);                               \
+            if (R > 1) __asm__("" : "+v"(b));                                                      \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(av[r], b, acc[r][j]); \
+        }                                                                                          \
+    }                                                                                              \
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                                          \
+        __m512 x[16];                                                                              \
+        _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++)                                      \
+            x[j] = j < N ? acc[r][j < N ? j : 0] : _mm512_setzero_ps();                            \
+        _mm512_store_ps(tile + 16 * r, hsum16_ps(x));                                              \
+    }                                                                                              \
+}                                                                                                  \
+AVX512 static void s5_dot_rows_##N(int64_t r0, int64_t r1, int64_t K, const float *A, int64_t lda,  \
+                                   const float *bt, int64_t ldbt, const s5_thin_epi *t) {           \
+    float tile[16 * THIN_DOT_R(N)] __attribute__((aligned(64)));                                  \
+    int64_t i = r0;                                                                                \
+    for (; i + THIN_DOT_R(N) <= r1; i += THIN_DOT_R(N)) {                                          \
+        s5_dot_block_##N(THIN_DOT_R(N), K, A + i * lda, lda, bt, ldbt, tile);                      \
+        s5_thin_tile(t, tile, 16, i, THIN_DOT_R(N), 0, N);                                         \
+    }                                                                                              \
+    for (; i < r1; i++) {                                                                          \
+        s5_dot_block_##N(1, K, A + i * lda, lda, bt, ldbt, tile);                                  \
+        s5_thin_tile(t, tile, 16, i, 1, 0, N);                                                     \
+    }                                                                                              \
+}
+
+/* tn: rows [r0, r1) of C (r0 a multiple of 16 V), V vectors of 16 rows at a time. b: op(B) as K
+ * rows of N (row stride ldb). Accumulators V x N (+ V A vectors), at most 30 registers. */
+#define THIN_TN_V(N) ((N) >= 15 ? 1 : (N) >= 10 ? 2 : (N) >= 6 ? 3 : 4)
+/* k rows of A prefetched ahead of the one being read (A^T is read down its columns: one or two
+ * cache lines per row k, 4 KB pages apart every few rows, which the hardware prefetchers miss). */
+#define THIN_TN_PREFETCH 8
+#define GEN_THIN_TN(N)                                                                             \
+AVX512 static void s5_tn_rows_##N(int64_t r0, int64_t r1, int64_t K, const float *A, int64_t lda,  \
+                                  const float *b, int64_t ldb, const s5_thin_epi *t) {             \
+    enum { V = THIN_TN_V(N) };                                                                     \
+    float tile[16 * 16 * V] __attribute__((aligned(64)));                                         \
+    for (int64_t i0 = r0; i0 < r1; i0 += 16 * V) {                                                 \
+        __mmask16 mv[V];                                                                           \
+        _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) mv[v] = mask16(r1 - i0 - 16 * v);      \
+        __m512 acc[V][N];                                                                          \
+        _Pragma("GCC unroll 4") for (int v = 0; v < V; v++)                                        \
+            _Pragma("GCC unroll 16") for (int j = 0; j < N; j++) acc[v][j] = _mm512_setzero_ps();  \
+        const float *ak = A + i0, *bk = b;                                                         \
+        for (int64_t k = 0; k < K; k++, ak += lda, bk += ldb) {                                    \
+            if (k + THIN_TN_PREFETCH < K)                                                          \
+                _Pragma("GCC unroll 4") for (int v = 0; v < V; v++)                                \
+                    _mm_prefetch((const char *)(ak + THIN_TN_PREFETCH * lda + 16 * v), _MM_HINT_T0); \
+            __m512 av[V];                                                                          \
+            _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) av[v] = _mm512_maskz_loadu_ps(mv[v], ak + 16 * v); \
+            _Pragma("GCC unroll 16") for (int j = 0; j < N; j++) {                                 \
+                const __m512 bj = _mm512_set1_ps(bk[j]);                                           \
+                _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) acc[v][j] = _mm512_fmadd_ps(av[v], bj, acc[v][j]); \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) {                                      \
+            __m512 x[16];                                                                          \
+            _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++)                                  \
+                x[j] = j < N ? acc[v][j < N ? j : 0] : _mm512_setzero_ps();                        \
+            transpose16_ps(x);                                                                     \
+            _Pragma("GCC unroll 16") for (int l = 0; l < 16; l++) _mm512_store_ps(tile + 16 * (16 * v + l), x[l]); \
+        }                                                                                          \
+        s5_thin_tile(t, tile, 16, i0, MIN(16 * V, r1 - i0), 0, N);                                 \
+    }                                                                                              \
+}
+
+/* The parts of the epilogue a call needs, as a bit set: the ks kernel has copies compiled for
+ * the common sets (the write-back is most of its time: 4 loads, stores or multiplies per 10 FMAs
+ * for K = 10), EPI_ANY decides at run time. */
+enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
+
+static int thin_epi_set(const gemm_args *g) {
+    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
+           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
+}
+
+/* ks (K <= 16, any N): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows x W <= 4
+ * vectors of C at a time: per k, W vectors of op(B) and 4 broadcasts of op(A) feed 4W FMAs. Rows
+ * outermost, so that C, the addend and the gate are streamed along their rows. a: row r0 of op(A)
+ * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). F: the epilogue set
+ * (a constant), or EPI_ANY. */
+AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K, const float *a, int64_t lda,
+                               const float *b, int64_t ldb, int64_t n, const s5_thin_epi *t, int64_t i, int64_t j0,
+                               float *tile) {
+    __m512 acc[4][4];
+    __mmask16 m[4];
+    /* a full block (n == 16 W, a constant) loads op(B) unmasked */
+    _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) m[w] = n == 16 * W ? (__mmask16)0xFFFF : mask16(n - 16 * w);
+    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+        _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m512 bv[4];
+        _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
+            bv[w] = n == 16 * W ? _mm512_loadu_ps(b + k * ldb + 16 * w) : _mm512_maskz_loadu_ps(m[w], b + k * ldb + 16 * w);
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {
+            __m512 au = _mm512_set1_ps(a[u * lda + k]);
+            if (W > 1) __asm__("" : "+v"(au)); /* one broadcast load, not one per vector */
+            _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_fmadd_ps(au, bv[w], acc[u][w]);
+        }
+    }
+    const gemm_args *g = t->g;
+    if (F == EPI_ANY && g->act != GC_ACT_IDENTITY) { /* through the tile: one copy of the activations */
+        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+            _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
+        s5_thin_tile(t, tile, 64, i, U, j0, n);
+        return;
+    }
+    /* Straight from the registers: C is written row after row (n columns each) while the stores
+     * of a tile would be reloaded behind them (4 KB aliasing with the pending stores to C made
+     * that path ~3x slower for 256 x 256 x 10). What the write-back reads is first copied to
+     * locals: a vector store may alias anything, so fields read through t or g would be reloaded
+     * after every store. */
+    const int any = F == EPI_ANY;
+    const int scale = any ? t->x.scale : !!(F & EPI_SCALE), add_c = any ? t->add_c : !!(F & EPI_ADD_C);
+    const int has_x = any ? t->x.addend != NULL : !!(F & EPI_ADDEND);
+    const int has_g = any ? t->x.gate != NULL : !!(F & EPI_GATE);
+    const int has_bias = any ? g->bias != NULL : !!(F & EPI_BIAS);
+    const __m512 valpha = t->x.valpha, vbeta = t->vbeta, vgp = t->x.vgp;
+    const int64_t ldc = g->ldc, ldx = g->ldx, ldg = g->ldg;
+    const float *const xr0 = has_x ? t->x.addend + i * ldx + j0 : NULL;
+    const float *const gr0 = has_g ? t->x.gate + i * ldg + j0 : NULL;
+    float *const c = (float *)g->C + i * ldc + j0;
+    __m512 vbias[4];
+    _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
+        vbias[w] = has_bias ? _mm512_maskz_loadu_ps(m[w], (const float *)g->bias + j0 + 16 * w) : _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+        _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) {
+            float *const cr = c + u * ldc + 16 * w;
+            const __m512 v = s5_epi_core(acc[u][w], cr, m[w], scale, valpha, add_c, vbeta, has_x,
+                                         has_x ? xr0 + u * ldx + 16 * w : NULL, has_bias, vbias[w], GC_ACT_IDENTITY,
+                                         t->vp, has_g, has_g ? gr0 + u * ldg + 16 * w : NULL, vgp);
+            _mm512_mask_storeu_ps(cr, m[w], v);
+        }
+}
+
+AVX512_INLINE void s5_ks_rows_body(const int F, int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a,
+                                   int64_t lda, const float *b, int64_t ldb, const s5_thin_epi *t) {
+    float tile[4 * 64] __attribute__((aligned(64)));
+    int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) {
+        const float *ai = a + (i - r0) * lda;
+        for (int64_t j0 = 0; j0 < N; j0 += 64) {
+            const int64_t n = MIN(64, N - j0);
+            switch (n == 64 ? 0 : (n + 15) / 16) {
+            case 0: s5_ks_block(4, 4, F, K, ai, lda, b + j0, ldb, 64, t, i, j0, tile); break;
+            case 1: s5_ks_block(4, 1, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            case 2: s5_ks_block(4, 2, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            case 3: s5_ks_block(4, 3, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            default: s5_ks_block(4, 4, F, K, ai, lda, b + j0, ldb, n, t, i, j0, tile); break;
+            }
+        }
+    }
+    for (; i < r1; i++)
+        for (int64_t j0 = 0; j0 < N; j0 += 16)
+            s5_ks_block(1, 1, F, K, a + (i - r0) * lda, lda, b + j0, ldb, MIN(16, N - j0), t, i, j0, tile);
+}
+
+#define GEN_KS_ROWS(NAME, F)                                                                       \
+    AVX512 static void s5_ks_rows_##NAME(int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a, int64_t lda, \
+                                         const float *b, int64_t ldb, const s5_thin_epi *t) {      \
+        s5_ks_rows_body(F, r0, r1, N, K, a, lda, b, ldb, t);                                       \
+    }
+GEN_KS_ROWS(any, EPI_ANY)
+GEN_KS_ROWS(plain, 0)
+GEN_KS_ROWS(bias, EPI_BIAS)
+GEN_KS_ROWS(gate, EPI_GATE)
+GEN_KS_ROWS(update, EPI_SCALE | EPI_ADDEND)
+#undef GEN_KS_ROWS
+
+static void s5_ks_rows(int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a, int64_t lda, const float *b,
+                       int64_t ldb, const s5_thin_epi *t) {
+    switch (thin_epi_set(t->g)) {
+    case 0: s5_ks_rows_plain(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_BIAS: s5_ks_rows_bias(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_GATE: s5_ks_rows_gate(r0, r1, N, K, a, lda, b, ldb, t); break;
+    case EPI_SCALE | EPI_ADDEND: s5_ks_rows_update(r0, r1, N, K, a, lda, b, ldb, t); break;
+    default: s5_ks_rows_any(r0, r1, N, K, a, lda, b, ldb, t); break;
+    }
+}
+
+#define THIN_EACH_N(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
+THIN_EACH_N(GEN_THIN_DOT)
+THIN_EACH_N(GEN_THIN_TN)
+
+typedef void (*thin_rows_fn)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, int64_t,
+                             const s5_thin_epi *);
+#define THIN_DOT_ENTRY(N) s5_dot_rows_##N,
+#define THIN_TN_ENTRY(N) s5_tn_rows_##N,
+static const thin_rows_fn s5_dot_rows[THIN_NMAX + 1] = {NULL, THIN_EACH_N(THIN_DOT_ENTRY)};
+static const thin_rows_fn s5_tn_rows[THIN_NMAX + 1] = {NULL, THIN_EACH_N(THIN_TN_ENTRY)};
+#undef THIN_DOT_ENTRY
+#undef THIN_TN_ENTRY
+
+enum { THIN_DOT, THIN_TN, THIN_KS };
+
+/* One thin product. Operands stored the other way round are transposed by each thread into its
+ * own part of the scratch (op(B) whole, op(A) only the thread's rows): a buffer written by one
+ * core and read by the other would cross between the cores' caches twice per call, which on the
+ * 2-core Xeon cost more (~3 us for a 10 KB op(B)) than transposing it on both. */
+typedef struct {
+    const gemm_args *g;
+    int kind;
+    int tb;            /* op(B) transposed into the buffer, row stride ldbt */
+    int ta;            /* op(A) rows transposed into the buffer (ks), row stride K */
+    int64_t ldbt;
+    size_t bfloats;    /* op(B)'s part of each thread's buffer */
+    float *buf;        /* thread tid's buffer at buf + tid * stride */
+    size_t stride;
+    int64_t blk;       /* rows per kernel block: the threads' ranges are multiples of it */
+} s5_thin_ctx;
+
+AVX512 static void s5_thin_range(const s5_thin_ctx *x, int tid, int64_t r0, int64_t r1) {
+    const gemm_args *g = x->g;
+    if (r0 >= r1) return;
+    const int64_t N = g->N, K = g->K;
+    float *buf = x->buf + x->stride * (size_t)tid;
+    const float *A = (const float *)g->A, *B = (const float *)g->B;
+    int64_t lda = g->lda, ldb = g->ldb;
+    if (x->tb) {
+        /* dot reads op(B) as N rows of K, tn and ks as K rows of N */
+        if (x->kind == THIN_DOT) s5_transpose(B, g->ldb, K, N, buf, x->ldbt); /* B stored K x N */
+        else s5_transpose(B, g->ldb, N, K, buf, x->ldbt);                      /* B stored N x K */
+        B = buf, ldb = x->ldbt;
+    }
+    const float *ar0 = A + r0 * lda; /* row r0 of op(A), for ks */
+    if (x->ta) { /* ks reads op(A) as rows of K: rows [r0, r1) of it from A stored K x M */
+        float *at = buf + x->bfloats;
+        s5_transpose(A + r0, g->lda, K, r1 - r0, at, K);
+        ar0 = at, lda = K;
+    }
+    const s5_thin_epi t = s5_thin_epi_of(g);
+    switch (x->kind) {
+    case THIN_DOT: s5_dot_rows[N](r0, r1, K, A, lda, B, ldb, &t); break;
+    case THIN_TN: s5_tn_rows[N](r0, r1, K, A, lda, B, ldb, &t); break;
+    default: s5_ks_rows(r0, r1, N, K, ar0, lda, B, ldb, &t); break;
+    }
+}
+
+/* Rows of thread tid of team: whole kernel blocks, as even as possible. */
+static void thin_rows_of(const s5_thin_ctx *x, int tid, int team, int64_t *r0, int64_t *r1) {
+    const int64_t nb = (x->g->M + x->blk - 1) / x->blk;
+    *r0 = MIN(x->g->M, nb * tid / team * x->blk);
+    *r1 = MIN(x->g->M, nb * (tid + 1) / team * x->blk);
+}
+
+static void s5_thin_thread(void *ctx, int tid, int team) {
+    const s5_thin_ctx *x = (const s5_thin_ctx *)ctx;
+    int64_t r0, r1;
+    thin_rows_of(x, tid, team, &r0, &r1);
+    s5_thin_range(x, tid, r0, r1);
+}
+
+/* N <= 16 products go to dot / tn when op(B) (N x K) fits in L1 next to the A rows being read:
+ * those kernels read all of op(B) once per block of rows. */
+#ifndef THIN_MAX_BK
+#define THIN_MAX_BK 12288
+#endif
+/* The dot kernel wants K >= 16 (one full vector per product); shorter K goes to ks. */
+#ifndef THIN_DOT_MIN_K
+#define THIN_DOT_MIN_K 16
+#endif
+/* Below THIN_SERIAL_MAX_FMAS multiply-adds one thread. PROVISIONAL. */
+#ifndef THIN_SERIAL_MAX_FMAS
+#define THIN_SERIAL_MAX_FMAS (1 << 18)
+#endif
+
+/* The thin kernels for g, or -1 when the shape is not thin (or scratch cannot be had). */
+static int s5_thin(const gemm_args *g) {
+    const int64_t M = g->M, N = g->N, K = g->K;
+    s5_thin_ctx x = {g, THIN_KS, 0, 0, 0, 0, NULL, 0, 4};
+    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK && (g->transA || K >= THIN_DOT_MIN_K))
+        x.kind = g->transA ? THIN_TN : THIN_DOT;
+    else if (K > THIN_NMAX)
+        return -1;
+    x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
+    int nt = gc_get_num_threads();
+    if ((double)M * (double)N * (double)K < THIN_SERIAL_MAX_FMAS) nt = 1;
+    nt = (int)MAX(1, MIN((int64_t)nt, (M + x.blk - 1) / x.blk));
+    /* dot wants op(B) as N rows of K, tn and ks as K rows of N; ks wants op(A) as rows of K */
+    const int b_nk = x.kind == THIN_DOT;
+    x.tb = b_nk != g->transB;
+    x.ta = x.kind == THIN_KS && g->transA;
+    x.ldbt = b_nk ? round_up(K, 16) : round_up(N, 16);
+    x.bfloats = x.tb ? (size_t)(x.ldbt * (b_nk ? N : K)) : 0;
+    const int64_t rows_max = ((M + x.blk - 1) / x.blk + nt - 1) / nt * x.blk;
+    x.stride = (size_t)round_up((int64_t)x.bfloats + (x.ta ? rows_max * K : 0), 16); /* whole cache lines */
+    if (x.stride) {
+        x.buf = (float *)scratch_alloc(x.stride * (size_t)nt * sizeof(float));
+        if (!x.buf) return -1;
+    }
+    if (nt == 1) s5_thin_range(&x, 0, 0, M);
+    else gc_parallel(nt, s5_thin_thread, &x);
+    free(x.buf);
+    return 0;
+}
+
 /* Blocking for this machine's caches (Sapphire Rapids class: L1d 48 KB, L2 2 MB per core):
  * the B micro-panel (KC x NR) stays in L1 while MR-row A panels stream from L2; the A block
  * (MC x KC) sits in L2. Swept (one thread, CPU time, 256^2..2048^2 and the W-mlp shapes): KC 192
@@ -1209,7 +1669,7 @@ AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, in
 GEN_COLSUM(s5_colsum, float, S5_NR, AVX512)
 GEN_COLSUM(d5_colsum, double, D5_NR, AVX512)
 static const gemm_impl S_AVX512 = {sizeof(float), S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
-                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum};
+                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum, s5_thin};
 static const gemm_impl D_AVX512 = {sizeof(double), D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
                                    d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided, d5_colsum};
 #endif /* GC_X86 */
@@ -1388,6 +1848,10 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     if (fmas < DIRECT_MAX_FMAS) {
         colsum_unpacked(im, g);
         direct(g);
+        return;
+    }
+    if (im->thin && im->thin(g) == 0) { /* B was read in place, not packed */
+        colsum_unpacked(im, g);
         return;
     }
 

@@ -728,3 +728,174 @@ def test_exec_matmul_propagates_nan_and_inf(dtype, shape):
             assert np.array_equal(np.isinf(C), np.isinf(ref)), (bad, act)
             fin = np.isfinite(ref)
             assert rel_err(np.where(fin, C, 0), np.where(fin, ref, 0)) <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# Thin products (N <= 16 or K <= 16): on AVX-512 the float32 GEMM runs them through unpacked
+# kernels (dot: A stored M x K and N <= 16; tn: A stored K x M and N <= 16; ks: K <= 16, any N)
+# with their own write-back; the other levels and float64 take the packed path. Every epilogue
+# part, 1 and 2 threads (the threads split the rows and transpose operands privately).
+# ------------------------------------------------------------------------------------------
+
+# Epilogue sets: the ks kernel has copies compiled for none, bias, gate, alpha + addend (and a
+# run-time one for the rest); activations go through a separate write-back.
+THIN_EPILOGUES = [
+    {},
+    {"bias": True},
+    {"gate": RELU},
+    {"gate": LEAKY},
+    {"alpha": -0.01, "addend": True},
+    {"beta": 1.0},
+    {"beta": 1.0, "bias": True, "act": RELU},
+    {"bias": True, "act": SIGMOID},
+    {"act": TANH, "alpha": 2.5},
+    {"act": ELU, "addend": True},
+    {"act": LEAKY, "gate": RELU},
+    {"alpha": 0.5, "beta": 1.0, "addend": True, "bias": True, "act": LEAKY, "gate": LEAKY},
+]
+
+
+def _thin_case(rng, dtype, M, N, K, transA, transB, epi, pad=0):
+    """Operands (row strides padded by `pad`), the call's result and its float64 reference."""
+    A = padded(rng, *((K, M) if transA else (M, K)), pad, dtype)
+    B = padded(rng, *((N, K) if transB else (K, N)), (pad + 1) % 3, dtype)
+    C = padded(rng, M, N, (pad + 2) % 3, dtype)
+    beta = epi.get("beta", 0.0)
+    if not beta:
+        C[...] = np.nan  # must not be read
+    C0 = C.copy()
+    X = padded(rng, M, N, pad, dtype) if epi.get("addend") else None
+    G = None
+    if epi.get("gate"):
+        G = padded(rng, M, N, (pad + 1) % 3, dtype)
+        G[rng.random(G.shape) < 0.25] = 0.0  # the kink: relu' is 0 there
+    bias = rng.standard_normal(N).astype(dtype) if epi.get("bias") else None
+    alpha, act, gate_act = epi.get("alpha", 1.0), epi.get("act", IDENTITY), epi.get("gate", RELU)
+    assert gemm_ex(A, B, C, transA, transB, alpha, beta, bias, act, 0.1, X, G, gate_act, 0.2) == 0
+    ref = reference_ex(A, B, C0, transA, transB, alpha, beta, bias, act, 0.1, X, G, gate_act, 0.2)
+    return C, ref, G
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("transA,transB", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_thin_products_match_numpy(transA, transB, level, threads):
+    """float32, N = 1..17 against K = 1..17 plus long K (the dot / tn kernels, their 16-lane K
+    and row tails, the fall-back to packing at N = 17) and K = 1..17 against wide N (the ks
+    kernel's 64-column blocks and partial vectors), rows around every kernel's row block (dot
+    1-8 rows, tn 16-64, ks 4); the epilogue set cycles over THIN_EPILOGUES."""
+    set_level(level)
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(21 + 2 * transA + transB)
+    shapes = [(M, N, K) for M in (1, 3, 17, 35, 67) for N in range(1, 18) for K in (1, 2, 7, 15, 16, 17, 40, 300)]
+    shapes += [(M, N, K) for M in (4, 9, 66) for N in (18, 31, 47, 64, 65, 100, 130, 256) for K in range(1, 18)]
+    for i, (M, N, K) in enumerate(shapes):
+        epi = THIN_EPILOGUES[i % len(THIN_EPILOGUES)]
+        C, ref, G = _thin_case(rng, np.float32, M, N, K, transA, transB, epi, pad=i % 3)
+        assert np.all(np.isfinite(C)), (M, N, K, epi)
+        assert rel_err(C, ref) <= 1e-5, (M, N, K, epi, rel_err(C, ref))
+        if G is not None and epi["gate"] == RELU:
+            assert np.all(C[G <= 0] == 0), (M, N, K, epi)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,K,transA,transB", [(256, 10, 256, 0, 0), (256, 256, 10, 0, 1), (256, 10, 256, 1, 0),
+                                                 (250, 10, 784, 0, 0), (784, 10, 250, 1, 0), (250, 784, 10, 0, 1),
+                                                 (256, 16, 256, 0, 1), (256, 256, 16, 1, 1)])
+def test_thin_mlp_shapes_every_epilogue(dtype, level, threads, M, N, K, transA, transB):
+    """The thin GEMMs of an MLP's 10-class output layer (logits, the hidden gradient through the
+    relu' gate, the SGD update of the weights), a partial last row block (250 rows), and the
+    same shapes at the edge of the thin kernels (N or K = 16), with every epilogue set."""
+    set_level(level)
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(M + N + K)
+    for epi in THIN_EPILOGUES:
+        C, ref, G = _thin_case(rng, dtype, M, N, K, transA, transB, epi, pad=1)
+        assert np.all(np.isfinite(C)), epi
+        assert rel_err(C, ref) <= TOL[np.dtype(dtype)], (epi, rel_err(C, ref))
+        if G is not None and epi["gate"] == RELU:
+            assert np.all(C[G <= 0] == 0), epi
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("level", LEVELS)
+def test_thin_products_touch_only_c(level, threads):
+    """Sentinels around and between C's rows survive every thin kernel and epilogue (masked
+    stores of partial vectors and row tails)."""
+    set_level(level)
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(31)
+    sentinel = np.float32(-12345.5)
+    i = 0
+    for M, N, K in [(37, 10, 256), (37, 3, 20), (70, 17, 9), (9, 70, 5), (130, 16, 16), (5, 1, 300)]:
+        for transA in (False, True):
+            for epi in THIN_EPILOGUES:
+                i += 1
+                big = np.full((M + 6, N + 21), sentinel, np.float32)
+                C = big[3:3 + M, 5:5 + N]
+                beta = epi.get("beta", 0.0)
+                C[...] = rng.standard_normal((M, N)) if beta else np.nan
+                C0 = C.copy()
+                A = rng.standard_normal((K, M) if transA else (M, K)).astype(np.float32)
+                B = rng.standard_normal((N, K) if i % 2 else (K, N)).astype(np.float32)  # transB = i % 2
+                X = rng.standard_normal((M, N)).astype(np.float32) if epi.get("addend") else None
+                G = rng.standard_normal((M, N)).astype(np.float32) if epi.get("gate") else None
+                bias = rng.standard_normal(N).astype(np.float32) if epi.get("bias") else None
+                alpha, act, gate_act = epi.get("alpha", 1.0), epi.get("act", IDENTITY), epi.get("gate", RELU)
+                transB = bool(i % 2)
+                assert gemm_ex(A, B, C, transA, transB, alpha, beta, bias, act, 0.1, X, G, gate_act, 0.2) == 0
+                outside = np.ones(big.shape, bool)
+                outside[3:3 + M, 5:5 + N] = False
+                assert np.all(big[outside] == sentinel), (M, N, K, transA, epi)
+                ref = reference_ex(A, B, C0, transA, transB, alpha, beta, bias, act, 0.1, X, G, gate_act, 0.2)
+                assert rel_err(C, ref) <= 1e-5, (M, N, K, transA, epi)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect guard pages")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thin_products_read_nothing_past_their_operands(threads):
+    """A, B, the addend and the gate end right before an inaccessible page: the thin kernels'
+    K tails, row tails and partial column vectors load masked."""
+    lib.gc_set_num_threads(threads)
+    keep = []
+    try:
+        for M, N, K in [(33, 10, 37), (35, 7, 300), (9, 70, 5), (36, 130, 11), (17, 16, 16), (3, 1, 70)]:
+            for transA in (False, True):
+                for transB in (False, True):
+                    a_shape, b_shape = ((K, M) if transA else (M, K)), ((N, K) if transB else (K, N))
+                    A = _guarded(a_shape, a_shape[1], np.float32, keep)
+                    B = _guarded(b_shape, b_shape[1], np.float32, keep)
+                    X = _guarded((M, N), N, np.float32, keep)
+                    G = _guarded((M, N), N, np.float32, keep)
+                    C = np.full((M, N), np.nan, np.float32)
+                    assert gemm_ex(A, B, C, transA, transB, alpha=-0.5, addend=X, gate=G) == 0
+                    ref = reference_ex(A, B, None, transA, transB, -0.5, 0.0, None, IDENTITY, 0, X, G, RELU, 0)
+                    np.testing.assert_allclose(C, ref, rtol=1e-5, atol=1e-4)
+                    _unguard(keep)
+    finally:
+        _unguard(keep)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,N,K,transA,transB", [(40, 10, 50, 0, 0), (40, 10, 50, 1, 1), (40, 50, 10, 0, 1),
+                                                 (40, 50, 10, 1, 0)])
+def test_thin_products_propagate_nan_and_inf(threads, M, N, K, transA, transB):
+    """A NaN or inf in A reaches exactly the outputs of its row (op(A)'s), in B those of its
+    column, through the zero-padded lanes of the thin kernels; the relu' gate keeps a NaN NaN."""
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(M + N + K)
+    for bad in (np.nan, np.inf):
+        A = rng.standard_normal((K, M) if transA else (M, K)).astype(np.float32)
+        B = rng.standard_normal((N, K) if transB else (K, N)).astype(np.float32)
+        A[(3, 5) if transA else (5, 3)] = bad  # op(A)[5, 3]: row 5 of C
+        B[(7, 2) if transB else (2, 7)] = -bad  # op(B)[2, 7]: column 7 of C
+        G = np.zeros((M, N), np.float32)
+        C = np.empty((M, N), np.float32)
+        assert gemm_ex(A, B, C, transA, transB, gate=G) == 0
+        with np.errstate(all="ignore"):
+            ref = reference_ex(A, B, None, transA, transB, 1.0, 0.0, None, IDENTITY, 0, None, G, RELU, 0)
+        assert np.array_equal(np.isnan(C), np.isnan(ref)), bad
+        assert np.isnan(C[5]).all() and np.isnan(C[:, 7]).all()
+        assert np.all(C[np.isfinite(ref)] == 0)
