@@ -1369,25 +1369,26 @@ static int thin_epi_set(const gemm_args *g) {
            (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
 }
 
-/* ks (K <= 16, any N): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows x W <= 4
- * vectors of C at a time: per k, W vectors of op(B) and 4 broadcasts of op(A) feed 4W FMAs. Rows
+/* ks (K <= 16, any N; or N <= 16): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows
+ * x W <= 4 vectors of C at a time (8 rows x 1 vector for N <= 16): per k, W vectors of op(B) and
+ * U broadcasts of op(A) feed U W FMAs. Rows
  * outermost, so that C, the addend and the gate are streamed along their rows. a: row r0 of op(A)
  * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). F: the epilogue set
  * (a constant), or EPI_ANY. */
 AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K, const float *a, int64_t lda,
                                const float *b, int64_t ldb, int64_t n, const s5_thin_epi *t, int64_t i, int64_t j0,
                                float *tile) {
-    __m512 acc[4][4];
+    __m512 acc[8][4];
     __mmask16 m[4];
     /* a full block (n == 16 W, a constant) loads op(B) unmasked */
     _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) m[w] = n == 16 * W ? (__mmask16)0xFFFF : mask16(n - 16 * w);
-    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m512 bv[4];
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
             bv[w] = n == 16 * W ? _mm512_loadu_ps(b + k * ldb + 16 * w) : _mm512_maskz_loadu_ps(m[w], b + k * ldb + 16 * w);
-        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {
             __m512 au = _mm512_set1_ps(a[u * lda + k]);
             if (W > 1) __asm__("" : "+v"(au)); /* one broadcast load, not one per vector */
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_fmadd_ps(au, bv[w], acc[u][w]);
@@ -1395,7 +1396,7 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
     }
     const gemm_args *g = t->g;
     if (F == EPI_ANY && g->act != GC_ACT_IDENTITY) { /* through the tile: one copy of the activations */
-        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
         s5_thin_tile(t, tile, 64, i, U, j0, n);
         return;
@@ -1418,7 +1419,7 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
     __m512 vbias[4];
     _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
         vbias[w] = has_bias ? _mm512_maskz_loadu_ps(m[w], (const float *)g->bias + j0 + 16 * w) : _mm512_setzero_ps();
-    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) {
             float *const cr = c + u * ldc + 16 * w;
             const __m512 v = s5_epi_core(acc[u][w], cr, m[w], scale, valpha, add_c, vbeta, has_x,
@@ -1430,8 +1431,10 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
 
 AVX512_INLINE void s5_ks_rows_body(const int F, int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a,
                                    int64_t lda, const float *b, int64_t ldb, const s5_thin_epi *t) {
-    float tile[4 * 64] __attribute__((aligned(64)));
+    float tile[8 * 64] __attribute__((aligned(64)));
     int64_t i = r0;
+    if (N <= 16) /* one vector per row: 8 rows, so that 8 FMA chains hide the FMA latency */
+        for (; i + 8 <= r1; i += 8) s5_ks_block(8, 1, F, K, a + (i - r0) * lda, lda, b, ldb, N, t, i, 0, tile);
     for (; i + 4 <= r1; i += 4) {
         const float *ai = a + (i - r0) * lda;
         for (int64_t j0 = 0; j0 < N; j0 += 64) {
@@ -1550,9 +1553,14 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
 #ifndef THIN_MAX_BK
 #define THIN_MAX_BK 12288
 #endif
-/* The dot kernel wants K >= 16 (one full vector per product); shorter K goes to ks. */
-#ifndef THIN_DOT_MIN_K
-#define THIN_DOT_MIN_K 16
+/* A stored M x K with N <= 16: dot or ks? ks computes one 16-lane vector per row and k (N of
+ * the lanes useful), dot N / 16 vectors per row and 16 k plus a ~25-cycle reduction per row, so
+ * dot pays from K (18 - N) >~ 800 (N <= 14; N = 15, 16 leave dot one row at a time, never
+ * better). Measured (2026-12-01, 2-core Xeon VM, AVX-512, 256 rows, 1 thread, CPU time, min of
+ * 60 x 20 calls, noisy): crossovers near K = 48 (N = 2), 80 (N = 4), 150 (N = 6, 8), 110 (N = 10),
+ * 200-300 (N = 12, 14); ks won at every K for N = 16 (K = 256: 15.3 vs 28.4 us). */
+#ifndef THIN_DOT_MIN_KN
+#define THIN_DOT_MIN_KN 1024
 #endif
 /* Below THIN_SERIAL_MAX_FMAS multiply-adds one thread. PROVISIONAL. */
 #ifndef THIN_SERIAL_MAX_FMAS
@@ -1563,8 +1571,8 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
 static int s5_thin(const gemm_args *g) {
     const int64_t M = g->M, N = g->N, K = g->K;
     s5_thin_ctx x = {g, THIN_KS, 0, 0, 0, 0, NULL, 0, 4};
-    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK && (g->transA || K >= THIN_DOT_MIN_K))
-        x.kind = g->transA ? THIN_TN : THIN_DOT;
+    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK)
+        x.kind = g->transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
     else if (K > THIN_NMAX)
         return -1;
     x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
