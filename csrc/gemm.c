@@ -878,8 +878,10 @@ AVX512_INLINE __m512 s5_epi_core(__m512 v, const float *cr, __mmask16 m, int sca
     if (has_bias) v = _mm512_add_ps(v, bias);
     v = s_act16(v, act, vp);
     if (has_g) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
-        const __mmask16 p = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_GT_OQ);
-        v = _mm512_mul_ps(v, _mm512_mask_blend_ps(p, vgp, _mm512_set1_ps(1.0f)));
+        /* Lanes with gate > 0 keep v, which is v * 1 exactly (v is an arithmetic result, never a
+         * signalling NaN); the others (gate <= 0 or NaN) are multiplied by p. */
+        const __mmask16 le = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_NGT_UQ);
+        v = _mm512_mask_mul_ps(v, le, v, vgp);
     }
     return v;
 }
@@ -1567,14 +1569,18 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
 #define THIN_SERIAL_MAX_FMAS (1 << 18)
 #endif
 
+/* The thin kernel for an N x K product (op(A) = A^T when transA), or -1 if it is not thin. */
+static int thin_kind(int transA, int64_t N, int64_t K) {
+    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK)
+        return transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
+    return K <= THIN_NMAX ? THIN_KS : -1;
+}
+
 /* The thin kernels for g, or -1 when the shape is not thin (or scratch cannot be had). */
 static int s5_thin(const gemm_args *g) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    s5_thin_ctx x = {g, THIN_KS, 0, 0, 0, 0, NULL, 0, 4};
-    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK)
-        x.kind = g->transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
-    else if (K > THIN_NMAX)
-        return -1;
+    s5_thin_ctx x = {g, thin_kind(g->transA, N, K), 0, 0, 0, 0, NULL, 0, 4};
+    if (x.kind < 0) return -1;
     x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
     int nt = gc_get_num_threads();
     if ((double)M * (double)N * (double)K < THIN_SERIAL_MAX_FMAS) nt = 1;
@@ -1870,6 +1876,16 @@ IMPL_PICKER(s, S)
 IMPL_PICKER(d, D)
 #undef IMPL_PICKER
 #undef IMPL_X86
+
+int gc_sgemm_is_thin(int transA, int64_t M, int64_t N, int64_t K) {
+    if (M < 1 || N < 1 || K < 1 || (double)M * (double)N * (double)K < DIRECT_MAX_FMAS) return 0;
+#ifdef GC_X86
+    return s_impl()->thin != NULL && thin_kind(transA, N, K) >= 0;
+#else
+    (void)transA;
+    return 0;
+#endif
+}
 
 void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const float *A, int64_t lda, const float *B, int64_t ldb,
