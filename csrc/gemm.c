@@ -1219,43 +1219,88 @@ AVX512 static void s5_transpose(const float *src, int64_t lds, int64_t rows, int
     }
 }
 
-/* The write-back of a thin product: all of K at once, so the first and last K block. The kernels
- * leave their results in a row-major stack tile, written back here by one loop (one copy of the
- * epilogue and its activations, not one per register of the kernel). */
-typedef struct {
+/* The write-back of a thin product: all of K at once, so the first and last K block. The dot and
+ * tn kernels (and ks with an activation) leave their results in a row-major stack tile, written
+ * back by one loop (one copy of the epilogue and its activations, not one per register). */
+/* The parts of the epilogue a call needs, as a bit set: the write-backs have copies compiled for
+ * the common sets (the generic one reloads and tests each part per vector, a good part of ks's
+ * time: K = 10 is 10 FMAs per vector written), EPI_ANY decides at run time. */
+enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
+
+static int thin_epi_set(const gemm_args *g) {
+    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
+           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
+}
+
+typedef struct s5_thin_epi s5_thin_epi;
+typedef void (*thin_tile_fn)(const s5_thin_epi *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+struct s5_thin_epi {
     const gemm_args *g;
     int add_c;
     __m512 vbeta;
     __m256d vp;
-    s5_wb_extra x; /* addend and gate of C's row 0 */
-} s5_thin_epi;
+    s5_wb_extra x;     /* alpha, gate factor; addend and gate of C's row 0 */
+    thin_tile_fn tile; /* the write-back of a tile, compiled for this call's epilogue set */
+};
 
-AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
-    const s5_thin_epi t = {g, g->beta != 0, _mm512_set1_ps((float)g->beta), _mm256_set1_pd((double)(float)g->act_param),
-                           {g->alpha != 1, _mm512_set1_ps((float)g->alpha), _mm512_set1_ps((float)g->gate_param),
-                            (const float *)g->addend, (const float *)g->gate}};
-    return t;
-}
-
-/* C[i0 + r, j0 + j] = the epilogue of tile[r * ldt + j], r < rows, j < cols. */
-AVX512 __attribute__((noinline)) static void s5_thin_tile(const s5_thin_epi *t, const float *tile, int64_t ldt,
-                                                          int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+/* C[i0 + r, j0 + j] = the epilogue of tile[r * ldt + j], r < rows, j < cols; F: the epilogue set
+ * (a constant) or EPI_ANY. What the loop reads is copied to locals first: a vector store may alias
+ * anything, so fields read through t or g would be reloaded after every store. */
+AVX512_INLINE void s5_thin_tile_body(const int F, const s5_thin_epi *t, const float *tile, int64_t ldt, int64_t i0,
+                                     int64_t rows, int64_t j0, int64_t cols) {
     const gemm_args *g = t->g;
-    const float *bias = g->bias ? (const float *)g->bias + j0 : NULL;
-    s5_wb_extra x = t->x;
+    const int any = F == EPI_ANY;
+    const int scale = any ? t->x.scale : !!(F & EPI_SCALE), add_c = any ? t->add_c : !!(F & EPI_ADD_C);
+    const int has_x = any ? t->x.addend != NULL : !!(F & EPI_ADDEND);
+    const int has_g = any ? t->x.gate != NULL : !!(F & EPI_GATE);
+    const int has_bias = any ? g->bias != NULL : !!(F & EPI_BIAS);
+    const int act = any ? g->act : GC_ACT_IDENTITY;
+    const __m512 valpha = t->x.valpha, vbeta = t->vbeta, vgp = t->x.vgp;
+    const __m256d vp = t->vp;
+    const int64_t ldc = g->ldc, ldx = g->ldx, ldg = g->ldg;
+    const float *const bias = has_bias ? (const float *)g->bias + j0 : NULL;
+    float *c = (float *)g->C + i0 * ldc + j0;
+    const float *xr = has_x ? t->x.addend + i0 * ldx + j0 : NULL, *gr = has_g ? t->x.gate + i0 * ldg + j0 : NULL;
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t i = i0 + r;
-        if (t->x.addend) x.addend = t->x.addend + i * g->ldx + j0;
-        if (t->x.gate) x.gate = t->x.gate + i * g->ldg + j0;
-        float *cr = (float *)g->C + i * g->ldc + j0;
         for (int64_t j = 0; j < cols; j += 16) {
             const __mmask16 m = mask16(cols - j);
-            const __m512 vbias = bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
-            const __m512 v = s5_epi_vec(_mm512_load_ps(tile + r * ldt + j), cr + j, m, j, t->add_c, t->vbeta,
-                                        bias != NULL, vbias, g->act, t->vp, &x);
-            _mm512_mask_storeu_ps(cr + j, m, v);
+            const __m512 vbias = has_bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
+            const __m512 v = s5_epi_core(_mm512_load_ps(tile + r * ldt + j), c + j, m, scale, valpha, add_c, vbeta,
+                                         has_x, has_x ? xr + j : NULL, has_bias, vbias, act, vp, has_g,
+                                         has_g ? gr + j : NULL, vgp);
+            _mm512_mask_storeu_ps(c + j, m, v);
         }
+        c += ldc;
+        if (has_x) xr += ldx;
+        if (has_g) gr += ldg;
     }
+}
+
+#define GEN_THIN_TILE(NAME, F)                                                                     \
+    AVX512 static void s5_thin_tile_##NAME(const s5_thin_epi *t, const float *tile, int64_t ldt, int64_t i0, \
+                                           int64_t rows, int64_t j0, int64_t cols) {               \
+        s5_thin_tile_body(F, t, tile, ldt, i0, rows, j0, cols);                                    \
+    }
+GEN_THIN_TILE(any, EPI_ANY)
+GEN_THIN_TILE(plain, 0)
+GEN_THIN_TILE(bias, EPI_BIAS)
+GEN_THIN_TILE(gate, EPI_GATE)
+GEN_THIN_TILE(update, EPI_SCALE | EPI_ADDEND)
+#undef GEN_THIN_TILE
+
+AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
+    thin_tile_fn tile = s5_thin_tile_any;
+    switch (thin_epi_set(g)) {
+    case 0: tile = s5_thin_tile_plain; break;
+    case EPI_BIAS: tile = s5_thin_tile_bias; break;
+    case EPI_GATE: tile = s5_thin_tile_gate; break;
+    case EPI_SCALE | EPI_ADDEND: tile = s5_thin_tile_update; break;
+    }
+    const s5_thin_epi t = {g, g->beta != 0, _mm512_set1_ps((float)g->beta), _mm256_set1_pd((double)(float)g->act_param),
+                           {g->alpha != 1, _mm512_set1_ps((float)g->alpha), _mm512_set1_ps((float)g->gate_param),
+                            (const float *)g->addend, (const float *)g->gate},
+                           tile};
+    return t;
 }
 
 /* Prefetch what the write-back of rows [i, i + rows) x columns [j0, j0 + n) will read or write
@@ -1313,11 +1358,11 @@ AVX512 static void s5_dot_rows_##N(int64_t r0, int64_t r1, int64_t K, const floa
     int64_t i = r0;                                                                                \
     for (; i + THIN_DOT_R(N) <= r1; i += THIN_DOT_R(N)) {                                          \
         s5_dot_block_##N(THIN_DOT_R(N), K, A + i * lda, lda, bt, ldbt, tile);                      \
-        s5_thin_tile(t, tile, 16, i, THIN_DOT_R(N), 0, N);                                         \
+        t->tile(t, tile, 16, i, THIN_DOT_R(N), 0, N);                                             \
     }                                                                                              \
     for (; i < r1; i++) {                                                                          \
         s5_dot_block_##N(1, K, A + i * lda, lda, bt, ldbt, tile);                                  \
-        s5_thin_tile(t, tile, 16, i, 1, 0, N);                                                     \
+        t->tile(t, tile, 16, i, 1, 0, N);                                                          \
     }                                                                                              \
 }
 
@@ -1357,18 +1402,8 @@ AVX512 static void s5_tn_rows_##N(int64_t r0, int64_t r1, int64_t K, const float
             transpose16_ps(x);                                                                     \
             _Pragma("GCC unroll 16") for (int l = 0; l < 16; l++) _mm512_store_ps(tile + 16 * (16 * v + l), x[l]); \
         }                                                                                          \
-        s5_thin_tile(t, tile, 16, i0, MIN(16 * V, r1 - i0), 0, N);                                 \
+        t->tile(t, tile, 16, i0, MIN(16 * V, r1 - i0), 0, N);                                       \
     }                                                                                              \
-}
-
-/* The parts of the epilogue a call needs, as a bit set: the ks kernel has copies compiled for
- * the common sets (the write-back is most of its time: 4 loads, stores or multiplies per 10 FMAs
- * for K = 10), EPI_ANY decides at run time. */
-enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
-
-static int thin_epi_set(const gemm_args *g) {
-    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
-           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
 }
 
 /* ks (K <= 16, any N; or N <= 16): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows
@@ -1400,7 +1435,7 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
     if (F == EPI_ANY && g->act != GC_ACT_IDENTITY) { /* through the tile: one copy of the activations */
         _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
-        s5_thin_tile(t, tile, 64, i, U, j0, n);
+        s5_thin_tile_any(t, tile, 64, i, U, j0, n);
         return;
     }
     /* Straight from the registers: C is written row after row (n columns each) while the stores
