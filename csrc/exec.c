@@ -282,6 +282,11 @@ static int try_small_gemm(int f64, int ta, int tb, int64_t M, int64_t N, int64_t
 #ifdef GC_VM_AVX2
     if (!gc_simd_level() || M < 1 || N < 1 || K < 1 || (act != GC_ACT_IDENTITY && act != GC_ACT_RELU)) return -1;
     if ((M > SMALL_SIDE && N > SMALL_SIDE && K > SMALL_SIDE) || M * N * K > SMALL_MAX_FMAS) return -1;
+    /* gc_sgemm's thin kernels (AVX-512, N or K <= 16) are faster than these loops: measured
+     * (2026-12-01, 2-core Xeon VM, 1 thread, CPU time, noisy machine) 32x10x256 5.0 vs 11.0 us,
+     * 64x10x128 4.7 vs 9.7, 256x16x32 7.8 vs 10.1, 512x16x16 11.4 vs 13.6, 32x64x16 NT 3.2 vs
+     * 4.3, 128x8x128 NT 6.1 vs 19.6, 10x10x1000 5.6 vs 10.2, 32x10x32 1.7 vs 1.8 (gc_sgemm first). */
+    if (!f64 && gc_sgemm_is_thin(ta, M, N, K)) return -1;
     if (tb && K * N > SM_TBUF) return -1;
     const int64_t sai = ta ? 1 : lda, sak = ta ? lda : 1;
     const int relu = act == GC_ACT_RELU;

@@ -933,8 +933,10 @@ AVX512_INLINE __m512 s5_epi_core(__m512 v, const float *cr, __mmask16 m, int sca
     if (has_bias) v = _mm512_add_ps(v, bias);
     v = s_act16(v, act, vp);
     if (has_g) { /* times (gate > 0 ? 1 : p), a multiply as in activation_grad: NaN stays NaN */
-        const __mmask16 p = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_GT_OQ);
-        v = _mm512_mul_ps(v, _mm512_mask_blend_ps(p, vgp, _mm512_set1_ps(1.0f)));
+        /* Lanes with gate > 0 keep v, which is v * 1 exactly (v is an arithmetic result, never a
+         * signalling NaN); the others (gate <= 0 or NaN) are multiplied by p. */
+        const __mmask16 le = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, gr), _mm512_setzero_ps(), _CMP_NGT_UQ);
+        v = _mm512_mask_mul_ps(v, le, v, vgp);
     }
     return v;
 }
@@ -1272,43 +1274,88 @@ AVX512 static void s5_transpose(const float *src, int64_t lds, int64_t rows, int
     }
 }
 
-/* The write-back of a thin product: all of K at once, so the first and last K block. The kernels
- * leave their results in a row-major stack tile, written back here by one loop (one copy of the
- * epilogue and its activations, not one per register of the kernel). */
-typedef struct {
+/* The write-back of a thin product: all of K at once, so the first and last K block. The dot and
+ * tn kernels (and ks with an activation) leave their results in a row-major stack tile, written
+ * back by one loop (one copy of the epilogue and its activations, not one per register). */
+/* The parts of the epilogue a call needs, as a bit set: the write-backs have copies compiled for
+ * the common sets (the generic one reloads and tests each part per vector, a good part of ks's
+ * time: K = 10 is 10 FMAs per vector written), EPI_ANY decides at run time. */
+enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
+
+static int thin_epi_set(const gemm_args *g) {
+    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
+           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
+}
+
+typedef struct s5_thin_epi s5_thin_epi;
+typedef void (*thin_tile_fn)(const s5_thin_epi *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+struct s5_thin_epi {
     const gemm_args *g;
     int add_c;
     __m512 vbeta;
     __m256d vp;
-    s5_wb_extra x; /* addend and gate of C's row 0 */
-} s5_thin_epi;
+    s5_wb_extra x;     /* alpha, gate factor; addend and gate of C's row 0 */
+    thin_tile_fn tile; /* the write-back of a tile, compiled for this call's epilogue set */
+};
 
-AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
-    const s5_thin_epi t = {g, g->beta != 0, _mm512_set1_ps((float)g->beta), _mm256_set1_pd((double)(float)g->act_param),
-                           {g->alpha != 1, _mm512_set1_ps((float)g->alpha), _mm512_set1_ps((float)g->gate_param),
-                            (const float *)g->addend, (const float *)g->gate}};
-    return t;
-}
-
-/* C[i0 + r, j0 + j] = the epilogue of tile[r * ldt + j], r < rows, j < cols. */
-AVX512 __attribute__((noinline)) static void s5_thin_tile(const s5_thin_epi *t, const float *tile, int64_t ldt,
-                                                          int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+/* C[i0 + r, j0 + j] = the epilogue of tile[r * ldt + j], r < rows, j < cols; F: the epilogue set
+ * (a constant) or EPI_ANY. What the loop reads is copied to locals first: a vector store may alias
+ * anything, so fields read through t or g would be reloaded after every store. */
+AVX512_INLINE void s5_thin_tile_body(const int F, const s5_thin_epi *t, const float *tile, int64_t ldt, int64_t i0,
+                                     int64_t rows, int64_t j0, int64_t cols) {
     const gemm_args *g = t->g;
-    const float *bias = g->bias ? (const float *)g->bias + j0 : NULL;
-    s5_wb_extra x = t->x;
+    const int any = F == EPI_ANY;
+    const int scale = any ? t->x.scale : !!(F & EPI_SCALE), add_c = any ? t->add_c : !!(F & EPI_ADD_C);
+    const int has_x = any ? t->x.addend != NULL : !!(F & EPI_ADDEND);
+    const int has_g = any ? t->x.gate != NULL : !!(F & EPI_GATE);
+    const int has_bias = any ? g->bias != NULL : !!(F & EPI_BIAS);
+    const int act = any ? g->act : GC_ACT_IDENTITY;
+    const __m512 valpha = t->x.valpha, vbeta = t->vbeta, vgp = t->x.vgp;
+    const __m256d vp = t->vp;
+    const int64_t ldc = g->ldc, ldx = g->ldx, ldg = g->ldg;
+    const float *const bias = has_bias ? (const float *)g->bias + j0 : NULL;
+    float *c = (float *)g->C + i0 * ldc + j0;
+    const float *xr = has_x ? t->x.addend + i0 * ldx + j0 : NULL, *gr = has_g ? t->x.gate + i0 * ldg + j0 : NULL;
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t i = i0 + r;
-        if (t->x.addend) x.addend = t->x.addend + i * g->ldx + j0;
-        if (t->x.gate) x.gate = t->x.gate + i * g->ldg + j0;
-        float *cr = (float *)g->C + i * g->ldc + j0;
         for (int64_t j = 0; j < cols; j += 16) {
             const __mmask16 m = mask16(cols - j);
-            const __m512 vbias = bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
-            const __m512 v = s5_epi_vec(_mm512_load_ps(tile + r * ldt + j), cr + j, m, j, t->add_c, t->vbeta,
-                                        bias != NULL, vbias, g->act, t->vp, &x);
-            _mm512_mask_storeu_ps(cr + j, m, v);
+            const __m512 vbias = has_bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
+            const __m512 v = s5_epi_core(_mm512_load_ps(tile + r * ldt + j), c + j, m, scale, valpha, add_c, vbeta,
+                                         has_x, has_x ? xr + j : NULL, has_bias, vbias, act, vp, has_g,
+                                         has_g ? gr + j : NULL, vgp);
+            _mm512_mask_storeu_ps(c + j, m, v);
         }
+        c += ldc;
+        if (has_x) xr += ldx;
+        if (has_g) gr += ldg;
     }
+}
+
+#define GEN_THIN_TILE(NAME, F)                                                                     \
+    AVX512 static void s5_thin_tile_##NAME(const s5_thin_epi *t, const float *tile, int64_t ldt, int64_t i0, \
+                                           int64_t rows, int64_t j0, int64_t cols) {               \
+        s5_thin_tile_body(F, t, tile, ldt, i0, rows, j0, cols);                                    \
+    }
+GEN_THIN_TILE(any, EPI_ANY)
+GEN_THIN_TILE(plain, 0)
+GEN_THIN_TILE(bias, EPI_BIAS)
+GEN_THIN_TILE(gate, EPI_GATE)
+GEN_THIN_TILE(update, EPI_SCALE | EPI_ADDEND)
+#undef GEN_THIN_TILE
+
+AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
+    thin_tile_fn tile = s5_thin_tile_any;
+    switch (thin_epi_set(g)) {
+    case 0: tile = s5_thin_tile_plain; break;
+    case EPI_BIAS: tile = s5_thin_tile_bias; break;
+    case EPI_GATE: tile = s5_thin_tile_gate; break;
+    case EPI_SCALE | EPI_ADDEND: tile = s5_thin_tile_update; break;
+    }
+    const s5_thin_epi t = {g, g->beta != 0, _mm512_set1_ps((float)g->beta), _mm256_set1_pd((double)(float)g->act_param),
+                           {g->alpha != 1, _mm512_set1_ps((float)g->alpha), _mm512_set1_ps((float)g->gate_param),
+                            (const float *)g->addend, (const float *)g->gate},
+                           tile};
+    return t;
 }
 
 /* Prefetch what the write-back of rows [i, i + rows) x columns [j0, j0 + n) will read or write
@@ -1366,11 +1413,11 @@ AVX512 static void s5_dot_rows_##N(int64_t r0, int64_t r1, int64_t K, const floa
     int64_t i = r0;                                                                                \
     for (; i + THIN_DOT_R(N) <= r1; i += THIN_DOT_R(N)) {                                          \
         s5_dot_block_##N(THIN_DOT_R(N), K, A + i * lda, lda, bt, ldbt, tile);                      \
-        s5_thin_tile(t, tile, 16, i, THIN_DOT_R(N), 0, N);                                         \
+        t->tile(t, tile, 16, i, THIN_DOT_R(N), 0, N);                                             \
     }                                                                                              \
     for (; i < r1; i++) {                                                                          \
         s5_dot_block_##N(1, K, A + i * lda, lda, bt, ldbt, tile);                                  \
-        s5_thin_tile(t, tile, 16, i, 1, 0, N);                                                     \
+        t->tile(t, tile, 16, i, 1, 0, N);                                                          \
     }                                                                                              \
 }
 
@@ -1410,39 +1457,30 @@ AVX512 static void s5_tn_rows_##N(int64_t r0, int64_t r1, int64_t K, const float
             transpose16_ps(x);                                                                     \
             _Pragma("GCC unroll 16") for (int l = 0; l < 16; l++) _mm512_store_ps(tile + 16 * (16 * v + l), x[l]); \
         }                                                                                          \
-        s5_thin_tile(t, tile, 16, i0, MIN(16 * V, r1 - i0), 0, N);                                 \
+        t->tile(t, tile, 16, i0, MIN(16 * V, r1 - i0), 0, N);                                       \
     }                                                                                              \
 }
 
-/* The parts of the epilogue a call needs, as a bit set: the ks kernel has copies compiled for
- * the common sets (the write-back is most of its time: 4 loads, stores or multiplies per 10 FMAs
- * for K = 10), EPI_ANY decides at run time. */
-enum { EPI_SCALE = 1, EPI_ADD_C = 2, EPI_ADDEND = 4, EPI_BIAS = 8, EPI_GATE = 16, EPI_ACT = 32, EPI_ANY = 64 };
-
-static int thin_epi_set(const gemm_args *g) {
-    return (g->alpha != 1 ? EPI_SCALE : 0) | (g->beta != 0 ? EPI_ADD_C : 0) | (g->addend ? EPI_ADDEND : 0) |
-           (g->bias ? EPI_BIAS : 0) | (g->gate ? EPI_GATE : 0) | (g->act != GC_ACT_IDENTITY ? EPI_ACT : 0);
-}
-
-/* ks (K <= 16, any N): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows x W <= 4
- * vectors of C at a time: per k, W vectors of op(B) and 4 broadcasts of op(A) feed 4W FMAs. Rows
+/* ks (K <= 16, any N; or N <= 16): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows
+ * x W <= 4 vectors of C at a time (8 rows x 1 vector for N <= 16): per k, W vectors of op(B) and
+ * U broadcasts of op(A) feed U W FMAs. Rows
  * outermost, so that C, the addend and the gate are streamed along their rows. a: row r0 of op(A)
  * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). F: the epilogue set
  * (a constant), or EPI_ANY. */
 AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K, const float *a, int64_t lda,
                                const float *b, int64_t ldb, int64_t n, const s5_thin_epi *t, int64_t i, int64_t j0,
                                float *tile) {
-    __m512 acc[4][4];
+    __m512 acc[8][4];
     __mmask16 m[4];
     /* a full block (n == 16 W, a constant) loads op(B) unmasked */
     _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) m[w] = n == 16 * W ? (__mmask16)0xFFFF : mask16(n - 16 * w);
-    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m512 bv[4];
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
             bv[w] = n == 16 * W ? _mm512_loadu_ps(b + k * ldb + 16 * w) : _mm512_maskz_loadu_ps(m[w], b + k * ldb + 16 * w);
-        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {
             __m512 au = _mm512_set1_ps(a[u * lda + k]);
             if (W > 1) __asm__("" : "+v"(au)); /* one broadcast load, not one per vector */
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) acc[u][w] = _mm512_fmadd_ps(au, bv[w], acc[u][w]);
@@ -1450,9 +1488,9 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
     }
     const gemm_args *g = t->g;
     if (F == EPI_ANY && g->act != GC_ACT_IDENTITY) { /* through the tile: one copy of the activations */
-        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
             _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) _mm512_store_ps(tile + 64 * u + 16 * w, acc[u][w]);
-        s5_thin_tile(t, tile, 64, i, U, j0, n);
+        s5_thin_tile_any(t, tile, 64, i, U, j0, n);
         return;
     }
     /* Straight from the registers: C is written row after row (n columns each) while the stores
@@ -1473,7 +1511,7 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
     __m512 vbias[4];
     _Pragma("GCC unroll 4") for (int w = 0; w < W; w++)
         vbias[w] = has_bias ? _mm512_maskz_loadu_ps(m[w], (const float *)g->bias + j0 + 16 * w) : _mm512_setzero_ps();
-    _Pragma("GCC unroll 4") for (int u = 0; u < U; u++)
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)
         _Pragma("GCC unroll 4") for (int w = 0; w < W; w++) {
             float *const cr = c + u * ldc + 16 * w;
             const __m512 v = s5_epi_core(acc[u][w], cr, m[w], scale, valpha, add_c, vbeta, has_x,
@@ -1485,8 +1523,10 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
 
 AVX512_INLINE void s5_ks_rows_body(const int F, int64_t r0, int64_t r1, int64_t N, int64_t K, const float *a,
                                    int64_t lda, const float *b, int64_t ldb, const s5_thin_epi *t) {
-    float tile[4 * 64] __attribute__((aligned(64)));
+    float tile[8 * 64] __attribute__((aligned(64)));
     int64_t i = r0;
+    if (N <= 16) /* one vector per row: 8 rows, so that 8 FMA chains hide the FMA latency */
+        for (; i + 8 <= r1; i += 8) s5_ks_block(8, 1, F, K, a + (i - r0) * lda, lda, b, ldb, N, t, i, 0, tile);
     for (; i + 4 <= r1; i += 4) {
         const float *ai = a + (i - r0) * lda;
         for (int64_t j0 = 0; j0 < N; j0 += 64) {
@@ -1605,23 +1645,32 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
 #ifndef THIN_MAX_BK
 #define THIN_MAX_BK 12288
 #endif
-/* The dot kernel wants K >= 16 (one full vector per product); shorter K goes to ks. */
-#ifndef THIN_DOT_MIN_K
-#define THIN_DOT_MIN_K 16
+/* A stored M x K with N <= 16: dot or ks? ks computes one 16-lane vector per row and k (N of
+ * the lanes useful), dot N / 16 vectors per row and 16 k plus a ~25-cycle reduction per row, so
+ * dot pays from K (18 - N) >~ 800 (N <= 14; N = 15, 16 leave dot one row at a time, never
+ * better). Measured (2026-12-01, 2-core Xeon VM, AVX-512, 256 rows, 1 thread, CPU time, min of
+ * 60 x 20 calls, noisy): crossovers near K = 48 (N = 2), 80 (N = 4), 150 (N = 6, 8), 110 (N = 10),
+ * 200-300 (N = 12, 14); ks won at every K for N = 16 (K = 256: 15.3 vs 28.4 us). */
+#ifndef THIN_DOT_MIN_KN
+#define THIN_DOT_MIN_KN 1024
 #endif
 /* Below THIN_SERIAL_MAX_FMAS multiply-adds one thread. PROVISIONAL. */
 #ifndef THIN_SERIAL_MAX_FMAS
 #define THIN_SERIAL_MAX_FMAS (1 << 18)
 #endif
 
+/* The thin kernel for an N x K product (op(A) = A^T when transA), or -1 if it is not thin. */
+static int thin_kind(int transA, int64_t N, int64_t K) {
+    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK)
+        return transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
+    return K <= THIN_NMAX ? THIN_KS : -1;
+}
+
 /* The thin kernels for g, or -1 when the shape is not thin (or scratch cannot be had). */
 static int s5_thin(const gemm_args *g) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    s5_thin_ctx x = {g, THIN_KS, 0, 0, 0, 0, NULL, 0, 4};
-    if (N <= THIN_NMAX && N * K <= THIN_MAX_BK && (g->transA || K >= THIN_DOT_MIN_K))
-        x.kind = g->transA ? THIN_TN : THIN_DOT;
-    else if (K > THIN_NMAX)
-        return -1;
+    s5_thin_ctx x = {g, thin_kind(g->transA, N, K), 0, 0, 0, 0, NULL, 0, 4};
+    if (x.kind < 0) return -1;
     x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
     int nt = gc_get_num_threads();
     if ((double)M * (double)N * (double)K < THIN_SERIAL_MAX_FMAS) nt = 1;
@@ -1939,6 +1988,16 @@ IMPL_PICKER(s, S)
 IMPL_PICKER(d, D)
 #undef IMPL_PICKER
 #undef IMPL_X86
+
+int gc_sgemm_is_thin(int transA, int64_t M, int64_t N, int64_t K) {
+    if (M < 1 || N < 1 || K < 1 || (double)M * (double)N * (double)K < DIRECT_MAX_FMAS) return 0;
+#ifdef GC_X86
+    return s_impl()->thin != NULL && thin_kind(transA, N, K) >= 0;
+#else
+    (void)transA;
+    return 0;
+#endif
+}
 
 void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const float *A, int64_t lda, const float *B, int64_t ldb,

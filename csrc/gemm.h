@@ -79,6 +79,11 @@ int gc_dgemm_ex(const gc_gemm_desc *d);
  * compute a product without the packed GEMM. */
 void gc_gemm_colsum(int f64, int trans_b, int64_t K, int64_t N, const void *B, int64_t ldb, void *out);
 
+/* 1 when gc_sgemm / gc_sgemm_ex would run an M x N x K product (op(A) = A^T when transA) through
+ * the unpacked kernels for thin shapes (N or K <= 16) at the current SIMD level: callers with
+ * their own small-product loops (exec.c) leave those products to the GEMM. */
+int gc_sgemm_is_thin(int transA, int64_t M, int64_t N, int64_t K);
+
 /* Threads: gc_set_num_threads / gc_get_num_threads are in threads.h. */
 /* SIMD level of the GEMM micro-kernels: the best one this CPU (and OS) supports, capped by the
  * test hooks below. Anything nonzero also selects exec.c's AVX2 GEMV. */
