@@ -1640,10 +1640,18 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
     s5_thin_range(x, tid, r0, r1);
 }
 
-/* N <= 16 products go to dot / tn when op(B) (N x K) fits in L1 next to the A rows being read:
- * those kernels read all of op(B) once per block of rows. */
+/* The thin kernels read all of op(B) once per block of rows: N <= 16 products go to them when
+ * op(B) fits in L1 next to the A rows being read (48 KB), K <= 16 ones (ks) when it fits in L2
+ * (256 KB; beyond that the packed GEMM's cache blocking wins). ks with A stored K x M transposes
+ * each thread's rows of op(A) first: at most THIN_KS_MAX_AT floats of it. */
 #ifndef THIN_MAX_BK
 #define THIN_MAX_BK 12288
+#endif
+#ifndef THIN_KS_MAX_BK
+#define THIN_KS_MAX_BK 65536
+#endif
+#ifndef THIN_KS_MAX_AT
+#define THIN_KS_MAX_AT (1 << 20)
 #endif
 /* A stored M x K with N <= 16: dot or ks? ks computes one 16-lane vector per row and k (N of
  * the lanes useful), dot N / 16 vectors per row and 16 k plus a ~25-cycle reduction per row, so
@@ -1654,22 +1662,32 @@ static void s5_thin_thread(void *ctx, int tid, int team) {
 #ifndef THIN_DOT_MIN_KN
 #define THIN_DOT_MIN_KN 1024
 #endif
-/* Below THIN_SERIAL_MAX_FMAS multiply-adds one thread. PROVISIONAL. */
+/* Below THIN_SERIAL_MAX_FMAS multiply-adds one thread: the second pays from about 100k (pool
+ * held, worker spinning), 1 << 18 leaves a margin. Measured (2026-12-01, 2-core Xeon VM, wall
+ * time, min of 50 x 20 calls, other core idle; 1-thread / 2-thread time): dot Mx10x256 1.34 at
+ * 164k multiply-adds, 1.44 at 246k, 1.67 at 328k, 1.83 at 655k; ks Mx256x10 (relu' gate) 0.99 at
+ * 82k, 1.22 at 164k, 1.39 at 246k, 1.62 at 655k; tn 1.26 at 164k, 1.41 at 246k, 1.88 at 655k.
+ * With the other core busy (another process) any region waits for the worker to be scheduled:
+ * ~50 us instead of ~6 for 655k, as for every parallel kernel. */
 #ifndef THIN_SERIAL_MAX_FMAS
 #define THIN_SERIAL_MAX_FMAS (1 << 18)
 #endif
 
-/* The thin kernel for an N x K product (op(A) = A^T when transA), or -1 if it is not thin. */
-static int thin_kind(int transA, int64_t N, int64_t K) {
+/* The thin kernel for an M x N x K product (op(A) = A^T when transA), or -1 if it is not thin. */
+static int thin_kind(int transA, int64_t M, int64_t N, int64_t K) {
+    int kind = -1;
     if (N <= THIN_NMAX && N * K <= THIN_MAX_BK)
-        return transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
-    return K <= THIN_NMAX ? THIN_KS : -1;
+        kind = transA ? THIN_TN : N <= 14 && K * (18 - N) >= THIN_DOT_MIN_KN ? THIN_DOT : THIN_KS;
+    else if (K <= THIN_NMAX && K * N <= THIN_KS_MAX_BK)
+        kind = THIN_KS;
+    if (kind == THIN_KS && transA && M * K > THIN_KS_MAX_AT) kind = -1;
+    return kind;
 }
 
 /* The thin kernels for g, or -1 when the shape is not thin (or scratch cannot be had). */
 static int s5_thin(const gemm_args *g) {
     const int64_t M = g->M, N = g->N, K = g->K;
-    s5_thin_ctx x = {g, thin_kind(g->transA, N, K), 0, 0, 0, 0, NULL, 0, 4};
+    s5_thin_ctx x = {g, thin_kind(g->transA, M, N, K), 0, 0, 0, 0, NULL, 0, 4};
     if (x.kind < 0) return -1;
     x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
     int nt = gc_get_num_threads();
@@ -1992,7 +2010,7 @@ IMPL_PICKER(d, D)
 int gc_sgemm_is_thin(int transA, int64_t M, int64_t N, int64_t K) {
     if (M < 1 || N < 1 || K < 1 || (double)M * (double)N * (double)K < DIRECT_MAX_FMAS) return 0;
 #ifdef GC_X86
-    return s_impl()->thin != NULL && thin_kind(transA, N, K) >= 0;
+    return s_impl()->thin != NULL && thin_kind(transA, M, N, K) >= 0;
 #else
     (void)transA;
     return 0;
