@@ -131,6 +131,29 @@ def test_batch_size_does_not_change_results(cnn, digits):
         np.testing.assert_array_equal(attack(cnn, x, y, 0.1, batch_size=7, **kw), attack(cnn, x, y, 0.1, **kw))
 
 
+def test_a_model_with_large_rows_is_called_in_small_blocks(digits, monkeypatch):
+    """A model whose rows hold many values (an ImageNet network) is called on fewer rows per block rather
+    than one image padded to 128; the block size is the model's, so chunking still changes nothing."""
+    from graphc.adversarial import _common
+    fresh = nn.SmallCNN(1, 8, 10, seed=3, flat_input=True)   # a fresh model: compiled functions are cached per model
+    z = _common._model_logits(fresh, gc.placeholder("x", (None, 64)))
+    assert _common.rows_per_call(z) == _common.ROWS_PER_CALL  # a digits CNN keeps the full block
+    x, y = digits.X_test[:10], digits.y_test[:10]
+    full = _common.logits(fresh, x, None)
+    monkeypatch.setattr(_common, "CALL_ELEMENTS", 20_000)  # this CNN has ~4-5K values per row -> 4 rows
+    assert _common.rows_per_call(z) == 4
+    fresh = nn.SmallCNN(1, 8, 10, seed=3, flat_input=True)
+    f = _common.logits_fn(fresh, (64,), None)
+    fed, compiled = [], f.fn
+    f.fn = lambda **feeds: (fed.append(len(feeds["x"])), compiled(**feeds))[1]
+    np.testing.assert_allclose(_common.logits(fresh, x, None), full, rtol=1e-5, atol=1e-5)
+    assert fed == [4, 4, 4]  # 10 rows: two blocks and one padded with 2 zero rows
+    run = dict(steps=4, seed=1)
+    np.testing.assert_array_equal(attacks.pgd(fresh, x, y, 0.1, batch_size=3, **run),
+                                  attacks.pgd(fresh, x, y, 0.1, **run))
+    assert _common.objective_fn(fresh, (64,), "ce", False, None).rows == 4
+
+
 def test_evaluate_passes_the_global_index_through(mlp, digits):
     x, y = digits.X_test[:50], digits.y_test[:50]
     whole = attacks.evaluate(mlp, x, y, "apgd-ce", eps=[0.1], steps=10)

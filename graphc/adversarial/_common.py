@@ -7,13 +7,15 @@ of the data gives bit-identical results (graphc.distributed relies on it):
 
 * objectives are per-sample and the compiled gradient is that of their *sum*, so row i of the
   gradient is ∇ℓ(x_i) exactly (no 1/N then ×N rounding);
-* every compiled call runs on exactly ROWS_PER_CALL rows: a batch is cut into blocks of that size
-  and the last one padded with zero rows. Matrix libraries pick kernels, and with them summation
-  orders, by matrix size: OpenBLAS switches to its small-matrix kernels below about 2^20
-  multiply-adds (a 96-row call of a 64-128-10 MLP sums a row differently from a 128-row call),
-  graphc's own GEMM treats a single row apart. With one fixed size every row of every call goes
-  through the same kernels, whatever the batch, the chunk or the number of samples still running;
-  and each compiled function needs one plan only, compiled once.
+* every compiled call of a model runs on one fixed number of rows (`rows_per_call`: 128, fewer for a
+  model whose activations per row are large): a batch is cut into blocks of that size and the last
+  one padded with zero rows. Matrix libraries pick kernels, and with them summation orders, by
+  matrix size: OpenBLAS switches to its small-matrix kernels below about 2^20 multiply-adds (a
+  96-row call of a 64-128-10 MLP sums a row differently from a 128-row call), graphc's own GEMM
+  treats a single row apart. With one fixed size every row of every call goes through the same
+  kernels, whatever the batch, the chunk or the number of samples still running; and each compiled
+  function needs one plan only, compiled once. The size depends on the model alone, never on the
+  batch, so every compiled function of a model uses the same one.
 """
 from __future__ import annotations
 
@@ -28,12 +30,18 @@ from .. import ops as F
 from ..compiler import autodiff
 from ..compiler.runtime import compile as gc_compile
 from ..ir.errors import GraphError, user_source
+from ..ir.graph import reachable
 from ..ir.tensor import Tensor, placeholder
 from ..learn.train import LossSpec, loss_tensor, model_cache
 from . import _random
 
 Clip = Optional[tuple]
 ROWS_PER_CALL = 128  # a multiple of 16, OpenBLAS's row tile, also when two threads split the rows
+# A call's forward values stay under this many elements (256 MB of float32): an MLP or CNN with up
+# to 512K values per row keeps 128 rows (a 784-512-256-10 MLP has 3K), while an ImageNet network
+# (ResNet-50: 60M values per 224² image, counting every ReLU, BatchNorm and sum) runs one row per call
+# instead of padding one image to 128 and doing 128 times the work.
+CALL_ELEMENTS = 1 << 26
 SEED_FEED = "seed"  # a model whose evaluation graph reads this int64 scalar is randomized: fed per call
 
 
@@ -310,14 +318,25 @@ def ball_start(x64: np.ndarray, eps: float, norm: str, seed: int, index: np.ndar
 
 
 # -- compiled model functions -------------------------------------------------------------------------
+def rows_per_call(logits: Tensor) -> int:
+    """The fixed block size of a model's compiled calls: the largest power of two up to ROWS_PER_CALL
+    whose forward activations (every batched value reachable from the logits) fit in CALL_ELEMENTS."""
+    per_row = sum(math.prod(n.shape[1:]) for n in reachable([logits]) if n.shape and n.shape[0] is None)
+    rows = ROWS_PER_CALL
+    while rows > 1 and rows * per_row > CALL_ELEMENTS:
+        rows //= 2
+    return rows
+
+
 class RowFunction:
     """A compiled Function of a batch of rows, called so that row i of every output depends only on
-    row i of the inputs: the rows go through in blocks of exactly ROWS_PER_CALL, the last one padded
-    with zero rows. A model whose graph reads the SEED_FEED placeholder (a randomized defence, e.g.
-    dropout left on) gets a new seed per call."""
+    row i of the inputs: the rows go through in blocks of exactly `rows` (see rows_per_call), the last
+    one padded with zero rows. A model whose graph reads the SEED_FEED placeholder (a randomized
+    defence, e.g. dropout left on) gets a new seed per call."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, rows: int = ROWS_PER_CALL):
         self.fn = fn
+        self.rows = rows
         self.names = {p.name for p in fn.placeholders}
         self.seeded = SEED_FEED in self.names
         self.calls = 0
@@ -328,22 +347,23 @@ class RowFunction:
         feeds = {k: v for k, v in feeds.items() if k in self.names}
         batched = [k for k, v in feeds.items() if getattr(v, "ndim", 0)]  # np.ndim is slow per call
         n = len(feeds[batched[0]])
-        starts = range(0, max(n, 1), ROWS_PER_CALL)
+        rows = self.rows
+        starts = range(0, max(n, 1), rows)
         parts = []
         for lo in starts:
             block = {}
             for k, v in feeds.items():
                 if k in batched:
-                    v = v[lo:lo + ROWS_PER_CALL]
-                    if len(v) < ROWS_PER_CALL:
-                        v = np.concatenate([v, np.zeros((ROWS_PER_CALL - len(v),) + v.shape[1:], v.dtype)])
+                    v = v[lo:lo + rows]
+                    if len(v) < rows:
+                        v = np.concatenate([v, np.zeros((rows - len(v),) + v.shape[1:], v.dtype)])
                 block[k] = v
             if self.seeded:
                 self.calls += 1
                 block[SEED_FEED] = np.array(self.calls, np.int64)
             out = self.fn(**block)
             parts.append(out if isinstance(out, list) else [out])
-        keep = [min(ROWS_PER_CALL, n - lo) for lo in starts]
+        keep = [min(rows, n - lo) for lo in starts]
         return [np.concatenate([p[k][:r] for p, r in zip(parts, keep)]) for k in range(len(parts[0]))]
 
 
@@ -363,7 +383,8 @@ def logits_fn(model, feature_shape: tuple, backend: Optional[str]) -> RowFunctio
     """f(x=...) -> [logits]; the model only, never a gradient (what Square and the checks use)."""
     def build():
         x = placeholder("x", (None,) + tuple(feature_shape), model.dtype)
-        return RowFunction(gc_compile(_model_logits(model, x), backend=backend))
+        z = _model_logits(model, x)
+        return RowFunction(gc_compile(z, backend=backend), rows_per_call(z))
     return _cached(model, ("attack-logits", tuple(feature_shape), backend), build)
 
 
@@ -466,7 +487,7 @@ def objective_fn(model, feature_shape: tuple, loss: str, targeted: bool, backend
         z = _model_logits(model, x)
         total, per_sample = objective(loss, targeted, z, y, t)
         outputs = [autodiff.grad(total, x), z] + ([] if per_sample is None else [per_sample])
-        return RowFunction(gc_compile(outputs, backend=backend))
+        return RowFunction(gc_compile(outputs, backend=backend), rows_per_call(z))
     return _cached(model, ("attack-objective", tuple(feature_shape), loss, targeted, backend), build)
 
 
@@ -491,7 +512,7 @@ def class_gradients_fn(model, feature_shape: tuple, backend: Optional[str]) -> R
         x = placeholder("x", (None,) + tuple(feature_shape), model.dtype)
         z = _model_logits(model, x)
         grads = [autodiff.grad(F.sum(z * _unit_row(k, classes, z.dtype)), x) for k in range(classes)]
-        return RowFunction(gc_compile([z] + grads, backend=backend))
+        return RowFunction(gc_compile([z] + grads, backend=backend), rows_per_call(z))
     return _cached(model, ("attack-class-grads", tuple(feature_shape), backend), build)
 
 
@@ -571,7 +592,8 @@ def momentum_step_fn(model, feature_shape: tuple, loss: str, targeted: bool, nor
         total, per_sample = objective(loss, targeted, logits_next, y, t)
         g = autodiff.grad(total, x_next)
         outputs = [x_next, g, logits_next, F.sum(F.abs(g), axis=rest)]
-        return RowFunction(gc_compile(outputs + ([] if per_sample is None else [per_sample]), backend=backend))
+        fn = gc_compile(outputs + ([] if per_sample is None else [per_sample]), backend=backend)
+        return RowFunction(fn, rows_per_call(logits_next))
     return _cached(model, ("apgd-step", tuple(feature_shape), loss, targeted, norm, clip_key, backend), build)
 
 
