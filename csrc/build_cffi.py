@@ -56,7 +56,9 @@ def _compile_args():
     link = ["-pthread"]
     if os.environ.get("GRAPHC_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        args = [a for a in args if a != "-O3"] + ["-O1", "-g"] + san
+        # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS: with it UBSan cannot report a signed
+        # overflow, and GCC 12 took 220 s instead of 26 s to compile the instrumented gemm.c.
+        args = [a for a in args if a != "-O3"] + ["-O1", "-g", "-fno-wrapv"] + san
         link += san
     args += os.environ.get("GRAPHC_CFLAGS", "").split()
     return args, link
