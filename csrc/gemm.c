@@ -21,8 +21,9 @@
  * the best one the CPU and OS support is picked at run time, gc_simd_level()) and a portable
  * plain-C one.
  * Tiny products skip packing; small ones stay on one thread. Threads split the rows of C (or
- * the B panels when M is small). Scratch is allocated per call: two threads may run GEMMs
- * concurrently.
+ * the B panels when M is small). Thin float32 products (N or K <= 16) go to unpacked AVX-512
+ * kernels instead of the driver ("Thin float32 products" below). Scratch is allocated per call:
+ * two threads may run GEMMs concurrently.
  */
 #include <math.h>
 #include <stddef.h>
@@ -1191,21 +1192,23 @@ AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, in
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Thin float32 products on AVX-512 (N <= 16): unpacked kernels that fill whole vectors        */
+/* Thin float32 products on AVX-512 (N or K <= 16): unpacked kernels that fill whole vectors   */
 /* ------------------------------------------------------------------------------------------ */
 
 /* With N <= 16 the packed kernel's 14 x 32 tiles are mostly padding (N = 10: 10 of every 32 FMA
- * lanes do work, the dense-layer logits and the weight update of a 10-class output layer). Two
- * unpacked kernels keep every lane busy and read A in place, once:
- *   dot (A stored M x K): C[i, j] = A[i, :] . op(B)[:, j], 16 k per vector; R rows x N columns of
- *       accumulators, then one horizontal-sum tree per row leaves the row's N results in one
- *       vector, which goes through the epilogue as a tile row would;
- *   tn (A stored K x M, op(A) = A^T, the weight-gradient shape X^T G): 16 rows of C per vector,
- *       V vectors x N columns of accumulators fed by op(A)[i0:i0+16V, k] * op(B)[k, j]
- *       (broadcast), then each 16 x 16 block transposed in registers into rows of C.
- * op(B) is read as N rows of K (dot) or K rows of N (tn); in the other layout it is first
- * transposed into a small buffer. The whole K is summed in registers (no K blocks), so the
- * epilogue runs once per element (beta * C read once, then addend, bias, act, gate). */
+ * lanes do work: the logits and the weight update of a 10-class output layer), and with K <= 16
+ * (the gradient through that layer, K = 10) packing and the per-tile write-back outweigh the few
+ * FMAs per element. Three unpacked kernels, which read A in place, once:
+ *   dot (A stored M x K, N <= 14, long K): C[i, j] = A[i, :] . op(B)[:, j], 16 k per vector; R rows
+ *       x N columns of accumulators, then one horizontal-sum tree per row leaves the row's N
+ *       results in one vector, which goes through the epilogue as a tile row would;
+ *   tn (A stored K x M, op(A) = A^T, N <= 16: the weight-gradient shape X^T G): 16 rows of C per
+ *       vector, V vectors x N columns of accumulators fed by op(A)[i0:i0+16V, k] * op(B)[k, j]
+ *       (broadcast), then each 16 x 16 block transposed in registers into rows of C;
+ *   ks (K <= 16, or N <= 16 where dot does not pay): outer products, rows of C in vectors.
+ * Operands in the other layout than a kernel reads are first transposed into small buffers. The
+ * whole K is summed in registers (no K blocks), so the epilogue runs once per element (beta * C
+ * read once, then addend, bias, act, gate). */
 #define THIN_NMAX 16
 
 /* r[i] lane j <-> r[j] lane i: 4 rounds of 16 shuffles. */
@@ -1358,19 +1361,6 @@ AVX512_INLINE s5_thin_epi s5_thin_epi_of(const gemm_args *g) {
     return t;
 }
 
-/* Prefetch what the write-back of rows [i, i + rows) x columns [j0, j0 + n) will read or write
- * (C, the addend, the gate): streamed a few rows at a time, these lines are each touched once,
- * too briefly for the hardware prefetchers. */
-AVX512_INLINE void s5_thin_prefetch(const s5_thin_epi *t, int64_t i, const int rows, int64_t j0, int64_t n) {
-    const gemm_args *g = t->g;
-    for (int64_t j = 0; j < n; j += 16)
-        _Pragma("GCC unroll 4") for (int r = 0; r < rows; r++) {
-            _mm_prefetch((const char *)((const float *)g->C + (i + r) * g->ldc + j0 + j), _MM_HINT_T0);
-            if (t->x.gate) _mm_prefetch((const char *)(t->x.gate + (i + r) * g->ldg + j0 + j), _MM_HINT_T0);
-            if (t->x.addend) _mm_prefetch((const char *)(t->x.addend + (i + r) * g->ldx + j0 + j), _MM_HINT_T0);
-        }
-}
-
 /* dot: rows [r0, r1) of C, N columns, R rows at a time (then one at a time). bt: op(B) as N rows
  * of K (row stride ldbt). Accumulators R x N (+ R A vectors): at most 30 of the 32 registers. */
 #define THIN_DOT_R(N) ((N) >= 15 ? 1 : 30 / ((N) + 1) > 8 ? 8 : 30 / ((N) + 1))
@@ -1461,12 +1451,12 @@ AVX512 static void s5_tn_rows_##N(int64_t r0, int64_t r1, int64_t K, const float
     }                                                                                              \
 }
 
-/* ks (K <= 16, any N; or N <= 16): C[i, j0:j0+16W] = sum_k op(A)[i, k] op(B)[k, j0:j0+16W], 4 rows
- * x W <= 4 vectors of C at a time (8 rows x 1 vector for N <= 16): per k, W vectors of op(B) and
- * U broadcasts of op(A) feed U W FMAs. Rows
- * outermost, so that C, the addend and the gate are streamed along their rows. a: row r0 of op(A)
- * as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb). F: the epilogue set
- * (a constant), or EPI_ANY. */
+/* ks (K <= 16 with any N, or N <= 16 where dot does not pay): C[i, j0:j0+16W] = sum_k op(A)[i, k]
+ * op(B)[k, j0:j0+16W], U = 4 rows x W <= 4 vectors of C at a time (8 rows x 1 vector for N <= 16,
+ * so that 8 FMA chains hide the FMA latency): per k, W vectors of op(B) and U broadcasts of op(A)
+ * feed U W FMAs. Rows outermost, so that C, the addend and the gate are streamed along their rows.
+ * a: row r0 of op(A) as rows of K (row stride lda); b: op(B) as K rows of N (row stride ldb).
+ * F: the epilogue set (a constant), or EPI_ANY. */
 AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K, const float *a, int64_t lda,
                                const float *b, int64_t ldb, int64_t n, const s5_thin_epi *t, int64_t i, int64_t j0,
                                float *tile) {
@@ -1493,11 +1483,10 @@ AVX512_INLINE void s5_ks_block(const int U, const int W, const int F, int64_t K,
         s5_thin_tile_any(t, tile, 64, i, U, j0, n);
         return;
     }
-    /* Straight from the registers: C is written row after row (n columns each) while the stores
-     * of a tile would be reloaded behind them (4 KB aliasing with the pending stores to C made
-     * that path ~3x slower for 256 x 256 x 10). What the write-back reads is first copied to
-     * locals: a vector store may alias anything, so fields read through t or g would be reloaded
-     * after every store. */
+    /* Straight from the registers (C is most of what ks writes: no round trip through a tile).
+     * What the write-back reads is first copied to locals: a vector store may alias anything, so
+     * fields read through t or g would be reloaded after every store (with those reloads and the
+     * run-time tests of each epilogue part, 256 x 256 x 10 with a gate took 17 us, now 11). */
     const int any = F == EPI_ANY;
     const int scale = any ? t->x.scale : !!(F & EPI_SCALE), add_c = any ? t->add_c : !!(F & EPI_ADD_C);
     const int has_x = any ? t->x.addend != NULL : !!(F & EPI_ADDEND);
@@ -1525,7 +1514,7 @@ AVX512_INLINE void s5_ks_rows_body(const int F, int64_t r0, int64_t r1, int64_t 
                                    int64_t lda, const float *b, int64_t ldb, const s5_thin_epi *t) {
     float tile[8 * 64] __attribute__((aligned(64)));
     int64_t i = r0;
-    if (N <= 16) /* one vector per row: 8 rows, so that 8 FMA chains hide the FMA latency */
+    if (N <= 16) /* one vector per row: 8 rows at a time */
         for (; i + 8 <= r1; i += 8) s5_ks_block(8, 1, F, K, a + (i - r0) * lda, lda, b, ldb, N, t, i, 0, tile);
     for (; i + 4 <= r1; i += 4) {
         const float *ai = a + (i - r0) * lda;
@@ -1689,7 +1678,7 @@ static int s5_thin(const gemm_args *g) {
     const int64_t M = g->M, N = g->N, K = g->K;
     s5_thin_ctx x = {g, thin_kind(g->transA, M, N, K), 0, 0, 0, 0, NULL, 0, 4};
     if (x.kind < 0) return -1;
-    x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : 4;
+    x.blk = x.kind == THIN_TN ? 16 * THIN_TN_V(N) : x.kind == THIN_DOT ? THIN_DOT_R(N) : N <= 16 ? 8 : 4;
     int nt = gc_get_num_threads();
     if ((double)M * (double)N * (double)K < THIN_SERIAL_MAX_FMAS) nt = 1;
     nt = (int)MAX(1, MIN((int64_t)nt, (M + x.blk - 1) / x.blk));
