@@ -163,6 +163,8 @@ typedef struct {
     kernel_fn kernel_strided; /* NULL: always pack A */
     colsum_fn colsum;         /* NULL: the portable colsum_packed of esize */
     int (*thin)(const gemm_args *); /* NULL, or unpacked kernels for thin shapes: 0 when it ran */
+    kernel_fn kernel_short;   /* NULL, or the packed kernel for a last panel of m <= mr_short rows */
+    int64_t mr_short;
 } gemm_impl;
 
 /* Column sums of packed B panels (gemm_args.colsum), for one NR known at compile time so that a
@@ -1075,6 +1077,25 @@ GEN_AVX512_KERNEL(d5, double, __m512d, D5_MR, D5_NR, 8, _mm512_setzero_pd, _mm51
                   _mm512_set1_pd, _mm512_fmadd_pd, _mm256_set1_pd(e->act_param),
                   mask8, __mmask8, d5_wb_row, _mm512_maskz_loadu_pd)
 
+/* The last row panel of A is often short (256 rows = 18 panels of 14 and one of 4), and the full
+ * kernel spends all 14 rows of FMAs on it. The same bodies with 4 or 8 rows of accumulators read
+ * the packed 14-row panel (csa = S5_MR) and do only the rows that exist; each element of C goes
+ * through the same FMAs in the same order, so results are identical. */
+typedef s5_wb_extra s5r4_wb_extra;
+typedef s5_wb_extra s5r8_wb_extra;
+GEN_AVX512_KERNEL(s5r4, float, __m512, 4, S5_NR, 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_store_ps,
+                  _mm512_set1_ps, _mm512_fmadd_ps, _mm256_set1_pd((double)(float)e->act_param),
+                  mask16, __mmask16, s5_wb_row, _mm512_maskz_loadu_ps)
+GEN_AVX512_KERNEL(s5r8, float, __m512, 8, S5_NR, 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_store_ps,
+                  _mm512_set1_ps, _mm512_fmadd_ps, _mm256_set1_pd((double)(float)e->act_param),
+                  mask16, __mmask16, s5_wb_row, _mm512_maskz_loadu_ps)
+AVX512 static void s5_kernel_short(int64_t kc, const void *a, int64_t rsa, int64_t csa, const void *b, void *c,
+                                   int64_t ldc, int64_t m, int64_t n, const epi_t *e, const void *bias) {
+    (void)rsa, (void)csa;
+    if (m <= 4) s5r4_body(kc, (const float *)a, 1, S5_MR, (const float *)b, (float *)c, ldc, m, n, e, bias);
+    else s5r8_body(kc, (const float *)a, 1, S5_MR, (const float *)b, (float *)c, ldc, m, n, e, bias);
+}
+
 /* Packing. A panels are MR (14) wide, so each k row of a panel is written with one masked store;
  * rows/columns past the edge are written as zeros and never loaded (masked loads). The
  * transposing cases go through the AVX2 8x8 / 4x4 register transposes. */
@@ -1725,7 +1746,8 @@ static int s5_thin(const gemm_args *g) {
 GEN_COLSUM(s5_colsum, float, S5_NR, AVX512)
 GEN_COLSUM(d5_colsum, double, D5_NR, AVX512)
 static const gemm_impl S_AVX512 = {sizeof(float), S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
-                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum, s5_thin};
+                                   s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum, s5_thin,
+                                   s5_kernel_short, 8};
 static const gemm_impl D_AVX512 = {sizeof(double), D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
                                    d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided, d5_colsum};
 #endif /* GC_X86 */
@@ -1795,8 +1817,9 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
                 im->kernel_strided(kc, AT(g->A, (ic + ir) * rsa + pc * csa, es), rsa, csa, bpanel, c,
                                    g->ldc, m, n, te, bias);
             else
-                im->kernel(kc, x->direct_a ? apack : apack + (size_t)(ir * kc) * es, 0, 0, bpanel, c,
-                           g->ldc, m, n, te, bias);
+                (m <= im->mr_short ? im->kernel_short : im->kernel)(
+                    kc, x->direct_a ? apack : apack + (size_t)(ir * kc) * es, 0, 0, bpanel, c, g->ldc, m, n, te,
+                    bias);
         }
     }
 }
