@@ -204,3 +204,24 @@ def test_mixed_small(tmp_path, capsys):
     pid = loaded[-1]["busy_pid"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_gemm_suite_times_each_library_in_its_own_process():
+    """graphc's GEMM and numpy.matmul are timed in two worker processes (not this one), on the same
+    operands: graphc's product is checked against float64 NumPy there."""
+    import os
+
+    import pytest
+
+    import graphc
+    from graphc.tools.bench.gemm import format_table, gemm_table
+    if not graphc.backend_info()["c_available"]:
+        pytest.skip("the C extension is not built")
+    rows = gemm_table(sizes=(48,), dtypes=("float32", "float64"), threads=1, repeats=1, extra_shapes=False,
+                      rounds=2, pause_s=0.0)
+    assert [(r["name"], r["dtype"]) for r in rows] == [("48^3", "float32"), ("48^3", "float64")]
+    for r in rows:
+        assert len({r["graphc_pid"], r["numpy_pid"], os.getpid()}) == 3
+        assert r["graphc_gflops"] > 0 and r["numpy_gflops"] > 0 and r["ratio"] > 0
+        assert r["max_rel_err"] < (1e-5 if r["dtype"] == "float32" else 1e-13)
+    assert "48^3" in format_table(rows)

@@ -7,7 +7,8 @@
 
 Prints the machine (CPU, ISA, cores, thread counts, library versions, date) and one table per suite.
 --json alone prints one JSON document instead of the tables; --json PATH also writes it there.
-The default suites are gemm,mlp,lr,dispatch,compiler (one process, quick looks). `peers` is the fair
+The default suites are gemm,mlp,lr,dispatch,compiler (quick looks; gemm times graphc and NumPy in a
+worker process each, the others run in this process). `peers` is the fair
 comparison with NumPy, PyTorch, JAX, PyTensor (each peer in its own process, rounds interleaved; see
 graphc.tools.bench.peers); `--mixed` (alone: only that suite) measures graphc and NumPy in one
 process and graphc next to a busy process (graphc.tools.bench.mixed). The workloads are described in

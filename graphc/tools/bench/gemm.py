@@ -1,22 +1,28 @@
-"""GEMM benchmark: graphc's C kernel (gc_sgemm / gc_dgemm) against numpy.matmul, side by side.
+"""GEMM benchmark: graphc's C kernel (gc_sgemm / gc_dgemm) against numpy.matmul, each in its own process.
 
-    python -m graphc.bench.gemm [--threads N] [--repeats R] [--sizes 256,512,...] [--no-extra]
+    python -m graphc.tools.bench.gemm [--threads N] [--repeats R] [--rounds 3] [--sizes 256,512,...] [--no-extra]
 
-Both libraries get the same thread count (numpy's BLAS through threadpoolctl when installed).
-Timing: per shape, `rounds` alternating batches (graphc, numpy, graphc, ...) of `repeats` calls
-after warm-up, with a short pause when switching library (idle BLAS workers, and graphc's
-for ~50 us, spin for a while after a call and would steal the other library's cores). Each batch gives a median; the
-best batch of each library is reported, so a burst of load from another process on a shared
-machine spoils one batch rather than the comparison. GRAPHC_GEMM_MODULE names another cffi module
-to measure (e.g. a development build of csrc/gemm.c); by default graphc._cgraphc.
+Each library runs in a worker subprocess of its own (the peers suite's worker, driven over a pipe),
+with the same thread count (OMP/OPENBLAS/GRAPHC_NUM_THREADS in its environment, threadpoolctl's limit
+on numpy's BLAS): in one process, idle OpenBLAS workers spin (~0.1 s) through graphc's next call and
+the two pools fight for the cores, so a same-process table measured that contention (`graphc bench
+--mixed` measures it on purpose). Both workers build the same operands from the same seed. Per shape,
+`rounds` turns alternate between the workers (the first one rotating), with a pause before each
+turn; a turn is a batch of `repeats` calls after warm-up and gives the median call, and each
+library's best turn is reported, so a burst of load from another process spoils one turn rather
+than the comparison. The graphc worker also checks its product against a float64 single-thread
+numpy.matmul of the same operands (max_rel_err). GRAPHC_GEMM_MODULE names another cffi module to
+measure (e.g. a development build of csrc/gemm.c); by default graphc._cgraphc.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -65,17 +71,6 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-@contextlib.contextmanager
-def _numpy_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # numpy keeps its own default (OPENBLAS_NUM_THREADS decides)
-        yield False
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield True
-
-
 def _median_time(fn, repeats, warmup=2):
     for _ in range(warmup):
         fn()
@@ -85,6 +80,14 @@ def _median_time(fn, repeats, warmup=2):
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def _operands(shape, dtype, seed):
+    _, M, N, K, tA, tB = shape
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((K, M) if tA else (M, K)).astype(dtype)
+    B = rng.standard_normal((N, K) if tB else (K, N)).astype(dtype)
+    return A, B, np.empty((M, N), dtype)
 
 
 def _gemm_caller(ffi, lib, A, B, C, transA, transB):
@@ -101,51 +104,99 @@ def _gemm_caller(ffi, lib, A, B, C, transA, transB):
     return run
 
 
+def worker_main(library: str) -> int:
+    """Serve timings of one library ('graphc' or 'numpy') over stdin/stdout (see peers.worker_main)."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(**msg):
+        proto.write(json.dumps(msg) + "\n")
+        proto.flush()
+
+    threads = int(os.environ.get("GRAPHC_BENCH_THREADS", "1"))
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=threads, user_api="blas")
+    except ImportError:  # OPENBLAS_NUM_THREADS in the environment still applies
+        threadpool_limits = None
+    if library == "graphc":
+        ffi, lib, name = load_lib()
+        lib.gc_set_num_threads(threads)
+        version = f"{name}, SIMD level {lib.gc_simd_level()}"
+    else:
+        version = f"numpy {np.__version__}"
+    send(status="ok", version=version, pid=os.getpid())
+    cache = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("cmd") != "time":
+            break
+        key = (tuple(msg["shape"]), msg["dtype"])
+        if key not in cache:
+            name, M, N, K, tA, tB = msg["shape"]
+            A, B, C = _operands(msg["shape"], np.dtype(msg["dtype"]), msg["seed"])
+            err = None
+            if library == "graphc":
+                run = _gemm_caller(ffi, lib, A, B, C, tA, tB)
+                run()
+                opA, opB = (A.T if tA else A).astype(np.float64), (B.T if tB else B).astype(np.float64)
+                with (threadpool_limits(limits=1, user_api="blas") if threadpool_limits else contextlib.nullcontext()):
+                    ref = opA @ opB  # one BLAS thread: no pool woken to spin through the timings
+                err = float(np.max(np.abs(C - ref), initial=0.0)) / max(float(np.max(np.abs(ref), initial=0.0)), 1e-30)
+            else:
+                opA, opB = (A.T if tA else A), (B.T if tB else B)
+                run = (lambda a, b, c: lambda: np.matmul(a, b, out=c))(opA, opB, C)
+            cache[key] = (run, err)
+        run, err = cache[key]
+        send(seconds=_median_time(run, msg["repeats"]), max_rel_err=err)
+    return 0
+
+
 def gemm_table(sizes=(256, 512, 1024, 2048), dtypes=("float32", "float64"), threads=None, repeats=5,
-               extra_shapes=True, rounds=3) -> list[dict]:
-    """Time C = op(A) @ op(B) with graphc's GEMM and numpy.matmul on the same operands.
+               extra_shapes=True, rounds=3, pause_s: float = _PAUSE_S) -> list[dict]:
+    """Time C = op(A) @ op(B) with graphc's GEMM and numpy.matmul, each in its own worker process.
 
     Returns one dict per (shape, dtype): name, M, N, K, transA, transB, dtype, threads,
-    graphc_s / numpy_s (seconds: best of `rounds` batch medians), graphc_gflops / numpy_gflops,
-    ratio (graphc speed / numpy speed), max_rel_err (graphc vs numpy, relative to max |C|)."""
-    ffi, lib, _ = load_lib()
+    graphc_s / numpy_s (seconds: best of `rounds` turn medians), graphc_gflops / numpy_gflops,
+    ratio (graphc speed / numpy speed), max_rel_err (graphc vs float64 numpy, relative to max |C|),
+    graphc_pid / numpy_pid (the worker processes)."""
+    from .peers import _Worker
+    _, lib, _ = load_lib()
     nt = int(threads) if threads else lib.gc_get_num_threads()
     shapes = [(f"{n}^3", n, n, n, False, False) for n in sizes]
     if extra_shapes:
         shapes += MLP_SHAPES
-    rng = np.random.default_rng(0)
+    workers = {name: _Worker(name, nt, module="graphc.tools.bench.gemm") for name in ("graphc", "numpy")}
     rows = []
-    old = lib.gc_get_num_threads()
-    lib.gc_set_num_threads(nt)
     try:
-        with _numpy_threads(nt):
-            for dtype in dtypes:
-                dt = np.dtype(dtype)
-                for name, M, N, K, tA, tB in shapes:
-                    A = rng.standard_normal((K, M) if tA else (M, K)).astype(dt)
-                    B = rng.standard_normal((N, K) if tB else (K, N)).astype(dt)
-                    opA, opB = (A.T if tA else A), (B.T if tB else B)
-                    C_ours, C_np = np.empty((M, N), dt), np.empty((M, N), dt)
-                    # Fewer repeats would be noise-dominated for sub-millisecond shapes.
-                    reps = max(repeats, int(min(100, 1e8 / max(2 * M * N * K, 1))))
-                    run = _gemm_caller(ffi, lib, A, B, C_ours, tA, tB)
-                    t_ours = t_np = float("inf")
-                    for _ in range(max(1, rounds)):
-                        t_ours = min(t_ours, _median_time(run, reps))
-                        time.sleep(_PAUSE_S)
-                        t_np = min(t_np, _median_time(lambda: np.matmul(opA, opB, out=C_np), reps))  # noqa: B023
-                        time.sleep(_PAUSE_S)
-                    flops = 2.0 * M * N * K
-                    scale = max(float(np.max(np.abs(C_np))), 1e-30)
-                    rows.append(dict(
-                        name=name, M=M, N=N, K=K, transA=tA, transB=tB, dtype=dt.name, threads=nt,
-                        graphc_s=t_ours, numpy_s=t_np,
-                        graphc_gflops=flops / t_ours / 1e9, numpy_gflops=flops / t_np / 1e9,
-                        ratio=t_np / t_ours,
-                        max_rel_err=float(np.max(np.abs(C_ours.astype(np.float64) - C_np))) / scale,
-                    ))
+        pids = {name: w.recv()["pid"] for name, w in workers.items()}
+        for dtype in dtypes:
+            dt = np.dtype(dtype)
+            for seed, shape in enumerate(shapes):
+                name, M, N, K, tA, tB = shape
+                # Fewer repeats would be noise-dominated for sub-millisecond shapes.
+                reps = max(repeats, int(min(100, 1e8 / max(2 * M * N * K, 1))))
+                best = {"graphc": float("inf"), "numpy": float("inf")}
+                err = None
+                for r in range(max(1, rounds)):
+                    for lib_name in (("graphc", "numpy") if r % 2 == 0 else ("numpy", "graphc")):
+                        time.sleep(pause_s)
+                        reply = workers[lib_name].call(cmd="time", shape=list(shape), dtype=dt.name, seed=seed,
+                                                       repeats=reps)
+                        best[lib_name] = min(best[lib_name], reply["seconds"])
+                        err = reply["max_rel_err"] if lib_name == "graphc" else err
+                flops = 2.0 * M * N * K
+                rows.append(dict(
+                    name=name, M=M, N=N, K=K, transA=tA, transB=tB, dtype=dt.name, threads=nt,
+                    graphc_s=best["graphc"], numpy_s=best["numpy"],
+                    graphc_gflops=flops / best["graphc"] / 1e9, numpy_gflops=flops / best["numpy"] / 1e9,
+                    ratio=best["numpy"] / best["graphc"], max_rel_err=err,
+                    graphc_pid=pids["graphc"], numpy_pid=pids["numpy"],
+                ))
     finally:
-        lib.gc_set_num_threads(old)
+        for w in workers.values():
+            w.close()
     return rows
 
 
@@ -177,7 +228,8 @@ def main(argv=None):
     except ImportError:
         blas = "unknown (threadpoolctl not installed: numpy threads not pinned)"
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
-    print(f"threads: {nt} (graphc and numpy)   module: {modname}   SIMD level: {lib.gc_simd_level()}")
+    print(f"threads: {nt} (graphc and numpy, each in its own process)   module: {modname}   "
+          f"SIMD level: {lib.gc_simd_level()}")
     print(f"numpy {np.__version__}, BLAS: {blas}")
     rows = gemm_table(sizes=tuple(int(s) for s in args.sizes.split(",") if s),
                       dtypes=tuple(args.dtypes.split(",")), threads=nt, repeats=args.repeats,
@@ -186,4 +238,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        sys.exit(worker_main(sys.argv[2]))
     main()

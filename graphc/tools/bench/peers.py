@@ -342,7 +342,10 @@ def worker_main(peer: str) -> int:
 
 
 class _Worker:
-    def __init__(self, peer: str, threads: int, extra_env=None):
+    """A benchmark worker subprocess (`python -m <module> --worker <peer>`) driven by JSON lines; the
+    GEMM suite (graphc.tools.bench.gemm) uses it too."""
+
+    def __init__(self, peer: str, threads: int, extra_env=None, module: str = "graphc.tools.bench.peers"):
         import graphc
         self.peer = peer
         env = dict(os.environ)
@@ -360,7 +363,7 @@ class _Worker:
             env["GRAPHC_BENCH_CPUS"] = ",".join(map(str, cpus[:threads]))
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "graphc.tools.bench.peers", "--worker", peer], env=env,
+            [sys.executable, "-m", module, "--worker", peer], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
 
     def recv(self) -> dict:
