@@ -993,14 +993,90 @@ AVX512_INLINE void d5_wb_row(double *cr, __m512d v0, __m512d v1, __mmask8 m0, __
     _mm512_mask_storeu_pd(cr + 8, m1, v1);
 }
 
+/* The k loop of the 14-row kernels on packed panels, in assembly: the 28 accumulators sit in
+ * zmm0-27, the two B vectors in zmm28-29 and A's broadcasts alternate between zmm30 and zmm31.
+ * GCC's version of this loop from intrinsics (kept for A read in place and the short-panel
+ * kernels) spilled two accumulators to the stack once the write-back was inlined next to it: an
+ * extra load and register copies every k step, which cost 8 % of the W-mlp step's GEMM time
+ * (2-core Xeon VM, 2026-12-02). Results are identical: the same FMAs in the same order per
+ * element. Leaves row i of the tile (two vectors) at tile + i * NR. ESZ: element bytes. */
+#define K5_BCAST_FMA(BC, FM, ESZ, i, R0, R1, Z)                                                    \
+    BC " " #i "*" #ESZ "(%[a]), %%zmm" #Z "\n\t"                                                    \
+    FM " %%zmm" #Z ", %%zmm28, %%zmm" #R0 "\n\t"                                                    \
+    FM " %%zmm" #Z ", %%zmm29, %%zmm" #R1 "\n\t"
+#define K5_STEP(BC, FM, ESZ)                                                                       \
+    "vmovaps (%[b]), %%zmm28\n\t"                                                                  \
+    "vmovaps 64(%[b]), %%zmm29\n\t"                                                                \
+    K5_BCAST_FMA(BC, FM, ESZ, 0, 0, 1, 30) K5_BCAST_FMA(BC, FM, ESZ, 1, 2, 3, 31)                  \
+    K5_BCAST_FMA(BC, FM, ESZ, 2, 4, 5, 30) K5_BCAST_FMA(BC, FM, ESZ, 3, 6, 7, 31)                  \
+    K5_BCAST_FMA(BC, FM, ESZ, 4, 8, 9, 30) K5_BCAST_FMA(BC, FM, ESZ, 5, 10, 11, 31)                \
+    K5_BCAST_FMA(BC, FM, ESZ, 6, 12, 13, 30) K5_BCAST_FMA(BC, FM, ESZ, 7, 14, 15, 31)              \
+    K5_BCAST_FMA(BC, FM, ESZ, 8, 16, 17, 30) K5_BCAST_FMA(BC, FM, ESZ, 9, 18, 19, 31)              \
+    K5_BCAST_FMA(BC, FM, ESZ, 10, 20, 21, 30) K5_BCAST_FMA(BC, FM, ESZ, 11, 22, 23, 31)            \
+    K5_BCAST_FMA(BC, FM, ESZ, 12, 24, 25, 30) K5_BCAST_FMA(BC, FM, ESZ, 13, 26, 27, 31)            \
+    "add $14*" #ESZ ", %[a]\n\t"                                                                   \
+    "add $128, %[b]\n\t"
+#define K5_ZERO(R) "vpxord %%zmm" #R ", %%zmm" #R ", %%zmm" #R "\n\t"
+#define K5_SAVE(R) "vmovaps %%zmm" #R ", " #R "*64(%[t])\n\t"
+#define K5_EACH_ACC(X)                                                                             \
+    X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)    \
+    X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24) X(25) X(26) X(27)
+/* A is prefetched eight k steps ahead, as in the intrinsics loop. */
+#define GEN_K5_ASM(P, T, MR, NR, BC, FM, ESZ)                                                      \
+_Static_assert(MR == 14 && NR * ESZ == 128, "the assembly k loop is for 14 x (two vectors) tiles"); \
+AVX512_INLINE int P##_kloop_asm(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *tile) { \
+    if (rsa != 1 || csa != MR) return 0; /* A read in place: the intrinsics loop */                \
+    int64_t quads = kc / 4, singles = kc % 4;                                                      \
+    __asm__ volatile(                                                                              \
+        K5_EACH_ACC(K5_ZERO)                                                                       \
+        "test %[q], %[q]\n\t"                                                                      \
+        "jz 2f\n\t"                                                                                \
+        "1:\n\t"                                                                                   \
+        "prefetcht0 8*14*" #ESZ "(%[a])\n\t"                                                       \
+        K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ)        \
+        "dec %[q]\n\t"                                                                             \
+        "jnz 1b\n\t"                                                                               \
+        "2:\n\t"                                                                                   \
+        "test %[s], %[s]\n\t"                                                                      \
+        "jz 4f\n\t"                                                                                \
+        "3:\n\t"                                                                                   \
+        K5_STEP(BC, FM, ESZ)                                                                       \
+        "dec %[s]\n\t"                                                                             \
+        "jnz 3b\n\t"                                                                               \
+        "4:\n\t"                                                                                   \
+        K5_EACH_ACC(K5_SAVE)                                                                       \
+        : [a] "+r"(a), [b] "+r"(b), [q] "+r"(quads), [s] "+r"(singles)                             \
+        : [t] "r"(tile)                                                                            \
+        : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",  \
+          "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", \
+          "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", \
+          "xmm29", "xmm30", "xmm31");                                                              \
+    return 1;                                                                                      \
+}
+GEN_K5_ASM(s5, float, S5_MR, S5_NR, "vbroadcastss", "vfmadd231ps", 4)
+GEN_K5_ASM(d5, double, D5_MR, D5_NR, "vbroadcastsd", "vfmadd231pd", 8)
+#undef GEN_K5_ASM
+#undef K5_BCAST_FMA
+#undef K5_STEP
+#undef K5_ZERO
+#undef K5_SAVE
+#undef K5_EACH_ACC
+/* The short-panel kernels keep the intrinsics loop (few accumulators: GCC keeps them in registers). */
+#define NO_KLOOP_ASM(P, T)                                                                         \
+    AVX512_INLINE int P##_kloop_asm(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *tile) { \
+        (void)kc, (void)a, (void)rsa, (void)csa, (void)b, (void)tile;                              \
+        return 0;                                                                                  \
+    }
+NO_KLOOP_ASM(s5r4, float)
+NO_KLOOP_ASM(s5r8, float)
+#undef NO_KLOOP_ASM
+
 /* The kernels keep the tile in an array of vectors indexed only by constants after full
  * unrolling, which GCC keeps in registers (checked in the assembly: no spills in the k loop).
  * rsa/csa as in the AVX2 kernels: packed panels (1, MR) or A read in place. */
 #define GEN_AVX512_KERNEL(P, T, V, MR, NR, L, SETZERO, LOAD, STORE, SET1, FMA, SET1D, MASK, MASKT, WB, MK) \
 AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *c,     \
                             int64_t ldc, int64_t m, int64_t n, const epi_t *e, const T *bias) {    \
-    V acc[MR][2];                                                                                  \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = SETZERO();       \
     const int add_c = e->add_c;                                                                    \
     /* C is needed only after the K loop: fetch it now so its misses overlap the arithmetic. */    \
     if (add_c)                                                                                     \
@@ -1008,6 +1084,11 @@ AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, co
             _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);                                \
             _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);                        \
         }                                                                                          \
+    /* Through a stack tile: one (not MR) inlined copy of the write-back and its activations. */ \
+    T tile[MR * NR] __attribute__((aligned(64)));                                                  \
+    if (!P##_kloop_asm(kc, a, rsa, csa, b, tile)) {                                                \
+    V acc[MR][2];                                                                                  \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = SETZERO();       \
     int64_t k = 0;                                                                                 \
     for (; k + 4 <= kc; k += 4) {                                                                  \
         _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);                                    \
@@ -1032,6 +1113,11 @@ AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, co
         a += csa;                                                                                  \
         b += NR;                                                                                   \
     }                                                                                              \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) {                                        \
+        STORE(tile + i * NR, acc[i][0]);                                                           \
+        STORE(tile + i * NR + L, acc[i][1]);                                                       \
+    }                                                                                              \
+    }                                                                                              \
     if (!e->last) bias = NULL;                                                                     \
     const int act = e->last ? e->act : GC_ACT_IDENTITY;                                            \
     const MASKT m0 = MASK(n), m1 = MASK(n - L);                                                    \
@@ -1041,12 +1127,6 @@ AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, co
     if (bias) {                                                                                    \
         bias0 = MK(m0, bias);                                                                      \
         bias1 = MK(m1, bias + L);                                                                  \
-    }                                                                                              \
-    /* Through a stack tile: one (not MR) inlined copy of the write-back and its activations. */ \
-    T tile[MR * NR] __attribute__((aligned(64)));                                                  \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) {                                        \
-        STORE(tile + i * NR, acc[i][0]);                                                           \
-        STORE(tile + i * NR + L, acc[i][1]);                                                       \
     }                                                                                              \
     P##_wb_extra x = {e->alpha != 1, SET1((T)e->alpha), SET1((T)e->gate_param),                   \
                       (const T *)(e->last ? e->addend : NULL), (const T *)(e->last ? e->gate : NULL)}; \
