@@ -993,13 +993,15 @@ AVX512_INLINE void d5_wb_row(double *cr, __m512d v0, __m512d v1, __mmask8 m0, __
     _mm512_mask_storeu_pd(cr + 8, m1, v1);
 }
 
-/* The k loop of the 14-row kernels on packed panels, in assembly: the 28 accumulators sit in
- * zmm0-27, the two B vectors in zmm28-29 and A's broadcasts alternate between zmm30 and zmm31.
- * GCC's version of this loop from intrinsics (kept for A read in place and the short-panel
- * kernels) spilled two accumulators to the stack once the write-back was inlined next to it: an
- * extra load and register copies every k step, which cost 8 % of the W-mlp step's GEMM time
- * (2-core Xeon VM, 2026-12-02). Results are identical: the same FMAs in the same order per
- * element. Leaves row i of the tile (two vectors) at tile + i * NR. ESZ: element bytes. */
+/* The k loop of the 14-row kernels in assembly, wherever a k step's 14 A values are contiguous
+ * (packed panels, and A^T read in place): the 28 accumulators sit in zmm0-27, the two B vectors
+ * in zmm28-29 and A's broadcasts alternate between zmm30 and zmm31. GCC's version of this loop
+ * from intrinsics (kept for A read in place untransposed and for the short-panel kernels)
+ * spilled two accumulators to the stack once the write-back was inlined next to it: an extra
+ * load and register copies every k step, which cost 8 % of the W-mlp step's GEMM time and 9 %
+ * of A^T-in-place products such as 784 x 128 x 256 (2-core Xeon VM, 2026-12-02). Results are
+ * identical: the same FMAs in the same order per element. Leaves row i of the tile (two
+ * vectors) at tile + i * NR. ESZ: element bytes. */
 #define K5_BCAST_FMA(BC, FM, ESZ, i, R0, R1, Z)                                                    \
     BC " " #i "*" #ESZ "(%[a]), %%zmm" #Z "\n\t"                                                    \
     FM " %%zmm" #Z ", %%zmm28, %%zmm" #R0 "\n\t"                                                    \
@@ -1014,7 +1016,7 @@ AVX512_INLINE void d5_wb_row(double *cr, __m512d v0, __m512d v1, __mmask8 m0, __
     K5_BCAST_FMA(BC, FM, ESZ, 8, 16, 17, 30) K5_BCAST_FMA(BC, FM, ESZ, 9, 18, 19, 31)              \
     K5_BCAST_FMA(BC, FM, ESZ, 10, 20, 21, 30) K5_BCAST_FMA(BC, FM, ESZ, 11, 22, 23, 31)            \
     K5_BCAST_FMA(BC, FM, ESZ, 12, 24, 25, 30) K5_BCAST_FMA(BC, FM, ESZ, 13, 26, 27, 31)            \
-    "add $14*" #ESZ ", %[a]\n\t"                                                                   \
+    "add %[astep], %[a]\n\t"                                                                      \
     "add $128, %[b]\n\t"
 #define K5_ZERO(R) "vpxord %%zmm" #R ", %%zmm" #R ", %%zmm" #R "\n\t"
 #define K5_SAVE(R) "vmovaps %%zmm" #R ", " #R "*64(%[t])\n\t"
@@ -1025,14 +1027,15 @@ AVX512_INLINE void d5_wb_row(double *cr, __m512d v0, __m512d v1, __mmask8 m0, __
 #define GEN_K5_ASM(P, T, MR, NR, BC, FM, ESZ)                                                      \
 _Static_assert(MR == 14 && NR * ESZ == 128, "the assembly k loop is for 14 x (two vectors) tiles"); \
 AVX512_INLINE int P##_kloop_asm(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *tile) { \
-    if (rsa != 1 || csa != MR) return 0; /* A read in place: the intrinsics loop */                \
+    if (rsa != 1) return 0; /* A rows apart in memory (A read in place, not transposed): intrinsics */ \
     int64_t quads = kc / 4, singles = kc % 4;                                                      \
+    const int64_t astep = csa * ESZ; /* bytes between k steps: MR * ESZ packed, lda * ESZ for A^T */ \
     __asm__ volatile(                                                                              \
         K5_EACH_ACC(K5_ZERO)                                                                       \
         "test %[q], %[q]\n\t"                                                                      \
         "jz 2f\n\t"                                                                                \
         "1:\n\t"                                                                                   \
-        "prefetcht0 8*14*" #ESZ "(%[a])\n\t"                                                       \
+        "prefetcht0 (%[a], %[astep], 8)\n\t"                                                       \
         K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ) K5_STEP(BC, FM, ESZ)        \
         "dec %[q]\n\t"                                                                             \
         "jnz 1b\n\t"                                                                               \
@@ -1046,7 +1049,7 @@ AVX512_INLINE int P##_kloop_asm(int64_t kc, const T *a, int64_t rsa, int64_t csa
         "4:\n\t"                                                                                   \
         K5_EACH_ACC(K5_SAVE)                                                                       \
         : [a] "+r"(a), [b] "+r"(b), [q] "+r"(quads), [s] "+r"(singles)                             \
-        : [t] "r"(tile)                                                                            \
+        : [t] "r"(tile), [astep] "r"(astep)                                                        \
         : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",  \
           "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", \
           "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", \
