@@ -14,9 +14,10 @@ pool) fight for the cores, and the idle workers of one library spin while the ne
 same-process loop measures contention (that is what `--mixed` measures, on purpose). Each peer is a
 worker subprocess started once and driven over a pipe with one-line JSON messages: "set up the
 workloads" (build the step, run one step from the initial weights, compare the parameters with the
-hand-written NumPy step run in the same worker, calibrate a batch of calls lasting >= min_batch_s)
-and "run one round of R measurements of a workload, report the median seconds per call". Rounds are
-interleaved across peers (peer A round 1, peer B round 1, ..., then round 2 with the order rotated),
+hand-written NumPy step run in the same worker) and "run one round of R measurements of a workload,
+report the median seconds per call". A measurement times a batch of calls lasting >= min_batch_s,
+sized at the peer's first round (median of 5 timed calls), when no other worker is busy; every
+round starts with one untimed batch. Rounds are interleaved across peers (peer A round 1, peer B round 1, ..., then round 2 with the order rotated),
 with a pause before each turn so the previous peer's spinning workers have gone to sleep. Reported:
 the median over rounds of the per-round medians, the spread (max - min of the round medians, as a
 percentage of the median), and the ratios to the hand-written NumPy step and to the best peer.
@@ -275,19 +276,26 @@ def _thread_report(peer: str) -> str:
     return " ".join(parts)
 
 
-def _calibrate(step, min_batch_s: float) -> int:
-    for _ in range(2):
+def _calibrate(step, min_batch_s: float, calls: int = 5) -> int:
+    """Calls per batch so that a batch lasts >= min_batch_s: from the median of `calls` timed calls
+    after as many untimed ones. One timed call is not enough: the first calls after set-up (thread
+    pools starting, pages faulted in) can be several times slower than the rest, and a batch sized
+    from one of them was a single call, whose rounds then measured mostly warm-up."""
+    for _ in range(calls):
         step()
-    t0 = time.perf_counter()
-    step()
-    one = max(time.perf_counter() - t0, 1e-7)
-    return max(1, math.ceil(min_batch_s / one))
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return max(1, math.ceil(min_batch_s / max(float(np.median(times)), 1e-7)))
 
 
 def _round(step, batch: int, repeats: int, cpu: list | None = None) -> float:
     """Median seconds per call over `repeats` timed batches; appends CPU seconds / wall seconds of the
     whole process (all its threads) to `cpu` when given: how many cores the peer kept busy."""
-    step()  # warm caches after the other peers' turns
+    for _ in range(batch):  # an untimed batch: warm caches and wake thread pools after the pause
+        step()
     times = []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(max(1, repeats)):
@@ -326,16 +334,20 @@ def worker_main(peer: str) -> int:
                 try:
                     out[name] = check_one_step(peer, data)
                     step = out[name].pop("step")
-                    steps[name] = (step, _calibrate(step, msg.get("min_batch_s", MIN_BATCH_S)))
-                    out[name].update(batch=steps[name][1], dtype=data["dtype"], data=data["data"])
+                    # the batch is sized at the first round, not here: the other workers may
+                    # still be importing their libraries on the same cores
+                    steps[name] = [step, None, msg.get("min_batch_s", MIN_BATCH_S)]
+                    out[name].update(dtype=data["dtype"], data=data["data"])
                 except Exception as exc:  # noqa: BLE001 - reported in the table, the others go on
                     out[name] = dict(error=f"{type(exc).__name__}: {exc}"[:300])
             send(workloads=out, threads=_thread_report(peer))
         elif cmd == "round":
-            step, batch = steps[msg["workload"]]
+            entry = steps[msg["workload"]]
+            if entry[1] is None:
+                entry[1] = _calibrate(entry[0], entry[2])
             cpu = []
-            median = _round(step, batch, msg["repeats"], cpu)
-            send(median_s=median, cpu_per_wall=cpu[0])
+            median = _round(entry[0], entry[1], msg["repeats"], cpu)
+            send(median_s=median, cpu_per_wall=cpu[0], batch=entry[1])
         else:
             break
     return 0
@@ -449,6 +461,7 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
                     try:
                         reply = workers[p].call(cmd="round", workload=w, repeats=repeats)
                         times[w, p].append(reply["median_s"])
+                        setups[p][w]["batch"] = reply["batch"]
                         cpu[w, p].append(reply["cpu_per_wall"])
                     except RuntimeError as exc:
                         info[p].update(status=f"failed: {exc}")
