@@ -18,9 +18,10 @@ hand-written NumPy step run in the same worker) and "run one round of R measurem
 report the median seconds per call". A measurement times a batch of calls lasting >= min_batch_s,
 sized at the peer's first round (median of 5 timed calls), when no other worker is busy; every
 round starts with one untimed batch. Rounds are interleaved across peers (peer A round 1, peer B
-round 1, ..., then round 2 with the order rotated), with a pause before each turn so the previous peer's spinning workers have gone to sleep. Reported:
-the median over rounds of the per-round medians, the spread (max - min of the round medians, as a
-percentage of the median), and the ratios to the hand-written NumPy step and to the best peer.
+round 1, ..., then round 2 with the order rotated), with a pause before each turn so the previous
+peer's spinning workers have gone to sleep. Reported: the median over rounds of the per-round
+medians, the spread (max - min of the round medians, as a percentage of the median), and the
+ratios to the hand-written NumPy step and to the best peer.
 
 Thread counts: every worker gets the same count through its own knobs: OMP/OPENBLAS/MKL_NUM_THREADS
 and GRAPHC_NUM_THREADS in its environment, threadpoolctl's limit on every loaded BLAS/OpenMP pool,
