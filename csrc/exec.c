@@ -23,6 +23,7 @@ typedef struct {
     void *const *ext;
     const double *fconst;
     int64_t nfconst;
+    int64_t failed_step; /* set by GC_OP_SIDE_BY_SIDE: the step of the half that failed */
 } exec_ctx;
 
 /* The address an operand reference names, or NULL for -1 / an unknown kind. */
@@ -354,7 +355,40 @@ GEMM_EX_EPILOGUE(f64, double)
 #define FCONST(i) ((a[i] >= 0 && a[i] < c->nfconst) ? c->fconst[a[i]] : 0.0)
 
 /* Runs one instruction: opcode op, dtype dt, operand words a[0..nargs). */
-static int run_instr(const exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int64_t nargs) {
+static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int64_t nargs);
+
+/* GC_OP_SIDE_BY_SIDE: thread t runs instruction t; a kernel's own parallel region nested in this
+ * one runs on its thread alone. */
+typedef struct {
+    exec_ctx *c;
+    const int64_t *instr[2];
+    int status[2];
+} side_by_side_ctx;
+
+static void side_by_side_thread(void *p, int tid, int team) {
+    side_by_side_ctx *x = (side_by_side_ctx *)p;
+    for (int i = tid; i < 2; i += team) {
+        const int64_t *w = x->instr[i];
+        x->status[i] = run_instr(x->c, w[0], w[3], w + HEADER_WORDS, w[1] - HEADER_WORDS);
+    }
+}
+
+static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int64_t nargs) {
+    if (op == GC_OP_SIDE_BY_SIDE) {
+        /* a = two instructions; neither may be another pair (no recursion on malformed code) */
+        if (nargs < 2 * HEADER_WORDS || a[1] < HEADER_WORDS || a[1] > nargs - HEADER_WORDS)
+            return GC_E_BADCODE;
+        const int64_t *b = a + a[1];
+        if (b[1] != nargs - a[1] || a[0] == GC_OP_SIDE_BY_SIDE || b[0] == GC_OP_SIDE_BY_SIDE) return GC_E_BADCODE;
+        side_by_side_ctx x = {c, {a, b}, {GC_K_OK, GC_K_OK}};
+        gc_parallel(2, side_by_side_thread, &x);
+        for (int i = 0; i < 2; i++)
+            if (x.status[i] != GC_K_OK) {
+                c->failed_step = x.instr[i][2];
+                return x.status[i];
+            }
+        return GC_K_OK;
+    }
     const int f64 = dt == GC_DT_F64;
     if (op != GC_OP_CAST && op != GC_OP_COPY && op != GC_OP_FILL && dt != GC_DT_F32 && dt != GC_DT_F64)
         return GC_E_BADDTYPE;
@@ -566,6 +600,7 @@ int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_
     c.ext = ext;
     c.fconst = fconst;
     c.nfconst = nfconst;
+    c.failed_step = -1;
     /* While the plan runs, idle pool workers spin longer (threads.h), so its consecutive parallel
      * kernels do not each pay a wake-up; they go back to a short spin when it returns. */
     gc_pool_hold(1);
@@ -578,7 +613,7 @@ int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_
         }
         const int st = run_instr(&c, w[0], w[3], w + HEADER_WORDS, w[1] - HEADER_WORDS);
         if (st != GC_K_OK) {
-            result = pack_error(w[2], st);
+            result = pack_error(c.failed_step >= 0 ? c.failed_step : w[2], st);
             break;
         }
         pc += w[1];

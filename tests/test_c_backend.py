@@ -242,6 +242,69 @@ def test_bce_loss_and_gradient_run_as_one_instruction_only_when_safe(dt):
     assert pair not in ops and fwd in ops and grad in ops, ops
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_independent_gemms_run_side_by_side_only_when_safe(dt):
+    """Two independent GEMMs of about the same size in consecutive steps run as one
+    GC_OP_SIDE_BY_SIDE, each on one thread: the input-gradient and weight-update GEMMs of an MLP's
+    middle layer. SGD steps then match the NumPy backend; GEMMs that read each other's result, or
+    are too small, stay separate."""
+    from graphc.backends.c import SIDE_BY_SIDE_MIN_FMAS, lib
+    n = 256  # 256 x 256 x 256 = SIDE_BY_SIDE_MIN_FMAS multiply-adds
+    assert n ** 3 >= SIDE_BY_SIDE_MIN_FMAS
+    x, y, params, loss = _mlp(dt, sizes=(n, n, n, 10))
+    lr = 0.05
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((n, n)).astype(dt), rng.integers(0, 10, n)
+    grads = gc.grad(loss, params)
+    fc = gc.compile(loss, backend="c", updates={p: p - lr * g for p, g in zip(params, grads)})
+    # the same steps on the NumPy backend, from the same starting values (_mlp's fixed seed)
+    _, _, params_n, loss_n = _mlp(dt, sizes=(n, n, n, 10))
+    grads_n = gc.grad(loss_n, params_n)
+    fn = gc.compile(loss_n, backend="numpy", updates={p: p - lr * g for p, g in zip(params_n, grads_n)})
+    for _ in range(3):
+        assert_close(fc(x=X, y=Y), fn(x=X, y=Y), what="loss")
+        for pc, pn in zip(params, params_n):
+            assert_close(pc.value, pn.value, what=pc.name)
+    assert lib.GC_OP_SIDE_BY_SIDE in _opcodes(fc), _opcodes(fc)
+
+    a, b = gc.placeholder("a", (n, n), dt), gc.placeholder("b", (n, n), dt)
+    feeds = dict(a=rng.standard_normal((n, n)).astype(dt), b=rng.standard_normal((n, n)).astype(dt))
+    fc, _ = both([a @ b, b @ a], feeds)  # independent: side by side
+    assert _opcodes(fc) == [lib.GC_OP_SIDE_BY_SIDE], _opcodes(fc)
+    want = [feeds["a"] @ feeds["b"], feeds["b"] @ feeds["a"]]
+    try:
+        for threads in (1, 3):  # one thread: the two run one after the other
+            gc.set_num_threads(threads)
+            for got, ref in zip(fc(**feeds), want):
+                assert_close(got, ref, what=f"{threads} threads")
+    finally:
+        gc.set_num_threads(0)
+    fc, _ = both([a @ b, (a @ b) @ a], feeds)  # the second reads the first
+    assert lib.GC_OP_SIDE_BY_SIDE not in _opcodes(fc), _opcodes(fc)
+    fc, _ = both([a @ b, b[:64, :64] @ a[:64, :64]], feeds)  # too small, and unequal
+    assert lib.GC_OP_SIDE_BY_SIDE not in _opcodes(fc), _opcodes(fc)
+
+
+def test_side_by_side_rejects_malformed_code():
+    """GC_OP_SIDE_BY_SIDE holds exactly two whole instructions, neither of them another pair."""
+    from graphc.backends.c import ffi, lib
+    fill = [lib.GC_OP_FILL, 7, 0, lib.GC_DT_F32, 0, 0 << 2 | lib.GC_REF_ARENA, 0]  # n = 0: writes nothing
+    fconst, arena = np.zeros(1), np.zeros(128, np.uint8)
+
+    def status(words):
+        code = np.array(words, dtype=np.int64)
+        rc = lib.gc_exec(ffi.cast("int64_t *", code.ctypes.data), len(code), ffi.cast("double *", fconst.ctypes.data),
+                         1, ffi.NULL, ffi.NULL, ffi.cast("void *", arena.ctypes.data))
+        return int(np.int32(np.uint32(rc & 0xFFFFFFFF)))
+
+    pair = [lib.GC_OP_SIDE_BY_SIDE, 4 + 2 * len(fill), 0, 0] + fill + fill
+    assert status(pair) == 0
+    assert status([lib.GC_OP_SIDE_BY_SIDE, 4 + len(fill), 0, 0] + fill) == lib.GC_E_BADCODE  # one instruction
+    assert status([lib.GC_OP_SIDE_BY_SIDE, 4 + len(fill) + 3, 0, 0] + fill + fill[:3]) == lib.GC_E_BADCODE
+    nested = [lib.GC_OP_SIDE_BY_SIDE, 4 + len(pair) + len(fill), 0, 0] + pair + fill
+    assert status(nested) == lib.GC_E_BADCODE
+
+
 # -- op coverage -------------------------------------------------------------------------------------
 @FAST
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=5, max_side=4),

@@ -158,8 +158,10 @@ def _gemm(lw, k, step):
     act = c_code("GC_ACT_", node.attrs.get("act", "identity"))
     if act is None:
         return False
+    before = lw.last
     lw.emit(lib.GC_OP_GEMM, k, node.dtype, int(ta), int(tb), m, n, kk, max(lda, 1), max(ldb, 1), max(n, 1),
             lw.ref(ins[0]), lw.ref(ins[1]), lw.ref(step.out), bias, act, lw.fidx(node.attrs.get("alpha", 0.0)))
+    _side_by_side(lw, k, before)
     return True
 
 
@@ -183,11 +185,53 @@ def _gemm_ex(lw, k, step):
     colsum = lw.colsum.get(k)
     if m * n == 0:
         return colsum is None
+    before = lw.last
     lw.emit(lib.GC_OP_GEMM_EX, k, node.dtype, int(ta), int(tb), m, n, kk, max(a.shape[1], 1), max(b.shape[1], 1),
             max(n, 1), lw.ref(step.inputs[0]), lw.ref(step.inputs[1]), lw.ref(step.out),
             _NO_REF if addend is None else lw.ref(addend), _NO_REF if gate is None else lw.ref(gate),
             lw.fidx(alpha), gate_act, lw.fidx(gate_param), _NO_REF if colsum is None else lw.ref(colsum))
+    _side_by_side(lw, k, before)
     return True
+
+
+# Both GEMMs of a side-by-side pair have at least this many multiply-adds, and the larger at most
+# twice the smaller's (unequal halves would leave a thread idle). The W-mlp backward's
+# input-gradient and weight-update GEMMs of its middle layer (256 x 512 x 256 and 512 x 256 x 256)
+# qualify: the step took 1.3-1.9 % less time (bench/ab_trees.py, 15 rounds, twice, 2-core Xeon
+# VM, 2026-12-02), and stand-alone the pair took 5 % longer one after the other, each split over
+# both threads. Smaller pairs were not measured; the floor keeps them as they were.
+SIDE_BY_SIDE_MIN_FMAS = 1 << 24
+_GEMM_OPS = (lib.GC_OP_GEMM, lib.GC_OP_GEMM_EX)  # operands start ta tb M N K
+
+
+def _side_by_side(lw, k, before) -> None:
+    """Turn the GEMM instructions of steps k - 1 and k (the one just emitted; `before` is lw.last
+    ahead of it) into one GC_OP_SIDE_BY_SIDE when they are independent and about as large: each
+    then runs on one thread at the same time, instead of both threads splitting one GEMM and then
+    the other (no barriers, no A packed twice). Independent: neither reads what the other writes
+    (its output, and the bias gradient a GEMM may also write) and the two write different bytes;
+    with the arena's liveness reuse, step k's output may have been given a buffer that step k - 1
+    reads for the last time, which _overlap sees."""
+    (prev_step, at), (_, here) = before, lw.last
+    words = lw.words
+    if prev_step != k - 1 or k == 0 or words[at] not in _GEMM_OPS or words[here] not in _GEMM_OPS:
+        return
+    small, large = sorted(words[i + 6] * words[i + 7] * words[i + 8] for i in (at, here))
+    if small < SIDE_BY_SIDE_MIN_FMAS or large > 2 * small:
+        return
+    steps = lw.plan.steps
+
+    def writes(j) -> list:
+        return [steps[j].out] + ([lw.colsum[j]] if j in lw.colsum else [])
+
+    for reader, written in ((k - 1, writes(k)), (k, writes(k - 1))):
+        if any(_overlap(lw, i, o) for i in steps[reader].inputs for o in written):
+            return
+    if any(_overlap(lw, a, b) for a in writes(k - 1) for b in writes(k)):
+        return
+    pair = words[at:]
+    words[at:] = [lib.GC_OP_SIDE_BY_SIDE, 4 + len(pair), k - 1, 0] + pair
+    lw.last = (k - 1, at)
 
 
 def _gemm_ex_lowers(node) -> bool:
