@@ -195,12 +195,14 @@ def _gemm_ex(lw, k, step):
 
 
 # Both GEMMs of a side-by-side pair have at least this many multiply-adds, and the larger at most
-# twice the smaller's (unequal halves would leave a thread idle). The W-mlp backward's
-# input-gradient and weight-update GEMMs of its middle layer (256 x 512 x 256 and 512 x 256 x 256)
-# qualify: the step took 1.3-1.9 % less time (bench/ab_trees.py, 15 rounds, twice, 2-core Xeon
-# VM, 2026-12-02), and stand-alone the pair took 5 % longer one after the other, each split over
-# both threads. Smaller pairs were not measured; the floor keeps them as they were.
-SIDE_BY_SIDE_MIN_FMAS = 1 << 24
+# twice the smaller's (unequal halves would leave a thread idle). The floor is about where a GEMM
+# uses the pool on its own (thin kernels from 2^18 multiply-adds, packed ones from 2^20), so a
+# pair rarely wakes a worker its GEMMs would have left asleep. In the W-mlp backward two pairs
+# qualify: the middle layer's input-gradient and weight-update GEMMs (256 x 512 x 256 and
+# 512 x 256 x 256: the step took 1.3-1.9 % less time, and stand-alone the two took 5 % longer one
+# after the other, each split over both threads) and the 10-class layer's (256 x 256 x 10 and
+# 256 x 10 x 256: another 0.6-2 %); bench/ab_trees.py, 15 rounds, 2-core Xeon VM, 2026-12-02.
+SIDE_BY_SIDE_MIN_FMAS = 1 << 19
 _GEMM_OPS = (lib.GC_OP_GEMM, lib.GC_OP_GEMM_EX)  # operands start ta tb M N K
 
 
