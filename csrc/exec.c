@@ -481,6 +481,13 @@ static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int6
         const double gv = f64 ? *(const double *)g : (double)*(const float *)g;
         return TWIN(gc_softmax_ce_bwd, a[0], a[1], logits, labels, gv, dl);
     }
+    case GC_OP_SOFTMAX_CE_LOSS_AND_GRAD: {
+        NEED(7);
+        void *logits = PTR(2), *labels = PTR(3), *g = PTR(4), *loss = PTR(5), *dl = PTR(6);
+        REQUIRE(logits && labels && g && loss && dl);
+        const double gv = f64 ? *(const double *)g : (double)*(const float *)g;
+        return TWIN(gc_softmax_ce_fwd_grad, a[0], a[1], logits, labels, gv, loss, dl);
+    }
     case GC_OP_BINARY_CROSS_ENTROPY: {
         NEED(4);
         void *z = PTR(1), *t = PTR(2), *loss = PTR(3);

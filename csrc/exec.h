@@ -56,10 +56,13 @@ enum gc_exec_op {
     GC_OP_BCE_LOSS_AND_GRAD = 24,         /* n z t scale(scalar ref) loss dz: GC_OP_BINARY_CROSS_ENTROPY and
                                              GC_OP_BCE_LOGITS_GRAD on the same z, t in one pass (the C
                                              backend pairs them when they run back to back) */
-    GC_OP_SIDE_BY_SIDE = 25               /* two whole instructions (header included), run at the same
+    GC_OP_SIDE_BY_SIDE = 25,              /* two whole instructions (header included), run at the same
                                              time on two threads, each kernel on one thread (on one
                                              thread one after the other when no second is free); the
                                              C backend emits it for independent GEMMs (word [3] unused) */
+    GC_OP_SOFTMAX_CE_LOSS_AND_GRAD = 26   /* rows cols logits labels g(scalar ref) loss dlogits:
+                                             GC_OP_SOFTMAX_CROSS_ENTROPY and its _GRAD on the same
+                                             logits and labels in one pass (paired like BCE's) */
 };
 
 enum gc_exec_dtype { GC_DT_F32 = 0, GC_DT_F64 = 1, GC_DT_I32 = 2, GC_DT_I64 = 3, GC_DT_BOOL = 4 };

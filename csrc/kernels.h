@@ -120,6 +120,12 @@ int gc_softmax_ce_bwd_f32(int64_t rows, int64_t cols, const float *logits, const
                           float *dlogits);
 int gc_softmax_ce_bwd_f64(int64_t rows, int64_t cols, const double *logits, const int64_t *labels, double g,
                           double *dlogits);
+/* Both in one pass over the logits (each row's exps computed once): *loss as gc_softmax_ce_fwd and
+ * dlogits as gc_softmax_ce_bwd, the same values. dlogits may equal logits. */
+int gc_softmax_ce_fwd_grad_f32(int64_t rows, int64_t cols, const float *logits, const int64_t *labels, float g,
+                               float *loss, float *dlogits);
+int gc_softmax_ce_fwd_grad_f64(int64_t rows, int64_t cols, const double *logits, const int64_t *labels, double g,
+                               double *loss, double *dlogits);
 /* Binary cross-entropy on logits z with targets t: loss = mean(max(z,0) - z*t + log1p(exp(-|z|))).
  * n == 0: *loss = NaN. */
 int gc_bce_logits_fwd_f32(int64_t n, const float *z, const float *t, float *loss);

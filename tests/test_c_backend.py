@@ -243,6 +243,46 @@ def test_bce_loss_and_gradient_run_as_one_instruction_only_when_safe(dt):
 
 
 @pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_softmax_ce_loss_and_gradient_run_as_one_instruction_only_when_safe(dt):
+    """Softmax cross-entropy and its gradient, back to back on the same logits and labels, become
+    one GC_OP_SOFTMAX_CE_LOSS_AND_GRAD with the same bits as the two kernels run apart (also for
+    rows with non-finite logits and a confident row); not when the gradient's scale is the loss, or
+    when only the gradient is needed. Values match the NumPy backend every time."""
+    from graphc.backends.c import lib
+    rng = np.random.default_rng(8)
+    z = gc.placeholder("z", (None, 10), dt)
+    y = gc.placeholder("y", (None,), "int64")
+    loss = gc.softmax_cross_entropy(z, y)
+    logits = (rng.standard_normal((37, 10)) * 4).astype(dt)
+    logits[3, 2] = 60  # a confident row
+    logits[5, 1] = np.inf
+    logits[6, 4] = np.nan
+    feeds = dict(z=logits, y=rng.integers(0, 10, 37))
+    pair = lib.GC_OP_SOFTMAX_CE_LOSS_AND_GRAD
+    fwd, grad = lib.GC_OP_SOFTMAX_CROSS_ENTROPY, lib.GC_OP_SOFTMAX_CROSS_ENTROPY_GRAD
+    fc = gc.compile([loss, gc.grad(loss, z)], backend="c")
+    got = fc(**feeds)
+    ops = _opcodes(fc)
+    assert pair in ops and fwd not in ops and grad not in ops, ops
+    apart = [gc.compile(loss, backend="c")(**feeds), gc.compile(gc.grad(loss, z), backend="c")(**feeds)]
+    np.testing.assert_array_equal(got[0], apart[0])
+    np.testing.assert_array_equal(got[1], apart[1])
+    finite = [r for r in range(37) if r not in (5, 6)]
+    fn = gc.compile([loss, gc.grad(loss, z)], backend="numpy")
+    assert_close(got[1][finite], fn(**feeds)[1][finite], what="gradient")
+    assert np.isnan(got[0]) and np.isnan(got[1][[5, 6]]).all()
+    feeds["z"] = np.nan_to_num(logits, nan=0.0, posinf=0.0)
+    both([loss, gc.grad(loss, z)], feeds)
+    sq = loss * loss  # d(sq)/dloss = 2 loss: the gradient's scale needs the loss first
+    fc, _ = both([sq, gc.grad(sq, z)], feeds)
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd in ops and grad in ops, ops
+    fc, _ = both([gc.grad(loss, z)], feeds)  # no loss wanted: the gradient alone
+    ops = _opcodes(fc)
+    assert pair not in ops and fwd not in ops and grad in ops, ops
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
 def test_independent_gemms_run_side_by_side_only_when_safe(dt):
     """Two independent GEMMs of about the same size in consecutive steps run as one
     GC_OP_SIDE_BY_SIDE, each on one thread: the input-gradient and weight-update GEMMs of an MLP's

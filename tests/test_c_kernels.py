@@ -1448,6 +1448,24 @@ def test_bce_loss_and_gradient_match_pytorch():
             np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-14, atol=1e-17 / n)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+def test_softmax_ce_loss_and_grad_in_one_pass_across_threads(dt, threads):
+    """gc_softmax_ce_fwd_grad over enough rows to split them between threads: the loss and the
+    gradient have the bits of gc_softmax_ce_fwd and gc_softmax_ce_bwd at the same thread count."""
+    lib.gc_set_num_threads(threads)
+    rng = np.random.default_rng(23)
+    x = (rng.standard_normal((3001, 10)) * 5).astype(dt)
+    labels = rng.integers(0, 10, 3001).astype(np.int64)
+    rc, loss = run_ce_fwd(x, labels)
+    rc2, d = run_ce_bwd(x, labels, 1.5)
+    assert rc == rc2 == 0
+    both_loss, (buf, both_d) = np.zeros(1, dt), guarded(x.shape, dt)
+    assert kfn("gc_softmax_ce_fwd_grad", dt)(3001, 10, ptr(x), ptr(labels), 1.5, ptr(both_loss), ptr(both_d)) == 0
+    check_guard(buf, x.size)
+    assert both_loss[0] == loss and np.array_equal(both_d, d)
+
+
 @pytest.mark.parametrize("simd", [1, 0])
 @pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
 def test_softmax_ce_short_rows_every_width(dt, simd):
@@ -1475,10 +1493,19 @@ def test_softmax_ce_short_rows_every_width(dt, simd):
                 z = x.copy()
                 assert kfn("gc_softmax_ce_bwd", dt)(rows, cols, ptr(z), ptr(labels), 0.7, ptr(z)) == 0
                 assert np.array_equal(z, d), "in place (dlogits == logits) gives the same gradient"
+                both_loss, both_d = np.full(1, SENTINEL, dtype=dt), guarded(x.shape, dt)
+                fwd_grad = kfn("gc_softmax_ce_fwd_grad", dt)
+                assert fwd_grad(rows, cols, ptr(x), ptr(labels), 0.7, ptr(both_loss), ptr(both_d[1])) == 0
+                check_guard(both_d[0], x.size)
+                assert both_loss[0] == loss and np.array_equal(both_d[1], d), "one pass: the same bits as two"
+                z = x.copy()
+                assert fwd_grad(rows, cols, ptr(z), ptr(labels), 0.7, ptr(both_loss), ptr(z)) == 0
+                assert both_loss[0] == loss and np.array_equal(z, d), "one pass in place"
                 bad = labels.copy()
                 bad[rows // 2] = cols
                 assert run_ce_fwd(x, bad)[0] == rows // 2 + 1
                 assert run_ce_bwd(x, bad, 1.0)[0] == rows // 2 + 1
+                assert fwd_grad(rows, cols, ptr(x), ptr(bad), 1.0, ptr(both_loss), ptr(both_d[1])) == rows // 2 + 1
     confident = np.array([[0.0, -60.0, -70.0, -80.0, -90.0]], dt)
     rc, loss = run_ce_fwd(confident, np.array([0], np.int64))
     assert rc == 0 and loss > 0

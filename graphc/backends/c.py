@@ -450,8 +450,32 @@ def _sce(lw, k, step):
             return False
         if rows == 0:  # nothing to write, but the label check must still see every row: none
             return True
-    lw.emit(c_code("GC_OP_", node.op), k, node.dtype, rows, cols, *[lw.ref(s) for s in step.inputs],
-            lw.ref(step.out))
+    refs = [lw.ref(s) for s in step.inputs] + [lw.ref(step.out)]
+    if len(node.inputs) == 3 and _pair_sce(lw, k, step, refs):
+        return True
+    lw.emit(c_code("GC_OP_", node.op), k, node.dtype, rows, cols, *refs)
+    return True
+
+
+def _pair_sce(lw, k, step, refs) -> bool:
+    """Rewrite the softmax cross-entropy instruction just emitted for step k - 1 into
+    GC_OP_SOFTMAX_CE_LOSS_AND_GRAD when step k is its gradient on the same logits and labels: each
+    row's exps are then computed once. Safe for the reasons _pair_bce gives (the upstream gradient
+    is not the loss; the loss step reads only the logits and labels, which step k reads again)."""
+    prev_step, at = lw.last
+    if prev_step != k - 1 or k == 0:
+        return False
+    prev = lw.plan.steps[k - 1]
+    words = lw.words
+    if (prev.node.op != "softmax_cross_entropy" or list(prev.inputs) != list(step.inputs[:2])
+            or prev.node.dtype != step.node.dtype or step.inputs[2] == prev.out
+            or len(words) - at != 9 or words[at] != lib.GC_OP_SOFTMAX_CROSS_ENTROPY):
+        return False
+    if _overlap(lw, prev.out, step.out):  # never trust a planner bug with memory
+        return False
+    rows, cols, logits, labels, g, dlogits = words[at + 4], words[at + 5], refs[0], refs[1], refs[2], refs[3]
+    words[at:] = [lib.GC_OP_SOFTMAX_CE_LOSS_AND_GRAD, 11, k - 1, words[at + 3], rows, cols, logits, labels, g,
+                  words[at + 8], dlogits]
     return True
 
 
