@@ -201,7 +201,8 @@ def _gemm_ex(lw, k, step):
 # qualify: the middle layer's input-gradient and weight-update GEMMs (256 x 512 x 256 and
 # 512 x 256 x 256: the step took 1.3-1.9 % less time, and stand-alone the two took 5 % longer one
 # after the other, each split over both threads) and the 10-class layer's (256 x 256 x 10 and
-# 256 x 10 x 256: another 0.6-2 %); bench/ab_trees.py, 15 rounds, 2-core Xeon VM, 2026-12-02.
+# 256 x 10 x 256: another 0.8 % on average over four runs, from -0.1 to 2 %: within this VM's
+# noise); bench/ab_trees.py, 15-21 rounds, both orders, 2-core Xeon VM, 2026-12-02.
 SIDE_BY_SIDE_MIN_FMAS = 1 << 19
 _GEMM_OPS = (lib.GC_OP_GEMM, lib.GC_OP_GEMM_EX)  # operands start ta tb M N K
 
