@@ -331,11 +331,13 @@ def test_side_by_side_rejects_malformed_code():
     fill = [lib.GC_OP_FILL, 7, 0, lib.GC_DT_F32, 0, 0 << 2 | lib.GC_REF_ARENA, 0]  # n = 0: writes nothing
     fconst, arena = np.zeros(1), np.zeros(128, np.uint8)
 
-    def status(words):
+    def run(words):
         code = np.array(words, dtype=np.int64)
-        rc = lib.gc_exec(ffi.cast("int64_t *", code.ctypes.data), len(code), ffi.cast("double *", fconst.ctypes.data),
-                         1, ffi.NULL, ffi.NULL, ffi.cast("void *", arena.ctypes.data))
-        return int(np.int32(np.uint32(rc & 0xFFFFFFFF)))
+        return lib.gc_exec(ffi.cast("int64_t *", code.ctypes.data), len(code), ffi.cast("double *", fconst.ctypes.data),
+                           1, ffi.NULL, ffi.NULL, ffi.cast("void *", arena.ctypes.data))
+
+    def status(words):
+        return int(np.int32(np.uint32(run(words) & 0xFFFFFFFF)))
 
     pair = [lib.GC_OP_SIDE_BY_SIDE, 4 + 2 * len(fill), 0, 0] + fill + fill
     assert status(pair) == 0
@@ -343,6 +345,10 @@ def test_side_by_side_rejects_malformed_code():
     assert status([lib.GC_OP_SIDE_BY_SIDE, 4 + len(fill) + 3, 0, 0] + fill + fill[:3]) == lib.GC_E_BADCODE
     nested = [lib.GC_OP_SIDE_BY_SIDE, 4 + len(pair) + len(fill), 0, 0] + pair + fill
     assert status(nested) == lib.GC_E_BADCODE
+    # a failing half is reported with its own step (7 here), not the pair's (0)
+    broken = fill[:2] + [7] + fill[3:5] + [-1] + fill[6:]  # no output pointer
+    rc = run([lib.GC_OP_SIDE_BY_SIDE, 4 + 2 * len(fill), 0, 0] + fill + broken)
+    assert rc >> 32 == 7 + 1 and int(np.int32(np.uint32(rc & 0xFFFFFFFF))) == lib.GC_E_BADCODE
 
 
 # -- op coverage -------------------------------------------------------------------------------------
