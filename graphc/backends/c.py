@@ -461,23 +461,36 @@ def _sce(lw, k, step):
 def _pair_sce(lw, k, step, refs) -> bool:
     """Rewrite the softmax cross-entropy instruction just emitted for step k - 1 into
     GC_OP_SOFTMAX_CE_LOSS_AND_GRAD when step k is its gradient on the same logits and labels: each
-    row's exps are then computed once. Safe for the reasons _pair_bce gives (the upstream gradient
-    is not the loss; the loss step reads only the logits and labels, which step k reads again)."""
+    row's exps are then computed once (the kernel reads a row's label logit before writing it)."""
+    at = _loss_before_grad(lw, k, step, "softmax_cross_entropy", lib.GC_OP_SOFTMAX_CROSS_ENTROPY, 9)
+    if at is None:
+        return False
+    words = lw.words
+    rows, cols, loss_ref = words[at + 4], words[at + 5], words[at + 8]
+    words[at:] = [lib.GC_OP_SOFTMAX_CE_LOSS_AND_GRAD, 11, k - 1, words[at + 3], rows, cols, refs[0], refs[1], refs[2],
+                  loss_ref, refs[3]]
+    return True
+
+
+def _loss_before_grad(lw, k, step, loss_op: str, loss_code: int, loss_words: int):
+    """Where the loss instruction of step k - 1 starts in lw.words when step k is its gradient and
+    the two may run as one instruction at step k - 1; else None. That is safe when the gradient's
+    upstream scale is not the loss (so it exists by then), and nothing the plan frees at step
+    k - 1 can hold the gradient's bytes: the loss step reads only the two inputs, which step k
+    reads again (the gradient may overwrite them in place: the paired kernels read each element
+    before writing it)."""
     prev_step, at = lw.last
     if prev_step != k - 1 or k == 0:
-        return False
+        return None
     prev = lw.plan.steps[k - 1]
     words = lw.words
-    if (prev.node.op != "softmax_cross_entropy" or list(prev.inputs) != list(step.inputs[:2])
+    if (prev.node.op != loss_op or list(prev.inputs) != list(step.inputs[:2])
             or prev.node.dtype != step.node.dtype or step.inputs[2] == prev.out
-            or len(words) - at != 9 or words[at] != lib.GC_OP_SOFTMAX_CROSS_ENTROPY):
-        return False
+            or len(words) - at != loss_words or words[at] != loss_code):
+        return None
     if _overlap(lw, prev.out, step.out):  # never trust a planner bug with memory
-        return False
-    rows, cols, logits, labels, g, dlogits = words[at + 4], words[at + 5], refs[0], refs[1], refs[2], refs[3]
-    words[at:] = [lib.GC_OP_SOFTMAX_CE_LOSS_AND_GRAD, 11, k - 1, words[at + 3], rows, cols, logits, labels, g,
-                  words[at + 8], dlogits]
-    return True
+        return None
+    return at
 
 
 def _bce(lw, k, step):
@@ -501,22 +514,12 @@ def _bce(lw, k, step):
 
 def _pair_bce(lw, k, step, refs) -> bool:
     """Rewrite the loss instruction just emitted for step k - 1 into GC_OP_BCE_LOSS_AND_GRAD when
-    step k is the gradient on the same z and t. The pair then runs at step k - 1, which is safe:
-    the scale is not the loss (so it exists by then), and nothing the plan frees at step k - 1 can
-    hold the gradient's bytes, since the loss step reads only z and t and step k reads them again
-    (the gradient may overwrite z or t in place: the kernel reads each element before writing it)."""
-    prev_step, at = lw.last
-    if prev_step != k - 1 or k == 0:
+    step k is the gradient on the same z and t (_loss_before_grad says when that is safe)."""
+    at = _loss_before_grad(lw, k, step, "binary_cross_entropy", lib.GC_OP_BINARY_CROSS_ENTROPY, 8)
+    if at is None:
         return False
-    prev = lw.plan.steps[k - 1]
     words = lw.words
-    if (prev.node.op != "binary_cross_entropy" or list(prev.inputs) != list(step.inputs[:2])
-            or prev.node.dtype != step.node.dtype or step.inputs[2] == prev.out
-            or len(words) - at != 8 or words[at] != lib.GC_OP_BINARY_CROSS_ENTROPY):
-        return False
     loss_ref, dz_ref = words[at + 7], refs[3]
-    if _overlap(lw, prev.out, step.out):  # never trust a planner bug with memory
-        return False
     words[at:] = [lib.GC_OP_BCE_LOSS_AND_GRAD, 10, k - 1, words[at + 3], words[at + 4], refs[0], refs[1], refs[2],
                   loss_ref, dz_ref]
     return True
