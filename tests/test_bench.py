@@ -194,7 +194,8 @@ def test_mixed_small(tmp_path, capsys):
     res = json.loads(path.read_text())["results"]
     assert set(res) == {"mixed"}
     g = res["mixed"]["gemm"]["rows"]
-    assert [r["impl"].split()[0] for r in g] == ["graphc", "numpy"]
+    assert [r["impl"].split()[0] for r in g] == ["graphc", "numpy", "control:"]
+    assert g[2]["met"] is None and g[2]["alone_gflops"] == g[0]["alone_gflops"]
     assert g[0]["max_rel_diff"] < 1e-5
     for r in g:
         assert r["alone_gflops"] > 0 and r["interleaved_gflops"] > 0

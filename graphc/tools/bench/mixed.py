@@ -7,7 +7,10 @@ GEMM      graphc's n x n float32 GEMM (a compiled `a @ b` of two placeholders on
           thread count. Per round: graphc alone (R calls), NumPy alone (R calls), then R pairs
           interleaved call by call (graphc, NumPy, graphc, ...), each call timed on its own. Reported:
           GFLOP/s alone and interleaved (median over rounds of the per-round medians) and
-          interleaved / alone. Issue 14's target: both >= 0.9 (thread pools that spin after a call,
+          interleaved / alone. Control: R graphc calls each after a pure-Python busy loop as long
+          as NumPy's call (no NumPy, no OpenBLAS): what pausing between calls costs graphc by
+          itself (its worker has gone to sleep, its core idled). Issue 14's target: both >= 0.9
+          (thread pools that spin after a call,
           or want the same cores, slow the other library down). graphc's pool spins at most ~50 us
           when idle; OpenBLAS's workers spin 2^OPENBLAS_THREAD_TIMEOUT cycles (default 2^28, ~0.1 s)
           after every NumPy call, on the cores graphc's next call wants: graphc ends them before a
@@ -47,6 +50,12 @@ def _blas_limits(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
+def _busy_wait(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -65,7 +74,7 @@ def gemm_mixed(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, t
     ours = lambda: f(a=A, b=B)  # noqa: E731
     theirs = lambda: np.matmul(A, B, out=C)  # noqa: E731
     diff = _rel_diff(ours(), A.astype(np.float64) @ B)
-    per_round = {k: [] for k in ("graphc_alone", "numpy_alone", "graphc_mixed", "numpy_mixed")}
+    per_round = {k: [] for k in ("graphc_alone", "numpy_alone", "graphc_mixed", "numpy_mixed", "graphc_paused")}
     for _ in range(max(1, rounds)):
         for key, fn in (("graphc_alone", ours), ("numpy_alone", theirs)):
             fn()
@@ -75,6 +84,12 @@ def gemm_mixed(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, t
         pairs = [(_timed(ours), _timed(theirs)) for _ in range(max(1, repeats))]
         per_round["graphc_mixed"].append(float(np.median([p[0] for p in pairs])))
         per_round["numpy_mixed"].append(float(np.median([p[1] for p in pairs])))
+        pause = per_round["numpy_alone"][-1]
+        paused = []
+        for _ in range(max(1, repeats)):
+            _busy_wait(pause)
+            paused.append(_timed(ours))
+        per_round["graphc_paused"].append(float(np.median(paused)))
         time.sleep(PAUSE_S)
     flops = 2.0 * size ** 3
     gflops = {k: flops / float(np.median(v)) / 1e9 for k, v in per_round.items()}
@@ -84,6 +99,9 @@ def gemm_mixed(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, t
         rows.append(dict(impl=impl, size=size, threads=threads, alone_gflops=alone, interleaved_gflops=mixed,
                          ratio=mixed / alone, met=mixed / alone >= TARGET_RATIO,
                          max_rel_diff=diff if lib == "graphc" else None))
+    alone, paused = gflops["graphc_alone"], gflops["graphc_paused"]
+    rows.append(dict(impl="control: graphc c after a pause as long", size=size, threads=threads, alone_gflops=alone,
+                     interleaved_gflops=paused, ratio=paused / alone, met=None, max_rel_diff=None))
     return dict(rows=rows, target=TARGET_RATIO, rounds=rounds, repeats=repeats)
 
 
@@ -166,7 +184,10 @@ def format_tables(res: dict) -> str:
     out = [_table(g["rows"], [("impl", f"mixed: {size}^2 f32 GEMM in one process, {res['threads']} threads", "{}"),
                               ("alone_gflops", "alone GFLOP/s", "{:.1f}"),
                               ("interleaved_gflops", "interleaved", "{:.1f}"),
-                              ("ratio", f"ratio (>= {g['target']})", "{:.2f}"), ("met", "met", "{}")]),
+                              ("ratio", f"ratio (>= {g['target']})", "{:.2f}"),
+                              ("met", "met", "{}")]),
+           "(control: each graphc call after a Python busy loop as long as NumPy's call, no NumPy:\n"
+           " what the pause alone costs graphc, its worker asleep and its second core idle)",
            # OpenBLAS's idle workers busy-wait 2^OPENBLAS_THREAD_TIMEOUT cycles (default 28, ~0.1 s)
            # after each call, on the cores graphc's next call wants; 4 makes them sleep at once
            "OPENBLAS_THREAD_TIMEOUT=" + (res.get("openblas_thread_timeout") or "unset (OpenBLAS default 28: "
