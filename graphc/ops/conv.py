@@ -10,6 +10,7 @@ from ..ir.errors import GraphError
 from ..ir.tensor import Tensor, as_tensor
 from . import Domain, OpDef, apply, register
 from .elementwise import _floatify
+from .linalg import widen
 from .reduce import sum
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "conv_output_size"]
@@ -63,10 +64,12 @@ def _conv_infer(inputs, stride, padding):
     return (x.shape[0], w.shape[0], oh, ow), x.dtype
 
 
+# The products are computed in float64 for float32 operands and rounded once (linalg.widen).
 def _conv_forward(x, w, *b, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
-    win = _windows(x, w.shape[2], w.shape[3], sh, sw, ph, pw)
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    wx, ww = widen(x, w)
+    win = _windows(wx, w.shape[2], w.shape[3], sh, sw, ph, pw)
+    y = np.tensordot(win, ww, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2).astype(x.dtype)
     if b:
         y = y + b[0][None, :, None, None]
     return np.ascontiguousarray(y)
@@ -74,14 +77,16 @@ def _conv_forward(x, w, *b, stride, padding):
 
 def _conv_input_grad_forward(x, w, gy, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
-    cols = np.tensordot(gy, w, axes=([1], [0])).transpose(0, 3, 1, 2, 4, 5)  # (N, C, OH, OW, KH, KW)
-    return _scatter_windows(cols, x.shape, w.shape[2], w.shape[3], sh, sw, ph, pw)
+    wg, ww = widen(gy, w)
+    cols = np.tensordot(wg, ww, axes=([1], [0])).transpose(0, 3, 1, 2, 4, 5)  # (N, C, OH, OW, KH, KW)
+    return _scatter_windows(cols, x.shape, w.shape[2], w.shape[3], sh, sw, ph, pw).astype(x.dtype, copy=False)
 
 
 def _conv_weight_grad_forward(x, w, gy, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
-    win = _windows(x, w.shape[2], w.shape[3], sh, sw, ph, pw)
-    return np.tensordot(gy, win, axes=([0, 2, 3], [0, 2, 3])).astype(x.dtype, copy=False)
+    wx, wg = widen(x, gy)
+    win = _windows(wx, w.shape[2], w.shape[3], sh, sw, ph, pw)
+    return np.tensordot(wg, win, axes=([0, 2, 3], [0, 2, 3])).astype(x.dtype, copy=False)
 
 
 def _conv_vjp(g, out, x, w, *b, stride, padding):

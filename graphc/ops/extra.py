@@ -17,6 +17,7 @@ from ..ir.tensor import Tensor, as_tensor
 from . import OpDef, apply, register
 from .conv import _pair, _scatter_windows, _windows, conv2d, conv_output_size
 from .elementwise import _floatify
+from .linalg import widen
 from .reduce import sum
 
 __all__ = ["pad", "slice", "grouped_conv2d"]
@@ -138,10 +139,11 @@ def _grouped(x, w, g, stride, padding):
     return win.reshape(n, g, c // g, oh, ow, kh, kw), w.reshape(g, w.shape[0] // g, c // g, kh, kw)
 
 
+# As in conv.py, float32 products are computed in float64 and rounded once (linalg.widen).
 def _gconv_forward(x, w, *b, stride, padding, groups):
-    win, wg = _grouped(x, w, groups, stride, padding)
+    win, wg = _grouped(*widen(x, w), groups, stride, padding)
     y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
-    y = y.reshape(x.shape[0], w.shape[0], *y.shape[3:])
+    y = y.reshape(x.shape[0], w.shape[0], *y.shape[3:]).astype(x.dtype)
     if b:
         y = y + b[0][None, :, None, None]
     return np.ascontiguousarray(y, dtype=x.dtype)
@@ -149,16 +151,18 @@ def _gconv_forward(x, w, *b, stride, padding, groups):
 
 def _gconv_input_grad_forward(x, w, gy, stride, padding, groups):
     n, o, oh, ow = gy.shape
-    wg = w.reshape(groups, o // groups, w.shape[1], *w.shape[2:])
-    cols = np.einsum("ngohw,gocij->ngchwij", gy.reshape(n, groups, o // groups, oh, ow), wg, optimize=True)
+    wide_gy, wide_w = widen(gy, w)
+    wg = wide_w.reshape(groups, o // groups, w.shape[1], *w.shape[2:])
+    cols = np.einsum("ngohw,gocij->ngchwij", wide_gy.reshape(n, groups, o // groups, oh, ow), wg, optimize=True)
     cols = cols.reshape(n, x.shape[1], oh, ow, *w.shape[2:])
     return _scatter_windows(cols, x.shape, *w.shape[2:], *stride, *padding).astype(x.dtype, copy=False)
 
 
 def _gconv_weight_grad_forward(x, w, gy, stride, padding, groups):
-    win, _ = _grouped(x, w, groups, stride, padding)
+    win, _ = _grouped(*widen(x, w), groups, stride, padding)
     n, o, oh, ow = gy.shape
-    gw = np.einsum("ngohw,ngchwij->gocij", gy.reshape(n, groups, o // groups, oh, ow), win, optimize=True)
+    (wide_gy,) = widen(gy)
+    gw = np.einsum("ngohw,ngchwij->gocij", wide_gy.reshape(n, groups, o // groups, oh, ow), win, optimize=True)
     return gw.reshape(w.shape).astype(x.dtype, copy=False)
 
 
