@@ -76,9 +76,11 @@ def set_num_threads(n: int) -> None:
 
 def backend_info() -> dict:
     """Which backend runs by default, whether the AVX2+FMA kernels were selected, the GEMM's SIMD
-    level ("scalar", "avx2" or "avx512"), thread count."""
+    level ("scalar", "avx2" or "avx512"), thread count, and whether large calls end NumPy's
+    spinning OpenBLAS workers first (backends/openblas.py)."""
+    from . import openblas
     info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "gemm_simd": "scalar",
-            "threads": 1, "c_import_error": C_IMPORT_ERROR}
+            "threads": 1, "c_import_error": C_IMPORT_ERROR, "release_openblas": openblas.enabled()}
     if C_AVAILABLE:
         lib = _cgraphc.lib
         # True only when both the GEMM and the vector-math kernels run their AVX2+FMA paths

@@ -30,6 +30,7 @@ from .. import _cgraphc
 from ..compiler.schedule import ALIGN, Plan, nbytes, plan_arena
 from ..ir.errors import GraphError, node_error
 from ..ops import REGISTRY, memory_traits
+from . import openblas
 from .numpy_backend import run_node
 
 ffi, lib = _cgraphc.ffi, _cgraphc.lib
@@ -205,6 +206,7 @@ def _gemm_ex(lw, k, step):
 # noise); bench/ab_trees.py, 15-21 rounds, both orders, 2-core Xeon VM, 2026-12-02.
 SIDE_BY_SIDE_MIN_FMAS = 1 << 19
 _GEMM_OPS = (lib.GC_OP_GEMM, lib.GC_OP_GEMM_EX)  # operands start ta tb M N K
+_CONV_OPS = (lib.GC_OP_CONV2D, lib.GC_OP_CONV2D_INPUT_GRAD, lib.GC_OP_CONV2D_WEIGHT_GRAD)  # N C H W O KH KW sh sw ph pw
 
 
 def _side_by_side(lw, k, before) -> None:
@@ -751,6 +753,8 @@ class Lowered:
         self.fconst_ptr = ffi.cast("double *", ffi.from_buffer(self.fconst))
         self.pool_ptr = ffi.from_buffer(self.pool) if self.pool.size else ffi.NULL
         self.segments = len(self.segments_code)
+        self.multiply_adds = _multiply_adds(self.code)
+        self.releases_openblas = self.multiply_adds >= openblas.RELEASE_MIN_MULTIPLY_ADDS
 
     def step_notes(self) -> dict:
         """{step: remark} for Function.explain(): what the C code does differently from the plan."""
@@ -805,6 +809,29 @@ class Lowered:
                   0 <= value and end <= self.pool.size if kind == lib.GC_REF_POOL else 0 <= value < self.n_ext)
             if not ok:
                 raise GraphError(f"internal error: value %{s} ({node.op}) planned outside its buffer")
+
+
+def _multiply_adds(code) -> int:
+    """Multiply-adds of the GEMM and convolution instructions in `code`: the work of a call."""
+    total, i, words = 0, 0, [int(w) for w in code]
+    while i < len(words):
+        op, a = words[i], i + 4
+        if op == lib.GC_OP_SIDE_BY_SIDE:  # its two instructions follow, whole
+            i = a
+            continue
+        if op in _GEMM_OPS:
+            total += words[a + 2] * words[a + 3] * words[a + 4]
+        elif op in _CONV_OPS:
+            n, c, h, w, o, kh, kw, sh, sw, ph, pw = words[a:a + 11]
+            total += n * o * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1) * c * kh * kw
+        i += words[i + 1]
+    return total
+
+
+def _release_openblas() -> None:
+    """Before a large call on more than one thread: end OpenBLAS's spinning workers (openblas.py)."""
+    if lib.gc_get_num_threads() > 1:
+        openblas.release()
 
 
 def make_runner(plan: Plan, reuse: bool = True):
@@ -896,8 +923,11 @@ def _fast_runner(lo: Lowered):
     ns = {"_free": free, "_new_state": new_state, "_new_output": new_output, "_pointer": pointer, "_fail": fail,
           "_rc": sys.getrefcount, "_HELD": _HELD_REFCOUNT, "_exec": lib.gc_exec, "_fc": lo.fconst_ptr,
           "_nfc": len(lo.fconst), "_pool": lo.pool_ptr}
-    lines = ["def run(feeds, params):",
-             "    state = _free.pop() if _free else _new_state()",
+    lines = ["def run(feeds, params):"]
+    if lo.releases_openblas:
+        ns["_release_openblas"] = _release_openblas
+        lines += ["    _release_openblas()"]
+    lines += ["    state = _free.pop() if _free else _new_state()",
              "    ext, arena, arena_arr, held, spares, known = state"]
     if not keep_arena:
         ns["_new_arena"] = new_arena
@@ -937,6 +967,8 @@ def _mixed_runner(lo: Lowered):
     ext_type = ffi.typeof(f"void *[{max(lo.n_ext, 1)}]")
 
     def run(feeds, params):
+        if lo.releases_openblas:
+            _release_openblas()
         arena = np.empty(lo.arena_bytes + ALIGN, np.uint8)
         outs = [np.empty(shape, dtype) for shape, dtype in specs]
         ext = ffi.new(ext_type)

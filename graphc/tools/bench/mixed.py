@@ -10,12 +10,13 @@ GEMM      graphc's n x n float32 GEMM (a compiled `a @ b` of two placeholders on
           interleaved / alone. Control: R graphc calls each after a pure-Python busy loop as long
           as NumPy's call (no NumPy, no OpenBLAS): what pausing between calls costs graphc by
           itself (its worker has gone to sleep, its core idled). Issue 14's target: both >= 0.9
-          (thread pools that spin after a call, or want the same cores, slow the other library
-          down). graphc's pool spins at most ~50 us
+          (thread pools that spin after a call,
+          or want the same cores, slow the other library down). graphc's pool spins at most ~50 us
           when idle; OpenBLAS's workers spin 2^OPENBLAS_THREAD_TIMEOUT cycles (default 2^28, ~0.1 s)
-          after every NumPy call, on the cores graphc's next call wants, so run it also as
-          `OPENBLAS_THREAD_TIMEOUT=4 graphc bench --mixed` to see the difference (the variable is
-          read when NumPy loads OpenBLAS).
+          after every NumPy call, on the cores graphc's next call wants: graphc ends them before a
+          large call (graphc/backends/openblas.py); `GRAPHC_RELEASE_OPENBLAS=0 graphc bench --mixed`
+          shows the cost of not doing so, and `OPENBLAS_THREAD_TIMEOUT=4` (read when NumPy loads
+          OpenBLAS) the alternative of making them sleep at once.
 loaded    the small MLP step (64-32-10, batch 32, float32, SGD through compile(updates=...)) at 1 and
           2 graphc threads, without and with one busy-loop process (started here, pinned
           to the last CPU, killed afterwards), 1- and 2-thread runs interleaved per round. Target:
@@ -169,7 +170,8 @@ def mixed_suite(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, 
             loaded = loaded_small_mlp(rounds, repeats, busy)
     finally:
         gc.set_num_threads(old)
-    return dict(threads=n, gemm=gemm, loaded=loaded,
+    from ...backends import openblas
+    return dict(threads=n, gemm=gemm, loaded=loaded, release_openblas=openblas.enabled(),
                 openblas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
 
 
@@ -190,6 +192,9 @@ def format_tables(res: dict) -> str:
            # after each call, on the cores graphc's next call wants; 4 makes them sleep at once
            "OPENBLAS_THREAD_TIMEOUT=" + (res.get("openblas_thread_timeout") or "unset (OpenBLAS default 28: "
                                          "its idle workers spin ~2^28 cycles after each call)"),
+           "graphc ends OpenBLAS's idle workers before large calls: " + (
+               "yes (GRAPHC_RELEASE_OPENBLAS=0 turns it off)" if res.get("release_openblas")
+               else "no (GRAPHC_RELEASE_OPENBLAS=0)"),
            ""]
     out.append(_table(ld["rows"], [("load", "small MLP step (64-32-10, b32, f32), graphc c", "{}"),
                                    ("threads", "threads", "{}"), ("median_us", "us", "{:.1f}"),
