@@ -267,3 +267,49 @@ def test_max_pool_tie_between_elements_that_stay_maxima_is_a_kink():
     assert report.status == "kink", report
     assert any(k.op == "max_pool2d" for k in report.kinks)
     assert gc.gradcheck(loss, {a: np.array([0.5, 0.9]).reshape(1, 1, 2, 1)}).status == "pass"
+
+
+# -- backends that disagree only because rounding put a kink input on the other side -------------
+def _relu_of_difference():
+    x = gc.placeholder("x", (3,), "float64")
+    z = x * 2.0
+    return x, z, gc.relu(z)
+
+
+def test_a_branch_switch_on_rounding_noise_explains_a_disagreement():
+    """With 1e30 in the graph, 1e13 and 0 are the same value up to rounding: relu taking the other
+    branch there is a kink (the fuzzer's edge-value check reports it as one), not a bug."""
+    from graphc.verify.gradcheck import _first_rounding_flip
+    x, z, r = _relu_of_difference()
+    xs = np.array([1e30, 1.0, 2.0])
+    a = {x.id: xs, z.id: np.array([1e13, 2.0, 4.0]), r.id: np.array([1e13, 2.0, 4.0])}
+    b = {x.id: xs, z.id: np.array([0.0, 2.0, 4.0]), r.id: np.array([0.0, 2.0, 4.0])}
+    note = _first_rounding_flip([z, r], [a, b], ["c", "numpy"])
+    assert note and note.startswith("relu created at") and "64 roundings of 1e+30" in note
+
+
+def test_a_branch_switch_on_different_values_explains_nothing():
+    from graphc.verify.gradcheck import _first_rounding_flip
+    x, z, r = _relu_of_difference()
+    xs = np.array([1.0, 1.0, 2.0])
+    a = {x.id: xs, z.id: np.array([0.5, 2.0, 4.0]), r.id: np.array([0.5, 2.0, 4.0])}
+    b = {x.id: xs, z.id: np.array([-0.5, 2.0, 4.0]), r.id: np.array([0.0, 2.0, 4.0])}
+    assert _first_rounding_flip([z, r], [a, b], ["c", "numpy"]) is None
+    assert _first_rounding_flip([z, r], [a, a], ["c", "numpy"]) is None  # no switch at all
+
+
+@pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
+def test_cancellation_of_1e30_products_is_either_a_match_or_a_rounding_flip():
+    """relu(x1 @ x2) where a column of x2 holds 1e30 and -1e30 against equal x1 entries: 0 in exact
+    arithmetic, rounding noise in floating point (an FMA keeps the first product's rounding
+    error). Whether the backends agree depends on the BLAS; when they do not, the disagreement is
+    explained by the relu's branch, never left as a failure."""
+    from graphc.verify.gradcheck import rounding_branch_flip
+    x1 = gc.placeholder("x1", (4,), "float64")
+    x2 = gc.placeholder("x2", (4, 3), "float64")
+    loss = gc.sum(gc.relu(x1 @ x2) * gc.constant(np.array([0.044715, 1.0, 1.0])))
+    values = {x1: np.array([0.0, 0.09375, 0.09375, 0.09375]),
+              x2: np.array([[0.0, 0.0, 0.0], [1e30, 1.0, 1.0], [0.0, 1.0, 1.0], [-1e30, 1.0, 1.0]])}
+    problem = compare_backends(loss, values, ["c", "numpy"])
+    flip = rounding_branch_flip(loss, values, ["c", "numpy"])
+    assert (problem is None) == (flip is None), (problem, flip)

@@ -804,6 +804,84 @@ def _node_crosses(node, vals, out_val, i, j, h, base_branch) -> bool:
 
 
 # -- backends against each other (the third oracle in `graphc fuzz`) ------------------------------
+def _targets(outputs, wrt, values) -> tuple:
+    """The outputs and the gradient graphs of the first float scalar output w.r.t. `wrt` (default:
+    the float leaves in `values`), with their names: what compare_backends compares."""
+    from ..compiler.autodiff import grad
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    wrt = [t for t in values if t.dtype.kind == "f"] if wrt is None else list(wrt)
+    scalar = [o for o in outs if o.shape == () and o.dtype.kind == "f"]
+    grads = grad(scalar[0], wrt) if scalar and wrt else []
+    names = [f"output{k}" for k in range(len(outs))] + [f"d/d{t.name or k}" for k, t in enumerate(wrt)][:len(grads)]
+    return outs, outs + list(grads), names
+
+
+# Inputs of a non-smooth op that differ between backends by less than this many roundings of the
+# largest finite value of the forward pass are equal up to rounding (see rounding_branch_flip).
+_ROUNDINGS = 64
+
+
+def rounding_branch_flip(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, backends: Sequence[str],
+                         wrt: Optional[Sequence[Tensor]] = None) -> Optional[str]:
+    """Why two backends may disagree without either being wrong: the first non-smooth op (relu,
+    clip, max, a comparison, ...) that takes another branch on one backend than on the other
+    although the values it reads agree within rounding, i.e. within _ROUNDINGS units of the
+    largest finite value in the graph. With edge values (1e30) a product can be rounding noise:
+    relu(0.09375 * 1e30 - 0.09375 * 1e30) is relu(0) or relu(+-1e13) depending on whether the sum
+    uses an FMA, and everything downstream of that relu follows. None when no such op explains a
+    difference (a branch switch whose inputs differ by more is a real disagreement)."""
+    from ..compiler.runtime import compile as gcompile
+    _, targets, _ = _targets(outputs, wrt, values)
+    nodes = reachable(targets)
+    inner = [n for n in nodes if n.inputs]
+    leaves = {t.id: np.asarray(v) for t, v in values.items()}
+    for n in nodes:
+        if not n.inputs and n.id not in leaves and n.op in ("constant", "parameter"):
+            leaves[n.id] = np.asarray(n.value)
+    feeds = {t.name: v for t, v in values.items() if t.op == "placeholder"}
+    per = []
+    try:
+        with np.errstate(all="ignore"):
+            for b in backends:
+                results = gcompile(inner, backend=b)(**feeds)
+                per.append({**leaves, **{n.id: np.asarray(r) for n, r in zip(inner, results)}})
+    except Exception:  # noqa: BLE001 - cannot look inside: the difference stays unexplained
+        return None
+    return _first_rounding_flip(inner, per, list(backends))
+
+
+def _first_rounding_flip(inner: list, per: list, names: list) -> Optional[str]:
+    """rounding_branch_flip on given values: per[k][node id] is backend names[k]'s value of each node
+    (leaves included); inner are the non-leaf nodes in topological order."""
+    floats = [v for v in per[0].values() if v.dtype.kind == "f" and v.size]
+    f32 = any(v.dtype == np.float32 for v in floats)
+    big = max([1.0] + [float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)) for v in floats])
+    tol = _ROUNDINGS * float(np.finfo(np.float32 if f32 else np.float64).eps)
+    first = per[0]
+    for other, name in zip(per[1:], names[1:]):
+        for n in inner:
+            try:
+                b0, b1 = _branch(n, first), _branch(n, other)
+            except Exception:  # noqa: BLE001
+                continue
+            if b0 is None or b1 is None or np.shape(b0) != np.shape(b1):
+                continue
+            b0, b1 = np.asarray(b0), np.asarray(b1)
+            flip = b0 != b1
+            if b0.dtype.kind == "f":
+                flip &= ~(np.isnan(b0) | np.isnan(b1))
+            if not np.any(flip):
+                continue
+            close = all(np.allclose(first[i.id], other[i.id], rtol=tol, atol=tol * big, equal_nan=True)
+                        if first[i.id].dtype.kind == "f" else np.array_equal(first[i.id], other[i.id])
+                        for i in n.inputs)
+            if not close:
+                return None
+            return (f"{n.op} created at {n.source} takes another branch on {name} than on {names[0]} although "
+                    f"its inputs agree within {_ROUNDINGS} roundings of {big:.3g}, the largest finite value")
+    return None
+
+
 def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, backends: Iterable[str],
                      wrt: Optional[Sequence[Tensor]] = None, rtol: Optional[float] = None,
                      atol: Optional[float] = None) -> Optional[str]:
@@ -817,14 +895,8 @@ def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, 
         >>> compare_backends(gc.tanh(x).sum(), {x: np.ones(3)}, ["numpy", "numpy"]) is None
         True
     """
-    from ..compiler.autodiff import grad
     from ..compiler.runtime import compile as gcompile
-    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    wrt = [t for t in values if t.dtype.kind == "f"] if wrt is None else list(wrt)
-    scalar = [o for o in outs if o.shape == () and o.dtype.kind == "f"]
-    grads = grad(scalar[0], wrt) if scalar and wrt else []
-    targets = outs + list(grads)
-    names = [f"output{k}" for k in range(len(outs))] + [f"d/d{t.name or k}" for k, t in enumerate(wrt)][:len(grads)]
+    outs, targets, names = _targets(outputs, wrt, values)
     feeds = {t.name: v for t, v in values.items() if t.op == "placeholder"}
     results = {}
     for b in backends:
