@@ -80,3 +80,20 @@ def test_matmul_vector_times_transposed_matrix_gradient():
     report = gc.gradcheck(lambda a, b: (gc.matmul(b, a, trans_a=True) * np.array([1.0, -2.0, 0.5])).sum(),
                           [rng.normal(size=2), b])
     assert report.passed, report
+
+
+def test_bce_with_targets_of_another_dtype_differentiates():
+    """The registry's binary_cross_entropy accepts float32 targets for float64 logits (the fuzzer
+    builds it so; gc.binary_cross_entropy casts them first): its gradient graph must build too,
+    with the targets' gradient in their own dtype (found by graphc fuzz, seed 0, on CI)."""
+    from graphc.ops import apply
+    from graphc.verify.gradcheck import compare_backends
+    z = gc.placeholder("z", (5,), "float64")
+    t = gc.placeholder("t", (5,), "float32")
+    loss = apply("binary_cross_entropy", [z, t])
+    gz, gt = gc.grad(loss, [z, t])
+    assert gz.dtype == np.float64 and gt.dtype == np.float32
+    values = {z: np.linspace(-2, 2, 5), t: np.array([0, 0.25, 0.5, 1, 1], np.float32)}
+    assert gc.gradcheck(loss, values, backend="numpy")
+    backends = ["numpy", "c"] if gc.backend_info()["c_available"] else ["numpy", "numpy"]
+    assert compare_backends(loss, values, backends) is None

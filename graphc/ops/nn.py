@@ -182,7 +182,11 @@ def _bce_forward(z, t):
 
 def _bce_vjp(g, out, z, t):
     scale = g / size_of(z)
-    return [apply("bce_logits_grad", [z, t, scale]), -z * scale]
+    if t.dtype == z.dtype:
+        return [apply("bce_logits_grad", [z, t, scale]), -z * scale]
+    # targets of another dtype (the op accepts them; binary_cross_entropy() casts them first):
+    # the gradient kernel reads them in the logits' dtype, and their own gradient is in theirs
+    return [apply("bce_logits_grad", [z, cast(t, z.dtype), scale]), cast(-z * scale, t.dtype)]
 
 
 def _bce_grad_infer(inputs):
