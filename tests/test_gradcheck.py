@@ -269,6 +269,16 @@ def test_max_pool_tie_between_elements_that_stay_maxima_is_a_kink():
     assert gc.gradcheck(loss, {a: np.array([0.5, 0.9]).reshape(1, 1, 2, 1)}).status == "pass"
 
 
+def test_ties_in_more_windows_than_any_fixed_cap_are_all_examined():
+    # An all-zero image: every 2x2 window is a four-way tie, so each of the 324 input elements
+    # has a failing column (found by `graphc fuzz --seed 2`: 68 of them, behind a conv, were
+    # reported as a failure when only the first 64 columns were examined for kinks).
+    report = gc.gradcheck(lambda x: gc.max_pool2d(x, 2).sum(), [np.zeros((1, 1, 18, 18))])
+    assert report.failed > 64, report
+    assert report.status == "kink" and report, report
+    assert all(k.op == "max_pool2d" for k in report.kinks)
+
+
 # -- backends that disagree only because rounding put a kink input on the other side -------------
 def _relu_of_difference():
     x = gc.placeholder("x", (3,), "float64")
@@ -296,6 +306,54 @@ def test_a_branch_switch_on_different_values_explains_nothing():
     b = {x.id: xs, z.id: np.array([-0.5, 2.0, 4.0]), r.id: np.array([0.0, 2.0, 4.0])}
     assert _first_rounding_flip([z, r], [a, b], ["c", "numpy"]) is None
     assert _first_rounding_flip([z, r], [a, a], ["c", "numpy"]) is None  # no switch at all
+
+
+def _overflowing_product():
+    # row 0: inf * -2.5 + 1e30 * 1e30 + 2 * -1: the middle product overflows float32 but not float64
+    a = gc.placeholder("a", (2, 3), "float32")
+    b = gc.placeholder("b", (3, 1), "float32")
+    av = np.array([[np.inf, 1e30, 2.0], [1.0, 2.0, 3.0]], np.float32)
+    bv = np.array([[-2.5], [1e30], [-1.0]], np.float32)
+    return a, b, a @ b, av, bv
+
+
+def test_a_float32_sum_overflowing_next_to_an_infinity_explains_nan_against_inf():
+    """Accumulated in float32 the row is -inf + inf = NaN; in float64 (the NumPy backend's
+    products) it is -inf. Neither backend is wrong: found by `graphc fuzz --seed 2`."""
+    from graphc.verify.gradcheck import _first_rounding_flip
+    a, b, p, av, bv = _overflowing_product()
+    nan_row = {a.id: av, b.id: bv, p.id: np.array([[np.nan], [3e30]], np.float32)}
+    inf_row = {a.id: av, b.id: bv, p.id: np.array([[-np.inf], [3e30]], np.float32)}
+    note = _first_rounding_flip([p], [nan_row, inf_row], ["c", "numpy"])
+    assert note and note.startswith("matmul created at") and "precision and order of accumulation" in note
+
+
+def test_an_overflow_explains_nothing_where_the_terms_fit_or_the_op_is_elementwise():
+    from graphc.verify.gradcheck import _first_rounding_flip
+    a, b, p, av, bv = _overflowing_product()
+    small = av.copy()
+    small[0, 1] = 1.0  # no product leaves float32's range: NaN against -inf is a real difference
+    assert _first_rounding_flip([p], [{a.id: small, b.id: bv, p.id: np.array([[np.nan], [3]], np.float32)},
+                                      {a.id: small, b.id: bv, p.id: np.array([[-np.inf], [3]], np.float32)}],
+                                ["c", "numpy"]) is None
+    x = gc.placeholder("x", (2,), "float32")
+    y = x * x  # elementwise: 1e30 * 1e30 is inf on every backend, NaN would be a bug
+    xv = np.array([1e30, np.inf], np.float32)
+    assert _first_rounding_flip([y], [{x.id: xv, y.id: np.array([np.nan, np.inf], np.float32)},
+                                      {x.id: xv, y.id: np.array([np.inf, np.inf], np.float32)}],
+                                ["c", "numpy"]) is None
+
+
+@pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
+def test_an_overflowing_float32_product_is_either_a_match_or_explained():
+    from graphc.verify.gradcheck import rounding_branch_flip
+    a, b, p, av, bv = _overflowing_product()
+    loss = gc.sum(p * gc.constant(np.array([[0.5], [2.0]], np.float32)))
+    values = {a: av, b: bv}
+    with np.errstate(all="ignore"):
+        problem = compare_backends(loss, values, ["c", "numpy"])
+        flip = rounding_branch_flip(loss, values, ["c", "numpy"])
+    assert (problem is None) == (flip is None), (problem, flip)
 
 
 @pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")

@@ -36,7 +36,6 @@ DEFAULT_EPS = float(np.finfo(np.float64).eps ** (1.0 / 3.0))  # ~6.06e-6: balanc
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
 KINK_STEPS = 4  # "within a few steps" of a non-differentiable point
-_MAX_KINK_COLUMNS = 64  # failing input elements examined for kinks
 _MAX_NODE_ELEMENTS = 256  # elements per input probed when localising a node
 
 
@@ -597,7 +596,10 @@ def _full_check(ctx: _Context, report: GradcheckReport) -> None:
     # kinks: does a small step around a failing input element make some op switch branch?
     columns = sorted({(k, c) for _, k, _, c in failing})
     explained: dict = {}
-    for k, c in columns[:_MAX_KINK_COLUMNS]:
+    # Every failing column is examined: each costs two reruns of the ops downstream of its input,
+    # at most what the numeric Jacobian above already spent on it, and a column left unexamined
+    # would be reported as a failure (a tie in every pooling window fails them all).
+    for k, c in columns:
         notes = _kink_crossings(ctx, k, c, downstream[k])
         if notes:
             explained[(k, c)] = notes
@@ -828,8 +830,10 @@ def rounding_branch_flip(outputs: Union[Tensor, Sequence[Tensor]], values: Mappi
     although the values it reads agree within rounding, i.e. within _ROUNDINGS units of the
     largest finite value in the graph. With edge values (1e30) a product can be rounding noise:
     relu(0.09375 * 1e30 - 0.09375 * 1e30) is relu(0) or relu(+-1e13) depending on whether the sum
-    uses an FMA, and everything downstream of that relu follows. None when no such op explains a
-    difference (a branch switch whose inputs differ by more is a real disagreement)."""
+    uses an FMA, and everything downstream of that relu follows. Also the first product or sum whose
+    float32 terms overflow next to an infinity (_float32_overflow): inf on one backend, NaN on the
+    other. None when no such op explains a difference (a branch switch whose inputs differ by more
+    is a real disagreement)."""
     from ..compiler.runtime import compile as gcompile
     _, targets, _ = _targets(outputs, wrt, values)
     nodes = reachable(targets)
@@ -858,8 +862,21 @@ def _first_rounding_flip(inner: list, per: list, names: list) -> Optional[str]:
     big = max([1.0] + [float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)) for v in floats])
     tol = _ROUNDINGS * float(np.finfo(np.float32 if f32 else np.float64).eps)
     first = per[0]
+
+    def agree(a, b):
+        if a is None or b is None:  # a leaf left out of the values: the same on every backend
+            return True
+        if a.dtype.kind != "f":
+            return np.array_equal(a, b)
+        return np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=tol, atol=tol * big, equal_nan=True)
+
     for other, name in zip(per[1:], names[1:]):
         for n in inner:
+            ins_agree = all(agree(first.get(i.id), other.get(i.id)) for i in n.inputs)
+            if ins_agree and not agree(first.get(n.id), other.get(n.id)):
+                note = _float32_overflow(n, first, other)
+                if note:
+                    return f"{n.op} created at {n.source} {note} ({name} and {names[0]} differ there)"
             try:
                 b0, b1 = _branch(n, first), _branch(n, other)
             except Exception:  # noqa: BLE001
@@ -872,14 +889,45 @@ def _first_rounding_flip(inner: list, per: list, names: list) -> Optional[str]:
                 flip &= ~(np.isnan(b0) | np.isnan(b1))
             if not np.any(flip):
                 continue
-            close = all(np.allclose(first[i.id], other[i.id], rtol=tol, atol=tol * big, equal_nan=True)
-                        if first[i.id].dtype.kind == "f" else np.array_equal(first[i.id], other[i.id])
-                        for i in n.inputs)
-            if not close:
+            if not ins_agree:
                 return None
             return (f"{n.op} created at {n.source} takes another branch on {name} than on {names[0]} although "
                     f"its inputs agree within {_ROUNDINGS} roundings of {big:.3g}, the largest finite value")
     return None
+
+
+def _float32_overflow(n: Tensor, first: dict, other: dict) -> Optional[str]:
+    """Why a float32 product or sum may come out as inf on one backend and NaN (or the other
+    infinity) on another from the same inputs: a partial sum of its finite terms leaves float32's
+    range, and whether that overflow meets an infinity of the other sign depends on the precision
+    and order in which the terms are accumulated (the NumPy backend accumulates float32 products
+    in float64, the C GEMM in float32). The test: where the outputs differ, one of them is not
+    finite and the op's forward on the absolute values of the finite inputs (infinities and NaN as
+    0), in float64, exceeds float32's largest value. Only ops that combine many elements qualify;
+    an elementwise op has no accumulation order to blame."""
+    opdef = REGISTRY.get(n.op)
+    if opdef is None or opdef.elementwise or n.dtype != np.float32:
+        return None
+    a, b = np.asarray(first[n.id]), np.asarray(other[n.id])
+    differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    differ &= ~(np.isfinite(a) & np.isfinite(b))
+    if not np.any(differ):
+        return None
+    args = []
+    for i in n.inputs:
+        v = np.asarray(first[i.id])
+        if v.dtype.kind == "f":
+            v = np.abs(np.where(np.isfinite(v), v.astype(np.float64), 0.0))
+        args.append(v)
+    try:
+        with np.errstate(all="ignore"):
+            bound = np.asarray(opdef.forward(*args, **n.attrs), dtype=np.float64)
+    except Exception:  # noqa: BLE001
+        return None
+    if bound.shape != a.shape or not np.any(differ & (np.abs(bound) > float(np.finfo(np.float32).max))):
+        return None
+    return ("accumulates finite float32 terms beyond float32's range next to an infinity: inf or NaN "
+            "there depends on the precision and order of accumulation")
 
 
 def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, backends: Iterable[str],

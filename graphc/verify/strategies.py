@@ -1240,7 +1240,8 @@ def check_graph(g: RandomGraph, backends: Sequence[str] = ("numpy",), mode: str 
                                   reports)
             if problem:
                 # with 1e30 among the inputs a value can be rounding noise, and a relu of it goes
-                # either way: that is a kink, not a disagreement (rounding_branch_flip)
+                # either way; a float32 sum of 1e30 * 1e30 next to -inf is NaN or -inf depending
+                # on its accumulation: kinks, not disagreements (rounding_branch_flip)
                 with np.errstate(all="ignore"):
                     flip = rounding_branch_flip(g.output, with_edge_values(g.values, g.code()), backends)
                 if flip:
@@ -1361,8 +1362,8 @@ if len(backends) > 1:
     with np.errstate(all="ignore"):
         problem = compare_backends(loss, edge_values, backends)
         flip = problem and rounding_branch_flip(loss, edge_values, backends)
-    if flip:  # rounding decided a kink: not a disagreement (check_graph counts it as a kink)
-        print("backends differ at edge values only past a kink that rounding decides:", flip)
+    if flip:  # rounding decided it: not a disagreement (check_graph counts it as a kink)
+        print("backends differ at edge values only where rounding decides:", flip)
     elif problem:
         print("backends disagree at edge values:", problem)
         failed = True
