@@ -883,3 +883,32 @@ def test_power_at_ieee_edge_values_matches_numpy(dt, p):
         rn = gc.compile(outs, backend="numpy")(x=xs)
     np.testing.assert_array_equal(rc[0], rn[0])
     np.testing.assert_allclose(rc[1], rn[1], rtol=1e-6 if dt == "float32" else 1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("simd", [1, 0])
+def test_softmax_ce_gradient_under_an_infinite_upstream_gradient_matches_numpy(dt, simd):
+    """g * (softmax - onehot) with g = inf is -inf at the label and +inf elsewhere, as NumPy
+    computes it; the kernels formed g * p - g there, inf - inf = NaN (found by graphc fuzz
+    --seed 2). Both the loss-and-gradient instruction and the gradient alone, vector and scalar."""
+    from graphc.backends.c import lib
+    lib.gc_kernels_set_simd(simd)
+    if simd and not lib.gc_kernels_simd_level():
+        pytest.skip("CPU without AVX2+FMA")
+    try:
+        z = gc.placeholder("z", (None, 5), dt)
+        y = gc.placeholder("y", (None,), "int64")
+        loss = gc.softmax_cross_entropy(z, y)
+        g = gc.placeholder("g", (), dt)
+        scaled = loss * g
+        feeds = dict(z=np.array([[0.0, 0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 3.0, 0.0]], dt),
+                     y=np.array([2, 1]), g=np.array(np.inf, dt))
+        for outs in ([scaled, gc.grad(scaled, z)], [gc.grad(scaled, z)]):
+            with np.errstate(all="ignore"):
+                rc = gc.compile(outs, backend="c")(**feeds)
+                rn = gc.compile(outs, backend="numpy")(**feeds)
+            grad_c, grad_n = rc[-1], rn[-1]
+            np.testing.assert_array_equal(grad_c, grad_n)
+            assert grad_c[0, 2] == -np.inf and grad_c[1, 1] == -np.inf and np.isposinf(grad_c[0, [0, 1, 3, 4]]).all()
+    finally:
+        lib.gc_kernels_set_simd(1)
