@@ -356,6 +356,30 @@ def test_an_overflowing_float32_product_is_either_a_match_or_explained():
     assert (problem is None) == (flip is None), (problem, flip)
 
 
+def test_rounding_noise_scales_with_finite_values_next_to_inf_and_nan():
+    from graphc.verify.gradcheck import _largest_finite
+    assert _largest_finite([np.array([1e30, np.inf, -2.0], np.float32), np.array([np.nan]), np.arange(5)]) \
+        == float(np.float32(1e30))
+    assert _largest_finite([np.array([np.inf, np.nan]), np.zeros(0)]) == 1.0
+
+
+@pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
+def test_cancelling_1e30_products_beside_an_infinity_are_rounding_noise():
+    """d/dw of sum((a @ w) * c) is a^T c; with 1e30 and -1e30 in a column of a against equal c
+    entries that is 0 exactly, or the FMA's ~1e22 rounding residue. a also holds inf, so before the
+    noise scale counted finite elements one by one, a's 1e30 was left out and the residue was
+    reported as a disagreement (found by graphc fuzz --seed 2 on the Xeon VM, where the thin C
+    kernel gives 1.3e22)."""
+    a = gc.placeholder("a", (8, 2), "float32")
+    w = gc.placeholder("w", (2, 3), "float32")
+    c = np.tile(np.float32([[-0.599], [-0.379], [-0.794], [-0.794], [-0.794], [-0.794], [-0.0], [-0.794]]), (1, 3))
+    loss = gc.sum((a @ w) * gc.constant(c))
+    av = np.tile(np.float32([[-2.2], [-1.5], [-0.79], [-0.088], [-1e30], [1.32], [2.03], [1e30]]), (1, 2))
+    av[1, 0] = np.inf
+    with np.errstate(all="ignore"):
+        assert compare_backends(loss, {a: av, w: np.zeros((2, 3), np.float32)}, ["c", "numpy"]) is None
+
+
 @pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
 def test_cancellation_of_1e30_products_is_either_a_match_or_a_rounding_flip():
     """relu(x1 @ x2) where a column of x2 holds 1e30 and -1e30 against equal x1 entries: 0 in exact

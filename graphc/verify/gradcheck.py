@@ -854,12 +854,22 @@ def rounding_branch_flip(outputs: Union[Tensor, Sequence[Tensor]], values: Mappi
     return _first_rounding_flip(inner, per, list(backends))
 
 
+def _largest_finite(arrays: Iterable) -> float:
+    """max(1, the largest |finite element| of the float arrays): the scale of rounding noise. An
+    array holding 1e30 next to inf or NaN counts with its 1e30."""
+    big = 1.0
+    for v in map(np.asarray, arrays):
+        if v.dtype.kind == "f" and v.size:
+            with np.errstate(all="ignore"):
+                big = max(big, float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)))
+    return big
+
+
 def _first_rounding_flip(inner: list, per: list, names: list) -> Optional[str]:
     """rounding_branch_flip on given values: per[k][node id] is backend names[k]'s value of each node
     (leaves included); inner are the non-leaf nodes in topological order."""
-    floats = [v for v in per[0].values() if v.dtype.kind == "f" and v.size]
-    f32 = any(v.dtype == np.float32 for v in floats)
-    big = max([1.0] + [float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)) for v in floats])
+    f32 = any(v.dtype == np.float32 for v in per[0].values())
+    big = _largest_finite(per[0].values())
     tol = _ROUNDINGS * float(np.finfo(np.float32 if f32 else np.float64).eps)
     first = per[0]
 
@@ -953,11 +963,11 @@ def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, 
     f32 = any(n.dtype == np.float32 for n in nodes)
     rt = rtol if rtol is not None else (1e-3 if f32 else 1e-7)
     at = atol if atol is not None else (1e-4 if f32 else 1e-9)
-    # rounding differences scale with the largest intermediate value, not with the result
+    # rounding differences scale with the largest finite intermediate value, not with the result
+    # (an array holding 1e30 next to inf counts with its 1e30, as in rounding_branch_flip)
     with np.errstate(all="ignore"):
         vals = _Interpreter(outs).run({t.id: np.asarray(v) for t, v in values.items()})
-    big = max([1.0] + [float(np.max(np.abs(v))) for v in vals.values()
-                       if np.asarray(v).dtype.kind == "f" and np.size(v) and np.all(np.isfinite(v))])
+        big = _largest_finite(vals.values())
     ref_name = next(iter(results))
     ref = results[ref_name]
     for b, res in results.items():
