@@ -308,6 +308,24 @@ def test_a_branch_switch_on_different_values_explains_nothing():
     assert _first_rounding_flip([z, r], [a, a], ["c", "numpy"]) is None  # no switch at all
 
 
+def test_an_elementwise_op_amplifying_rounding_noise_explains_a_disagreement():
+    """z is 0 or the FMA residue -2.8e14 of 3 * 1e30 - 3 * 1e30 (rounding noise beside 1e30); its
+    square is 0 or 7.8e28, past any tolerance, yet no backend is wrong (graphc fuzz --seed 2 found
+    it as (z * z + c) ** inf). Where the inputs are the same and the outputs are not, the op
+    itself disagrees, and nothing is explained."""
+    from graphc.verify.gradcheck import _first_rounding_flip
+    x = gc.placeholder("x", (2,), "float64")
+    z = x * 3.0
+    y = z * z
+    xs = np.array([1e30, 1.0])
+    fma = {x.id: xs, z.id: np.array([-2.8e14, 3.0]), y.id: np.array([7.84e28, 9.0])}
+    plain = {x.id: xs, z.id: np.array([0.0, 3.0]), y.id: np.array([0.0, 9.0])}
+    note = _first_rounding_flip([z, y], [fma, plain], ["c", "numpy"])
+    assert note and note.startswith("mul created at") and "amplifies rounding noise" in note, note
+    wrong = {x.id: xs, z.id: np.array([0.0, 3.0]), y.id: np.array([7.84e28, 9.0])}
+    assert _first_rounding_flip([z, y], [wrong, plain], ["c", "numpy"]) is None
+
+
 def _overflowing_product():
     # row 0: inf * -2.5 + 1e30 * 1e30 + 2 * -1: the middle product overflows float32 but not float64
     a = gc.placeholder("a", (2, 3), "float32")
