@@ -363,3 +363,21 @@ def test_numpy_fallback_when_extension_missing():
     env = {k: v for k, v in os.environ.items() if k != "GRAPHC_BACKEND"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["5.0", "numpy", "1"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_convolutions_propagate_nan_and_inf_through_a_zero_weight(backend):
+    """IEEE: inf * 0 and NaN * 0 are NaN. A 1x1 convolution with one channel used to go through
+    np.dot, whose BLAS scaled by the zero weight and returned 0 (graphc fuzz --seed 3)."""
+    if backend == "c" and not gc.backend_info()["c_available"]:
+        pytest.skip("C extension not built")
+    x = gc.placeholder("x", (1, 1, 2, 2), "float32")
+    w = gc.placeholder("w", (1, 1, 1, 1), "float32")
+    y = gc.conv2d(x, w)
+    gx, gw = gc.grad(gc.sum(y * gc.constant(np.float32([[[[np.nan, 1.0], [2.0, 3.0]]]]))), [x, w])
+    xv = np.float32([np.nan, np.inf, 1e30, 1.0]).reshape(1, 1, 2, 2)
+    with np.errstate(all="ignore"):
+        yv, gxv, gwv = gc.compile([y, gx, gw], backend=backend)(x=xv, w=np.zeros((1, 1, 1, 1), np.float32))
+    np.testing.assert_array_equal(yv.ravel(), [np.nan, np.nan, 0.0, 0.0])
+    np.testing.assert_array_equal(gxv.ravel(), [np.nan, 0.0, 0.0, 0.0])  # upstream NaN times the zero weight
+    assert np.isnan(gwv).all()

@@ -64,12 +64,24 @@ def _conv_infer(inputs, stride, padding):
     return (x.shape[0], w.shape[0], oh, ow), x.dtype
 
 
+def _contract(a, b, axes_a, axes_b):
+    """np.tensordot(a, b, (axes_a, axes_b)) through np.matmul. np.dot hands a product with one
+    column and a contraction of length 1 to BLAS's scal, which sets NaN * 0 to 0 (OpenBLAS): a 1x1
+    convolution with a zero weight then hid a NaN or inf input that the C backend propagates."""
+    free_a = [i for i in range(a.ndim) if i not in axes_a]
+    free_b = [i for i in range(b.ndim) if i not in axes_b]
+    k = int(np.prod([a.shape[i] for i in axes_a]))
+    lhs = a.transpose(free_a + list(axes_a)).reshape(-1, k)
+    rhs = b.transpose(list(axes_b) + free_b).reshape(k, -1)
+    return np.matmul(lhs, rhs).reshape([a.shape[i] for i in free_a] + [b.shape[i] for i in free_b])
+
+
 # The products are computed in float64 for float32 operands and rounded once (linalg.widen).
 def _conv_forward(x, w, *b, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     wx, ww = widen(x, w)
     win = _windows(wx, w.shape[2], w.shape[3], sh, sw, ph, pw)
-    y = np.tensordot(win, ww, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2).astype(x.dtype)
+    y = _contract(win, ww, [1, 4, 5], [1, 2, 3]).transpose(0, 3, 1, 2).astype(x.dtype)
     if b:
         y = y + b[0][None, :, None, None]
     return np.ascontiguousarray(y)
@@ -78,7 +90,7 @@ def _conv_forward(x, w, *b, stride, padding):
 def _conv_input_grad_forward(x, w, gy, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     wg, ww = widen(gy, w)
-    cols = np.tensordot(wg, ww, axes=([1], [0])).transpose(0, 3, 1, 2, 4, 5)  # (N, C, OH, OW, KH, KW)
+    cols = _contract(wg, ww, [1], [0]).transpose(0, 3, 1, 2, 4, 5)  # (N, C, OH, OW, KH, KW)
     return _scatter_windows(cols, x.shape, w.shape[2], w.shape[3], sh, sw, ph, pw).astype(x.dtype, copy=False)
 
 
@@ -86,7 +98,7 @@ def _conv_weight_grad_forward(x, w, gy, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     wx, wg = widen(x, gy)
     win = _windows(wx, w.shape[2], w.shape[3], sh, sw, ph, pw)
-    return np.tensordot(wg, win, axes=([0, 2, 3], [0, 2, 3])).astype(x.dtype, copy=False)
+    return _contract(wg, win, [0, 2, 3], [0, 2, 3]).astype(x.dtype, copy=False)
 
 
 def _conv_vjp(g, out, x, w, *b, stride, padding):
