@@ -70,10 +70,11 @@ def _contract(a, b, axes_a, axes_b):
     convolution with a zero weight then hid a NaN or inf input that the C backend propagates."""
     free_a = [i for i in range(a.ndim) if i not in axes_a]
     free_b = [i for i in range(b.ndim) if i not in axes_b]
-    k = int(np.prod([a.shape[i] for i in axes_a]))
-    lhs = a.transpose(free_a + list(axes_a)).reshape(-1, k)
-    rhs = b.transpose(list(axes_b) + free_b).reshape(k, -1)
-    return np.matmul(lhs, rhs).reshape([a.shape[i] for i in free_a] + [b.shape[i] for i in free_b])
+    shape_a, shape_b = [a.shape[i] for i in free_a], [b.shape[i] for i in free_b]
+    m, n, k = (int(np.prod(d, dtype=np.int64)) for d in (shape_a, shape_b, [a.shape[i] for i in axes_a]))
+    lhs = a.transpose(free_a + list(axes_a)).reshape(m, k)  # explicit sizes: any of them may be 0
+    rhs = b.transpose(list(axes_b) + free_b).reshape(k, n)
+    return np.matmul(lhs, rhs).reshape(shape_a + shape_b)
 
 
 # The products are computed in float64 for float32 operands and rounded once (linalg.widen).
