@@ -226,3 +226,17 @@ def test_docstring_examples_run():
     for module in (graphc.verify.gradcheck, graphc.testing):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@given(st.data())
+@settings(max_examples=20, deadline=None)
+def test_conv_builder_keeps_x_and_w_in_one_dtype(data):
+    """A cast can leave a tensor of the other float dtype in the pool; conv2d's weights are new
+    inputs of the graph's dtype, so the builder must not pick that tensor as x (graphc fuzz
+    --seed 5 crashed on conv2d of float64 x and float32 w)."""
+    from graphc.verify.strategies import _Builder, _g_conv
+    b = _Builder(data.draw, np.dtype("float32"), 4)
+    b.new_input((1, 1, 3, 3))
+    b.pool.append(gc.cast(b.pool[0], "float64"))
+    y = _g_conv(b, "conv2d")
+    assert y.op == "conv2d" and y.dtype == np.float32 and y.inputs[0].dtype == y.inputs[1].dtype
