@@ -971,7 +971,7 @@ def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, 
     """Run outputs and their gradients (w.r.t. `wrt`, default the float leaves in `values`) on each
     backend, in the graph's own dtype; None when all agree, else a message naming the first
     difference. Tolerances default by dtype (any float32 node: rtol 1e-3, atol 1e-4; else 1e-7, 1e-9), atol
-    scaled by the largest intermediate value of the forward pass.
+    scaled by the largest finite intermediate value of the outputs' and the gradients' graphs.
 
         >>> import numpy as np, graphc as gc
         >>> x = gc.placeholder("x", (3,), "float64")
@@ -988,10 +988,12 @@ def compare_backends(outputs: Union[Tensor, Sequence[Tensor]], values: Mapping, 
     f32 = any(n.dtype == np.float32 for n in nodes)
     rt = rtol if rtol is not None else (1e-3 if f32 else 1e-7)
     at = atol if atol is not None else (1e-4 if f32 else 1e-9)
-    # rounding differences scale with the largest finite intermediate value, not with the result
-    # (an array holding 1e30 next to inf counts with its 1e30, as in rounding_branch_flip)
+    # rounding differences scale with the largest finite intermediate value, not with the result,
+    # of the forward pass and of the gradients' own graphs (d/dx of erf(x) / x at x = 1e-30
+    # subtracts two 1.1e30 terms), as in rounding_branch_flip; an array holding 1e30 next to inf
+    # counts with its 1e30
     with np.errstate(all="ignore"):
-        vals = _Interpreter(outs).run({t.id: np.asarray(v) for t, v in values.items()})
+        vals = _Interpreter(targets).run({t.id: np.asarray(v) for t, v in values.items()})
         big = _largest_finite(vals.values())
     ref_name = next(iter(results))
     ref = results[ref_name]
