@@ -157,6 +157,7 @@ typedef void (*colsum_fn)(const void *, int64_t, int64_t, int64_t, void *, int);
 
 typedef struct {
     size_t esize;
+    void (*direct)(const gemm_args *); /* tiny products, unpacked: rounds as the kernels do */
     int64_t mr, nr, mc, kc, nc;
     pack_fn pack_a, pack_b;
     kernel_fn kernel;
@@ -239,6 +240,34 @@ static inline float act_f32(float x, int act, float p) {
 /* Portable micro-kernel size: 8 SSE2 registers of accumulators for float, 8 for double. */
 #define SC_MR 4
 #define SC_NR 8
+
+/* Tiny problems: no packing, no threads; strided dot products in blocks of 64 columns.
+ * MADD(a, b, c) is a*b + c as the impl's kernels form it: unfused in the portable impl, one
+ * fused rounding where the vector kernels use FMA. So a product rounds alike whatever its size
+ * picks: with float32 terms -1e30*1e30 and 1e-30*inf, the fused sum is inf (as in float64),
+ * the unfused one -inf + inf = NaN. */
+#define GEN_DIRECT(NAME, P, T, ATTR, MADD)                                                         \
+static ATTR void NAME(const gemm_args *g) {                                                        \
+    const T *A = (const T *)g->A, *B = (const T *)g->B, *bias = (const T *)g->bias;               \
+    T *C = (T *)g->C;                                                                              \
+    const int64_t sak = g->transA ? g->lda : 1, sai = g->transA ? 1 : g->lda;                      \
+    const int64_t sbk = g->transB ? 1 : g->ldb, sbj = g->transB ? g->ldb : 1;                      \
+    const epi_t e = epi_for(g, 1, 1);                                                              \
+    T acc[64];                                                                                     \
+    for (int64_t i = 0; i < g->M; i++)                                                             \
+        for (int64_t j0 = 0; j0 < g->N; j0 += 64) {                                                \
+            const int64_t n = MIN(64, g->N - j0);                                                  \
+            for (int64_t j = 0; j < n; j++) acc[j] = 0;                                            \
+            for (int64_t k = 0; k < g->K; k++) {                                                   \
+                const T a = A[i * sai + k * sak];                                                  \
+                const T *b = B + k * sbk + j0 * sbj;                                               \
+                for (int64_t j = 0; j < n; j++) acc[j] = MADD(a, b[j * sbj], acc[j]);              \
+            }                                                                                      \
+            const epi_t et = epi_at(&e, i, j0, sizeof(T));                                         \
+            P##_tile_store(acc, 0, 1, n, C + i * g->ldc + j0, g->ldc, &et, bias ? bias + j0 : NULL);\
+        }                                                                                          \
+}
+#define MADD_PLAIN(a, b, c) ((a) * (b) + (c))
 
 #define GEN_SCALAR(P, T, ACT)                                                                      \
 /* Write back an m x n tile held in acc (row stride accld) into C with the epilogue. */            \
@@ -329,27 +358,7 @@ static void P##_kernel_sc(int64_t kc, const void *va, int64_t rsa, int64_t csa, 
     P##_tile_store(acc, SC_NR, m, n, (T *)vc, ldc, e, (const T *)bias);                            \
 }                                                                                                  \
                                                                                                    \
-/* Tiny problems: no packing, no threads; strided dot products in blocks of 64 columns. */         \
-static void P##_direct(const gemm_args *g) {                                                       \
-    const T *A = (const T *)g->A, *B = (const T *)g->B, *bias = (const T *)g->bias;               \
-    T *C = (T *)g->C;                                                                              \
-    const int64_t sak = g->transA ? g->lda : 1, sai = g->transA ? 1 : g->lda;                      \
-    const int64_t sbk = g->transB ? 1 : g->ldb, sbj = g->transB ? g->ldb : 1;                      \
-    const epi_t e = epi_for(g, 1, 1);                                                              \
-    T acc[64];                                                                                     \
-    for (int64_t i = 0; i < g->M; i++)                                                             \
-        for (int64_t j0 = 0; j0 < g->N; j0 += 64) {                                                \
-            const int64_t n = MIN(64, g->N - j0);                                                  \
-            for (int64_t j = 0; j < n; j++) acc[j] = 0;                                            \
-            for (int64_t k = 0; k < g->K; k++) {                                                   \
-                const T a = A[i * sai + k * sak];                                                  \
-                const T *b = B + k * sbk + j0 * sbj;                                               \
-                for (int64_t j = 0; j < n; j++) acc[j] += a * b[j * sbj];                          \
-            }                                                                                      \
-            const epi_t et = epi_at(&e, i, j0, sizeof(T));                                         \
-            P##_tile_store(acc, 0, 1, n, C + i * g->ldc + j0, g->ldc, &et, bias ? bias + j0 : NULL);\
-        }                                                                                          \
-}                                                                                                  \
+GEN_DIRECT(P##_direct, P, T, , MADD_PLAIN)                                                         \
                                                                                                    \
 /* K == 0: C = act(beta * C + addend + bias) (times the gate), nothing to multiply. */         \
 static void P##_no_k(const gemm_args *g) {                                                         \
@@ -374,6 +383,8 @@ GEN_SCALAR(d, double, act_f64)
 #ifdef GC_X86
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+GEN_DIRECT(s_direct_fma, s, float, AVX2, __builtin_fmaf)
+GEN_DIRECT(d_direct_fma, d, double, AVX2, __builtin_fma)
 
 /* The activation of the write-back, from the GC_EW_ACT entries of elementwise.def and their
  * vmath.inc forms. float32 tiles are widened to double (exactly) and rounded once at the end, as
@@ -857,10 +868,10 @@ AVX2 static void d_kernel_avx2_strided(int64_t kc, const void *a, int64_t rsa, i
 #endif
 GEN_COLSUM(s_colsum_avx2, float, S_NR, AVX2)
 GEN_COLSUM(d_colsum_avx2, double, D_NR, AVX2)
-static const gemm_impl S_AVX2 = {sizeof(float), S_MR, S_NR, S_MC, S_KC, S_NC,
+static const gemm_impl S_AVX2 = {sizeof(float), s_direct_fma, S_MR, S_NR, S_MC, S_KC, S_NC,
                                  s_pack_a_avx2, s_pack_b_avx2, s_kernel_avx2, s_kernel_avx2_strided,
                                  s_colsum_avx2};
-static const gemm_impl D_AVX2 = {sizeof(double), D_MR, D_NR, D_MC, D_KC, D_NC,
+static const gemm_impl D_AVX2 = {sizeof(double), d_direct_fma, D_MR, D_NR, D_MC, D_KC, D_NC,
                                  d_pack_a_avx2, d_pack_b_avx2, d_kernel_avx2, d_kernel_avx2_strided,
                                  d_colsum_avx2};
 
@@ -1828,16 +1839,16 @@ static int s5_thin(const gemm_args *g) {
 #endif
 GEN_COLSUM(s5_colsum, float, S5_NR, AVX512)
 GEN_COLSUM(d5_colsum, double, D5_NR, AVX512)
-static const gemm_impl S_AVX512 = {sizeof(float), S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
+static const gemm_impl S_AVX512 = {sizeof(float), s_direct_fma, S5_MR, S5_NR, S5_MC, S5_KC, S5_NC,
                                    s5_pack_a, s5_pack_b, s5_kernel, s5_kernel_strided, s5_colsum, s5_thin,
                                    s5_kernel_short, 8};
-static const gemm_impl D_AVX512 = {sizeof(double), D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
+static const gemm_impl D_AVX512 = {sizeof(double), d_direct_fma, D5_MR, D5_NR, D5_MC, D5_KC, D5_NC,
                                    d5_pack_a, d5_pack_b, d5_kernel, d5_kernel_strided, d5_colsum};
 #endif /* GC_X86 */
 
-static const gemm_impl S_SCALAR = {sizeof(float), SC_MR, SC_NR, 128, 256, 4096,
+static const gemm_impl S_SCALAR = {sizeof(float), s_direct, SC_MR, SC_NR, 128, 256, 4096,
                                    s_pack_a_sc, s_pack_b_sc, s_kernel_sc, NULL, s_colsum_packed};
-static const gemm_impl D_SCALAR = {sizeof(double), SC_MR, SC_NR, 64, 256, 4096,
+static const gemm_impl D_SCALAR = {sizeof(double), d_direct, SC_MR, SC_NR, 64, 256, 4096,
                                    d_pack_a_sc, d_pack_b_sc, d_kernel_sc, NULL, d_colsum_packed};
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2002,8 +2013,7 @@ static void colsum_unpacked(const gemm_impl *im, const gemm_args *g) {
     else d_colsum_plain(g->transB, K, g->N, g->B, g->ldb, g->colsum);
 }
 
-static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(const gemm_args *),
-                     void (*no_k)(const gemm_args *)) {
+static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const gemm_args *)) {
     if (g->M <= 0 || g->N <= 0 || g->K <= 0) {
         colsum_unpacked(im, g);
         if (g->M > 0 && g->N > 0) no_k(g);
@@ -2012,7 +2022,7 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     const double fmas = (double)g->M * (double)g->N * (double)g->K;
     if (fmas < DIRECT_MAX_FMAS) {
         colsum_unpacked(im, g);
-        direct(g);
+        im->direct(g);
         return;
     }
     if (im->thin && im->thin(g) == 0) { /* B was read in place, not packed */
@@ -2079,7 +2089,7 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*direct)(con
     char *scratch = (char *)scratch_alloc(bspan + x.apack_stride * (size_t)nt);
     if (!scratch) { /* out of memory for scratch: still produce the right answer, slowly */
         colsum_unpacked(im, g);
-        direct(g);
+        im->direct(g);
         return;
     }
     x.bpack = scratch;
@@ -2130,7 +2140,7 @@ void gc_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const float *bias, int act, float act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
-    gemm_run(s_impl(), &g, s_direct, s_no_k);
+    gemm_run(s_impl(), &g, s_no_k);
 }
 
 void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
@@ -2139,7 +2149,7 @@ void gc_dgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
               const double *bias, int act, double act_param) {
     const gemm_args g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, A, B, C, bias,
                          beta, act_param, act, 1.0, NULL, NULL, 0, 0, 0.0};
-    gemm_run(d_impl(), &g, d_direct, d_no_k);
+    gemm_run(d_impl(), &g, d_no_k);
 }
 
 /* The descriptor as gemm_args, or -1 (GC_K_EINVAL) when it is malformed. The gate factor where
@@ -2176,14 +2186,14 @@ int gc_sgemm_ex(const gc_gemm_desc *d) {
     g.beta = (float)g.beta;
     g.act_param = (float)g.act_param;
     g.gate_param = (float)g.gate_param;
-    gemm_run(s_impl(), &g, s_direct, s_no_k);
+    gemm_run(s_impl(), &g, s_no_k);
     return 0;
 }
 
 int gc_dgemm_ex(const gc_gemm_desc *d) {
     gemm_args g;
     if (desc_args(d, &g)) return -1;
-    gemm_run(d_impl(), &g, d_direct, d_no_k);
+    gemm_run(d_impl(), &g, d_no_k);
     return 0;
 }
 

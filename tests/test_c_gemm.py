@@ -706,6 +706,33 @@ def test_exec_matmul_small_shapes_match_numpy(dtype, transA, transB, simd):
                 assert np.all(big[:, N:] == 77.0), ("wrote into C's padding", M, N, K)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("transA", [False, True])
+def test_tiny_and_blocked_products_round_alike(level, transA):
+    """Products under DIRECT_MAX_FMAS multiply-adds take the unpacked direct path, the others
+    the packed (or thin) kernels; both must form each a*b + c the same way, fused where the
+    kernels use FMA. The float32 terms 1e-30 * inf and then -1e30 * 1e30 sum to inf fused (as in
+    float64: the exact product -1e60 is finite) but to inf - inf = NaN unfused, so this row and
+    column tell the two apart (graphc fuzz --seed 5 found the direct path unfused)."""
+    set_level(level)
+    row = np.array([1e-30, -1e30], np.float32)
+    col = np.array([np.inf, 1e30], np.float32)
+    rng = np.random.default_rng(0)
+    values = {}
+    for n in (1, 64):  # 1 x 1 x 2 is direct; 64 x 64 x 2 (8192 multiply-adds) is blocked
+        A = rng.standard_normal((n, 2)).astype(np.float32)
+        B = rng.standard_normal((2, n)).astype(np.float32)
+        A[n // 2], B[:, n // 3] = row, col
+        C = np.empty((n, n), np.float32)
+        gemm(np.ascontiguousarray(A.T) if transA else A, B, C, transA=transA)
+        values[n] = C[n // 2, n // 3]
+    assert np.array_equal(values[1], values[64], equal_nan=True), values
+    if level == SCALAR:  # the portable level rounds a*b, then adds: inf - inf
+        assert np.isnan(values[1])
+    else:  # fused, as float64 computes it
+        assert values[1] == np.inf
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(569, 1, 30, 0, 0), (1, 30, 569, 1, 0), (30, 1, 569, 1, 0), (1, 1, 70, 0, 0),
                                    (1, 10, 32, 0, 1), (32, 10, 32, 0, 0), (10, 33, 17, 1, 1)])
