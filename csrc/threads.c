@@ -214,6 +214,8 @@ static int run_serial(void (*fn)(void *, int, int), void *ctx) {
     return 1;
 }
 
+static _Atomic int64_t g_regions = 0; /* gc_pool_regions */
+
 int gc_parallel(int nt, void (*fn)(void *ctx, int tid, int team), void *ctx) {
     if (nt > GC_MAX_THREADS) nt = GC_MAX_THREADS;
     /* Serial when asked, when nested in a region, or when another thread's region owns the pool. */
@@ -226,6 +228,7 @@ int gc_parallel(int nt, void (*fn)(void *ctx, int tid, int team), void *ctx) {
         return run_serial(fn, ctx);
     }
     const int team = workers + 1;
+    atomic_fetch_add_explicit(&g_regions, 1, memory_order_relaxed);
     g_job.fn = fn;
     g_job.ctx = ctx;
     g_job.team = team;
@@ -290,6 +293,7 @@ void gc_pool_hold(int on) {
 }
 
 int gc_pool_workers(void) { return atomic_load(&g_nworkers); }
+int64_t gc_pool_regions(void) { return atomic_load_explicit(&g_regions, memory_order_relaxed); }
 
 /* ---- thread count ---- */
 

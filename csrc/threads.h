@@ -29,6 +29,9 @@ void gc_barrier(void);
 void gc_pool_hold(int on);
 /* Worker threads alive in this process (for tests: 0 after fork until the next region). */
 int gc_pool_workers(void);
+/* Regions this process has run on more than one thread (a fork child inherits the count): a caller can tell
+ * whether some work split across threads at all (graphc bench --mixed's loaded-machine check). */
+int64_t gc_pool_regions(void);
 
 /* Threads used by the parallel kernels. n <= 0 means "use the default": GRAPHC_NUM_THREADS if
  * set, otherwise the number of CPUs this process may run on (sched_getaffinity). */

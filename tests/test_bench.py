@@ -202,6 +202,10 @@ def test_mixed_small(tmp_path, capsys):
         assert r["ratio"] == pytest.approx(r["interleaved_gflops"] / r["alone_gflops"])
     loaded = res["mixed"]["loaded"]["rows"]
     assert [(r["busy_pid"] is None, r["threads"]) for r in loaded] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    # the small MLP step has no kernel large enough to split: 2 threads run the 1-thread code
+    assert [r["parallel_regions"] for r in loaded] == [0, 0, 0, 0]
+    assert res["mixed"]["loaded"]["same_code"] and res["mixed"]["loaded"]["met"]
+    assert "the same code as 1 thread" in out
     pid = loaded[-1]["busy_pid"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

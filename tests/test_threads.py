@@ -291,6 +291,23 @@ def test_libgomp_is_not_linked():
     assert "gomp" not in out and "libc" in out, out
 
 
+def test_pool_counts_the_regions_it_runs_on_more_than_one_thread():
+    """gc_pool_regions: +1 for a GEMM split over 2 threads, +0 for the same GEMM at 1 thread and
+    for one too small to split (below SERIAL_MAX_FMAS, 2^20 multiply-adds)."""
+    def regions_of(n, threads):
+        lib.gc_set_num_threads(threads)
+        a = np.ones((n, n), np.float32)
+        c = np.empty((n, n), np.float32)
+        before = lib.gc_pool_regions()
+        lib.gc_sgemm(0, 0, n, n, n, buf(a), n, buf(a), n, 0.0, buf(c), n, ffi.NULL, 0, 0.0)
+        assert c[0, 0] == n
+        return lib.gc_pool_regions() - before
+
+    assert regions_of(256, 2) == 1
+    assert regions_of(256, 1) == 0
+    assert regions_of(32, 2) == 0
+
+
 # -- fork, concurrency -----------------------------------------------------------------------------
 def _gemm_check(_=None):
     """A GEMM big enough for 2 threads; returns (max error, pool workers before, after)."""

@@ -20,7 +20,10 @@ GEMM      graphc's n x n float32 GEMM (a compiled `a @ b` of two placeholders on
 loaded    the small MLP step (64-32-10, batch 32, float32, SGD through compile(updates=...)) at 1 and
           2 graphc threads, without and with one busy-loop process (started here, pinned
           to the last CPU, killed afterwards), 1- and 2-thread runs interleaved per round. Target:
-          with the busy process, 2 threads no slower than 1.
+          with the busy process, 2 threads no slower than 1. The C pool counts the regions it runs
+          on more than one thread: when the 2-thread steps ran none, no kernel of the step was
+          large enough to split, both thread counts ran the same code, and the target holds by
+          construction (the timed ratio then only shows the machine's noise).
 """
 from __future__ import annotations
 
@@ -119,6 +122,7 @@ def loaded_small_mlp(rounds: int = ROUNDS, repeats: int = REPEATS, busy: bool = 
     step = lambda: step_fn(x, y)  # noqa: E731
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     old = gc.backend_info()["threads"]
+    from ...backends.c import lib
     rows = []
     try:
         for load in (("none", "busy") if busy else ("none",)):
@@ -130,12 +134,15 @@ def loaded_small_mlp(rounds: int = ROUNDS, repeats: int = REPEATS, busy: bool = 
                 gc.set_num_threads(thread_counts[0])
                 batch = _calibrate(step, min_batch_s)
                 times = {t: [] for t in thread_counts}
+                regions = dict.fromkeys(thread_counts, 0)
                 for r in range(max(1, rounds)):
                     order = thread_counts if r % 2 == 0 else thread_counts[::-1]
                     for t in order:
                         gc.set_num_threads(t)
                         time.sleep(PAUSE_S)
+                        before = lib.gc_pool_regions()
                         times[t].append(_round(step, batch, repeats))
+                        regions[t] += lib.gc_pool_regions() - before
             finally:
                 if proc:
                     proc.kill()
@@ -144,12 +151,14 @@ def loaded_small_mlp(rounds: int = ROUNDS, repeats: int = REPEATS, busy: bool = 
             for t in thread_counts:
                 med = float(np.median(times[t]))
                 rows.append(dict(load=label, threads=t, median_us=med * 1e6, vs_1_thread=med / base,
-                                 busy_pid=proc.pid if proc else None))
+                                 busy_pid=proc.pid if proc else None, parallel_regions=int(regions[t])))
     finally:
         gc.set_num_threads(old)
     busy_rows = [r for r in rows if r["busy_pid"]]
-    met = (busy_rows[-1]["vs_1_thread"] <= 1.0) if len(busy_rows) > 1 else None
-    return dict(rows=rows, met=met, cpus=len(cpus))
+    # 0 regions: the 2-thread steps never split work, so they ran the 1-thread code
+    same_code = len(busy_rows) > 1 and busy_rows[-1]["parallel_regions"] == 0
+    met = (same_code or busy_rows[-1]["vs_1_thread"] <= 1.0) if len(busy_rows) > 1 else None
+    return dict(rows=rows, met=met, same_code=same_code, cpus=len(cpus))
 
 
 def mixed_suite(size: int = 1024, rounds: int = ROUNDS, repeats: int = REPEATS, threads=None, busy: bool = True,
@@ -198,8 +207,11 @@ def format_tables(res: dict) -> str:
            ""]
     out.append(_table(ld["rows"], [("load", "small MLP step (64-32-10, b32, f32), graphc c", "{}"),
                                    ("threads", "threads", "{}"), ("median_us", "us", "{:.1f}"),
-                                   ("vs_1_thread", "x 1 thread", "{:.2f}")]))
+                                   ("vs_1_thread", "x 1 thread", "{:.2f}"),
+                                   ("parallel_regions", "regions on 2+ threads", "{}")]))
     if ld["met"] is not None:
+        why = (" (the 2-thread steps ran no region on two threads: the same code as 1 thread, so the"
+               " ratio is the machine's noise)" if ld.get("same_code") else "")
         out.append(f"loaded-machine target (2 threads <= 1 thread with a busy process): "
-                   f"{'met' if ld['met'] else 'missed'}")
+                   f"{'met' if ld['met'] else 'missed'}{why}")
     return "\n".join(out)
