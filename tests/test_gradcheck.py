@@ -362,6 +362,23 @@ def test_an_overflow_explains_nothing_where_the_terms_fit_or_the_op_is_elementwi
                                 ["c", "numpy"]) is None
 
 
+def test_an_overflow_under_a_negative_coefficient_is_still_explained():
+    """x + alpha * (a @ b) with alpha = -1: the product's terms 2.5e38 + 2.5e38 leave float32's
+    range (then meet -inf: NaN in float32, -inf in float64) although 3e38 - 5e38 would fit. The
+    bound takes |alpha| as it takes |inputs|, so the cancellation does not hide the overflow."""
+    from graphc.ops.fused import matmul_update
+    from graphc.verify.gradcheck import _first_rounding_flip
+    a = gc.placeholder("a", (1, 3), "float32")
+    b = gc.placeholder("b", (3, 1), "float32")
+    x = gc.placeholder("x", (1, 1), "float32")
+    u = matmul_update(a, b, x, alpha=-1.0)
+    ins = {a.id: np.array([[2.5e19, 2.5e19, 1e-30]], np.float32),
+           b.id: np.array([[1e19], [1e19], [-np.inf]], np.float32), x.id: np.array([[3e38]], np.float32)}
+    note = _first_rounding_flip([u], [{**ins, u.id: np.array([[np.nan]], np.float32)},
+                                      {**ins, u.id: np.array([[np.inf]], np.float32)}], ["c", "numpy"])
+    assert note and note.startswith("matmul_update created at") and "order of accumulation" in note
+
+
 @pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
 def test_an_overflowing_float32_product_is_either_a_match_or_explained():
     from graphc.verify.gradcheck import rounding_branch_flip

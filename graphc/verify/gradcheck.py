@@ -913,8 +913,9 @@ def _float32_overflow(n: Tensor, first: dict, other: dict) -> Optional[str]:
     and order in which the terms are accumulated (the NumPy backend accumulates float32 products
     in float64, the C GEMM in float32). The test: where the outputs differ, one of them is not
     finite and the op's forward on the absolute values of the finite inputs (infinities and NaN as
-    0), in float64, exceeds float32's largest value. Only ops that combine many elements qualify;
-    an elementwise op has no accumulation order to blame."""
+    0) and of its float attributes (matmul_update's alpha < 0 would otherwise cancel x against the
+    product), in float64, exceeds float32's largest value. Only ops that combine many elements
+    qualify; an elementwise op has no accumulation order to blame."""
     opdef = REGISTRY.get(n.op)
     if opdef is None or opdef.elementwise or n.dtype != np.float32:
         return None
@@ -931,7 +932,8 @@ def _float32_overflow(n: Tensor, first: dict, other: dict) -> Optional[str]:
         args.append(v)
     try:
         with np.errstate(all="ignore"):
-            bound = np.asarray(opdef.forward(*args, **n.attrs), dtype=np.float64)
+            attrs = {k: abs(v) if isinstance(v, float) else v for k, v in n.attrs.items()}
+            bound = np.asarray(opdef.forward(*args, **attrs), dtype=np.float64)
     except Exception:  # noqa: BLE001
         return None
     if bound.shape != a.shape or not np.any(differ & (np.abs(bound) > float(np.finfo(np.float32).max))):
