@@ -599,6 +599,11 @@ static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int6
 
 int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst, const void *pool,
                 void *const *ext, void *arena) {
+    return gc_exec_timed(code, ncode, fconst, nfconst, pool, ext, arena, NULL, 0);
+}
+
+int64_t gc_exec_timed(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst,
+                      const void *pool, void *const *ext, void *arena, double *seconds, int64_t nsteps) {
     exec_ctx c;
     /* Python allocates the arena with np.empty (16-byte aligned); buffers are planned at 64-byte
      * offsets, so align the base here once. */
@@ -618,7 +623,10 @@ int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_
             result = pack_error(-1, GC_E_BADCODE);
             break;
         }
+        const int timed = seconds && w[2] >= 0 && w[2] < nsteps;
+        const int64_t t0 = timed ? gc_now_ns() : 0;
         const int st = run_instr(&c, w[0], w[3], w + HEADER_WORDS, w[1] - HEADER_WORDS);
+        if (timed) seconds[w[2]] += 1e-9 * (double)(gc_now_ns() - t0);
         if (st != GC_K_OK) {
             result = pack_error(c.failed_step >= 0 ? c.failed_step : w[2], st);
             break;

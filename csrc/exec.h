@@ -74,6 +74,11 @@ enum gc_exec_err { GC_E_BADCODE = -100, GC_E_BADOP = -101, GC_E_BADDTYPE = -102 
 
 int64_t gc_exec(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst,
                 const void *pool, void *const *ext, void *arena);
+/* gc_exec that also adds each instruction's wall time, in seconds, to seconds[its step index]
+ * (header word [2]; indexes outside [0, nsteps) are not timed). A GC_OP_SIDE_BY_SIDE pair counts
+ * once, under the step its header names (the first of the two). Function.profile() calls it. */
+int64_t gc_exec_timed(const int64_t *code, int64_t ncode, const double *fconst, int64_t nfconst,
+                      const void *pool, void *const *ext, void *arena, double *seconds, int64_t nsteps);
 
 /* What GC_OP_GEMM runs: C = act(op(A) @ op(B) + bias) with beta 0 (gemm.h's conventions; A, B, C,
  * bias are float when f64 == 0, else double). Products with a short side (matrix-vector, or a

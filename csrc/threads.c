@@ -57,11 +57,12 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static int64_t now_ns(void) {
+int64_t gc_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+#define now_ns gc_now_ns
 
 /* ---- sleeping on a 32-bit word: a futex on Linux, a condition variable elsewhere ---- */
 #ifdef __linux__

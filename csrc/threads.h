@@ -33,6 +33,9 @@ int gc_pool_workers(void);
  * whether some work split across threads at all (graphc bench --mixed's loaded-machine check). */
 int64_t gc_pool_regions(void);
 
+/* CLOCK_MONOTONIC in nanoseconds (the spin budgets' clock; gc_exec_timed's too). */
+int64_t gc_now_ns(void);
+
 /* Threads used by the parallel kernels. n <= 0 means "use the default": GRAPHC_NUM_THREADS if
  * set, otherwise the number of CPUs this process may run on (sched_getaffinity). */
 void gc_set_num_threads(int n);

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 from typing import Optional
 
 import numpy as np
@@ -110,6 +111,7 @@ class _Lowering:
         self.scratch_need = 0
         self.loc: dict = {}  # slot -> (kind, value) with kind a gc_ref_kind
         self.colsum: dict = {}  # GEMM step -> slot of the bias gradient it also writes (_colsum_hosts)
+        self.merged: dict = {}  # step -> the step whose instruction also computes it (loss and gradient)
         self.last: tuple = (-1, 0)  # (step, word index) of the last instruction emitted
 
     # -- operands ----------------------------------------------------------------------------
@@ -471,6 +473,7 @@ def _pair_sce(lw, k, step, refs) -> bool:
     rows, cols, loss_ref = words[at + 4], words[at + 5], words[at + 8]
     words[at:] = [lib.GC_OP_SOFTMAX_CE_LOSS_AND_GRAD, 11, k - 1, words[at + 3], rows, cols, refs[0], refs[1], refs[2],
                   loss_ref, refs[3]]
+    lw.merged[k] = k - 1
     return True
 
 
@@ -524,6 +527,7 @@ def _pair_bce(lw, k, step, refs) -> bool:
     loss_ref, dz_ref = words[at + 7], refs[3]
     words[at:] = [lib.GC_OP_BCE_LOSS_AND_GRAD, 10, k - 1, words[at + 3], words[at + 4], refs[0], refs[1], refs[2],
                   loss_ref, dz_ref]
+    lw.merged[k] = k - 1
     return True
 
 
@@ -754,6 +758,7 @@ class Lowered:
         self.pool_ptr = ffi.from_buffer(self.pool) if self.pool.size else ffi.NULL
         self.segments = len(self.segments_code)
         self.multiply_adds = _multiply_adds(self.code)
+        self.side_by_side = _side_by_side_pairs(self.code)  # [(first step, second step)]
         self.releases_openblas = self.multiply_adds >= openblas.RELEASE_MIN_MULTIPLY_ADDS
 
     def step_notes(self) -> dict:
@@ -761,6 +766,11 @@ class Lowered:
         notes = {s: f"C: computed inside step {h}'s GEMM, which reads %{self.plan.steps[h].inputs[1]} as its B"
                  for h, s in self.colsum_hosts.items()}
         notes.update({k: "NumPy step (no C kernel for these operands)" for k in self.numpy_steps})
+        notes.update({k: f"C: computed by step {h}'s instruction, loss and gradient in one pass"
+                      for k, h in self.lw.merged.items()})
+        for a, b in self.side_by_side:
+            notes[a] = f"C: runs side by side with step {b}, one thread each"
+            notes[b] = f"C: runs side by side with step {a}, one thread each"
         return notes
 
     @staticmethod
@@ -811,6 +821,18 @@ class Lowered:
                 raise GraphError(f"internal error: value %{s} ({node.op}) planned outside its buffer")
 
 
+def _side_by_side_pairs(code) -> list:
+    """The (first, second) step indexes of each GC_OP_SIDE_BY_SIDE pair in `code`."""
+    pairs, i, words = [], 0, [int(w) for w in code]
+    while i < len(words):
+        if words[i] == lib.GC_OP_SIDE_BY_SIDE:
+            first = i + 4
+            second = first + words[first + 1]
+            pairs.append((words[first + 2], words[second + 2]))
+        i += words[i + 1]
+    return pairs
+
+
 def _multiply_adds(code) -> int:
     """Multiply-adds of the GEMM and convolution instructions in `code`: the work of a call."""
     total, i, words = 0, 0, [int(w) for w in code]
@@ -844,6 +866,9 @@ def make_runner(plan: Plan, reuse: bool = True):
         run = _mixed_runner(lo)
     else:
         run = _fast_runner(lo)
+    # Function.profile(): the same computation, each step's time added to seconds[step] (the last
+    # entry, len(plan.steps), collects the copies of outputs out of the arena)
+    run.timed = lambda seconds: (_mixed_runner if lo.numpy_steps else _fast_runner)(lo, seconds)
     run.segments = lo.segments
     run.numpy_steps = list(lo.numpy_steps)
     run.lowered = lo
@@ -872,8 +897,21 @@ def _held_refcount() -> int:
 _HELD_REFCOUNT = _held_refcount()
 
 
-def _fast_runner(lo: Lowered):
-    """The runner of a plan that is one or more C segments and no NumPy step.
+def _exec_of(lo: Lowered, seconds: Optional[np.ndarray]):
+    """gc_exec, or with `seconds` (float64, one entry per plan step plus one for the output copies)
+    gc_exec_timed adding each instruction's time to its step's entry."""
+    if seconds is None:
+        return lib.gc_exec
+    n = len(lo.plan.steps) + 1
+    if seconds.dtype != np.float64 or seconds.shape != (n,):
+        raise ValueError(f"seconds must be float64 of shape ({n},), got {seconds.dtype}{seconds.shape}")
+    timed_args = (ffi.from_buffer("double[]", seconds), n)
+    return lambda *a: lib.gc_exec_timed(*a, *timed_args)
+
+
+def _fast_runner(lo: Lowered, seconds: Optional[np.ndarray] = None):
+    """The runner of a plan that is one or more C segments and no NumPy step (`seconds`: see
+    _exec_of; Function.profile() times the same runner a call uses).
 
     A call costs little more than gc_exec itself. Per-call state (pointer table, arena) lives in
     a free list, so concurrent calls (gc_exec releases the GIL) each take their own and a
@@ -921,7 +959,7 @@ def _fast_runner(lo: Lowered):
     # The body is generated for this plan (the loops unrolled): at a few microseconds per call,
     # Python's loop and tuple-unpacking overhead would be a large part of the total.
     ns = {"_free": free, "_new_state": new_state, "_new_output": new_output, "_pointer": pointer, "_fail": fail,
-          "_rc": sys.getrefcount, "_HELD": _HELD_REFCOUNT, "_exec": lib.gc_exec, "_fc": lo.fconst_ptr,
+          "_rc": sys.getrefcount, "_HELD": _HELD_REFCOUNT, "_exec": _exec_of(lo, seconds), "_fc": lo.fconst_ptr,
           "_nfc": len(lo.fconst), "_pool": lo.pool_ptr}
     lines = ["def run(feeds, params):"]
     if lo.releases_openblas:
@@ -954,16 +992,18 @@ def _fast_runner(lo: Lowered):
     return ns["run"]
 
 
-def _mixed_runner(lo: Lowered):
-    """C segments with NumPy steps in between, which see the arena through ndarray views."""
+def _mixed_runner(lo: Lowered, seconds: Optional[np.ndarray] = None):
+    """C segments with NumPy steps in between, which see the arena through ndarray views. With
+    `seconds` (float64, one entry per plan step and one for the output copies), each step's time
+    is added to its entry: gc_exec_timed's for C instructions, perf_counter's for NumPy steps."""
     plan = lo.plan
     specs = _out_specs(lo)
     steps = plan.steps
-    np_steps = {k: (steps[k].inputs, steps[k].out, steps[k].node) for k in lo.numpy_steps}
+    np_steps = {k: (steps[k].inputs, steps[k].out, steps[k].node, k) for k in lo.numpy_steps}
     segs = iter(lo.segments_code)
     program = [("c", next(segs)) if item[0] == "c" else ("np", np_steps[item[1]]) for item in lo.program]
     fconst, nfc, pool = lo.fconst_ptr, len(lo.fconst), lo.pool_ptr
-    fb, exec_ = ffi.from_buffer, lib.gc_exec
+    fb, exec_ = ffi.from_buffer, _exec_of(lo, seconds)
     ext_type = ffi.typeof(f"void *[{max(lo.n_ext, 1)}]")
 
     def run(feeds, params):
@@ -987,9 +1027,12 @@ def _mixed_runner(lo: Lowered):
                     if rc:
                         _raise(lo, rc, feeds, params, outs, arena)
                     continue
-                ins, out, node = what
+                ins, out, node, k = what
+                t0 = time.perf_counter()
                 r = run_node(node, [_value(lo, s, feeds, params, outs, arena, pad) for s in ins])
                 np.copyto(_value(lo, out, feeds, params, outs, arena, pad), r, casting="unsafe")
+                if seconds is not None:
+                    seconds[k] += time.perf_counter() - t0
         return outs
 
     return run

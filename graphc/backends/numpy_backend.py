@@ -1,6 +1,9 @@
 """The reference backend: each step calls its op's NumPy forward."""
 from __future__ import annotations
 
+import time
+from typing import Optional
+
 import numpy as np
 
 from ..compiler.schedule import Plan
@@ -25,7 +28,8 @@ def run_node(node, args: list) -> np.ndarray:
     return r
 
 
-def execute(plan: Plan, feeds: list, params: list) -> list:
+def execute(plan: Plan, feeds: list, params: list, seconds: Optional[np.ndarray] = None) -> list:
+    """Run the plan's steps in order; with `seconds`, add each step's time to seconds[step]."""
     vals = [None] * len(plan.nodes)
     leaf_ids = set()
     for slot, v in plan.constants:
@@ -42,9 +46,12 @@ def execute(plan: Plan, feeds: list, params: list) -> list:
             # a diverged weight is the usual source of NaN: no node "makes" it, so say so here
             raise node_error(plan.nodes[slot], f"the parameter holds non-finite values ({_summary(params[k])})")
     with np.errstate(all="ignore"):  # NaN/inf propagate as in C; check_finite reports them
-        for step in plan.steps:
+        for k, step in enumerate(plan.steps):
             args = [vals[i] for i in step.inputs]
+            t0 = time.perf_counter() if seconds is not None else 0.0
             r = run_node(step.node, args)
+            if seconds is not None:
+                seconds[k] += time.perf_counter() - t0
             if plan.check_finite:
                 _check_finite(step.node, r, args)
             vals[step.out] = r
@@ -86,4 +93,9 @@ def fresh_outputs(vals: list, slots: list, leaf_ids: set) -> list:
 
 
 def make_runner(plan: Plan):
-    return lambda feeds, params: execute(plan, feeds, params)
+    def run(feeds, params):
+        return execute(plan, feeds, params)
+
+    # Function.profile(): one entry per step and one (unused here) for the C backend's output copies
+    run.timed = lambda seconds: (lambda feeds, params: execute(plan, feeds, params, seconds))
+    return run
