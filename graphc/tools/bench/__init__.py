@@ -1,6 +1,6 @@
 """`graphc bench`: GEMM, MLP and logistic-regression training steps, per-call dispatch overhead, compiler, peers.
 
-    graphc bench [--suite gemm,mlp,lr,dispatch,compiler,peers,mixed] [--sizes 256,512] [--repeats R]
+    graphc bench [--suite gemm,mlp,lr,dispatch,compiler,peers,mixed,instep] [--sizes 256,512] [--repeats R]
                  [--threads N] [--nodes 100,1000,10000] [--rss-steps 1000] [--json [PATH]]
                  [--peers numpy,torch,jax,pytensor,graphc-c,graphc-numpy] [--workloads lr,small,mlp]
                  [--rounds 7] [--mixed] [--mixed-size 1024]
@@ -11,9 +11,10 @@ The default suites are gemm,mlp,lr,dispatch,compiler (quick looks; gemm times gr
 worker process each, the others run in this process). `peers` is the fair
 comparison with NumPy, PyTorch, JAX, PyTensor (each peer in its own process, rounds interleaved; see
 graphc.tools.bench.peers); `--mixed` (alone: only that suite) measures graphc and NumPy in one
-process and graphc next to a busy process (graphc.tools.bench.mixed). The workloads are described in
-graphc.tools.bench.workloads; the GEMM table in .gemm; the compiler suite (passes on/off, arena
-bytes, compile time vs graph size, RSS) in .compiler.
+process and graphc next to a busy process (graphc.tools.bench.mixed); `instep` compares the W-mlp
+step's large kernels inside the step with the same kernels alone (graphc.tools.bench.instep). The
+workloads are described in graphc.tools.bench.workloads; the GEMM table in .gemm; the compiler
+suite (passes on/off, arena bytes, compile time vs graph size, RSS) in .compiler.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import sys
 
 import numpy as np
 
-SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler", "peers", "mixed")
+SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler", "peers", "mixed", "instep")
 DEFAULT_SUITES = ("gemm", "mlp", "lr", "dispatch", "compiler")
 
 
@@ -101,6 +102,9 @@ def _format(suite, rows) -> str:
     if suite == "mixed":
         from .mixed import format_tables as mixed_tables
         return mixed_tables(rows)
+    if suite == "instep":
+        from .instep import format_table as instep_table
+        return instep_table(rows)
     if suite == "lr":
         return _table(rows, [("impl", "W-lr step (30->1, 569 samples, f64)", "{}"),
                              ("median_us", "us", "{:.1f}"), ("vs_numpy", "x numpy", "{:.2f}")])
@@ -137,6 +141,9 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=N
                 results[suite] = W.mlp_table(repeats=repeats or 20)
             elif suite == "lr":
                 results[suite] = W.lr_table(repeats=repeats or 20)
+            elif suite == "instep":
+                from .instep import REPEATS, instep_table
+                results[suite] = instep_table(repeats or REPEATS)
             elif suite == "compiler":
                 from .compiler import compiler_suite
                 results[suite] = compiler_suite(repeats, nodes, rss_steps, threads)
