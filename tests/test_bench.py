@@ -215,11 +215,11 @@ def test_mixed_small(tmp_path, capsys):
 def test_instep_rebuilds_each_large_step_alone(capsys):
     """--suite instep: the W-mlp step's large kernels are timed inside the step and rebuilt alone
     with the same op, attributes and lowering (the side-by-side pair stays a pair)."""
-    assert main(["--suite", "instep", "--repeats", "2"]) == 0
+    assert main(["--suite", "instep", "--repeats", "2", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
     assert "alone / in step" in out and "issue 14 asks >= 0.95" in out
     from graphc.tools.bench.instep import instep_table
-    res = instep_table(repeats=2)
+    res = instep_table(repeats=2, rounds=2)
     whats = [r["what"] for r in res["rows"]]
     assert "dense 256x512" in whats and "matmul_update 784x512" in whats
     pair = next(r for r in res["rows"] if "," in r["steps"])
@@ -227,8 +227,9 @@ def test_instep_rebuilds_each_large_step_alone(capsys):
     for r in res["rows"]:  # a step with integer inputs (labels) is not rebuilt: its row has no alone time
         assert r["in_step_us"] > 0
         if r["alone_us"] is not None:
-            assert r["alone_us"] > 0 and r["kept"] == pytest.approx(r["alone_us"] / r["in_step_us"])
-    assert 0.5 < res["covered"] <= 1.0 and res["kept"] > 0
+            assert r["alone_us"] > 0 and r["kept"] > 0  # the median of the rounds' alone / in-step ratios
+    assert 0.5 < res["covered"] <= 1.0 and res["rounds"] == 2
+    assert res["kept_range"][0] <= res["kept"] <= res["kept_range"][1]
 
 
 def test_gemm_suite_times_each_library_in_its_own_process():

@@ -142,8 +142,8 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=N
             elif suite == "lr":
                 results[suite] = W.lr_table(repeats=repeats or 20)
             elif suite == "instep":
-                from .instep import REPEATS, instep_table
-                results[suite] = instep_table(repeats or REPEATS)
+                from .instep import REPEATS, ROUNDS, instep_table
+                results[suite] = instep_table(repeats or REPEATS, rounds or ROUNDS)
             elif suite == "compiler":
                 from .compiler import compiler_suite
                 results[suite] = compiler_suite(repeats, nodes, rss_steps, threads)
