@@ -96,6 +96,46 @@ def mlp_step(batch=8, sizes=(6, 5, 4, 3), dtype=np.float64, seed=0):
     return loss, params, grads, feeds
 
 
+def test_mixed_float_operands_get_an_explicit_exact_cast():
+    """x32 @ w64 + b32 and comparisons/where between float32 and float64: simplify inserts the
+    cast NumPy's promotion does implicitly, below a transpose so the GEMM flags still absorb it.
+    The values are bit-identical to the unrewritten graph on NumPy (the cast is exact and NumPy
+    computes the mixed primitive in float64 too), and on C nothing is left to NumPy steps."""
+    rng = np.random.default_rng(0)
+    x = gc.placeholder("x", (None, 6), "float32")
+    w = gc.parameter(rng.standard_normal((5, 6)))  # float64
+    b = gc.parameter(rng.standard_normal(5).astype(np.float32))
+    z = gc.matmul(x, gc.transpose(w)) + b
+    outs = [gc.sum(gc.where(z > b, z, b * 2.0)), gc.maximum(z, b) ** gc.constant(np.float32(2.0))]
+    outs.append(gc.grad(outs[0], w))
+    feeds = dict(x=rng.standard_normal((7, 6)).astype(np.float32))
+    rewritten = simplify(concrete(outs, **feeds))
+    for n in reachable(rewritten):
+        floats = {i.dtype for i in n.inputs if i.dtype.kind == "f"}
+        if n.op in ("matmul", "add", "mul", "greater", "where", "maximum", "pow"):
+            assert len(floats) <= 1, (n.op, floats)
+    mm = [n for n in reachable(rewritten) if n.op == "matmul" and n.shape == (7, 5)]
+    assert mm and mm[0].attrs["trans_b"] and mm[0].inputs[0].op == "cast"  # the transpose became a flag
+    plain = gc.compile(outs, backend="numpy", optimize=False)(**feeds)
+    with_pass = gc.compile(outs, backend="numpy", passes=["simplify"])(**feeds)
+    for a, e in zip(with_pass, plain):
+        assert a.dtype == e.dtype
+        np.testing.assert_array_equal(a, e)
+    if gc.backend_info()["c_available"]:
+        f = gc.compile(outs, backend="c")
+        for a, e in zip(f(**feeds), plain):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+        # a layer of float64 weights on a float32 batch, and its gradients: every step runs in C
+        loss = gc.sum(gc.relu(gc.matmul(x, w, trans_b=True) + b) ** 2.0)
+        step = gc.compile([loss] + gc.grad(loss, [w, b]), backend="c")
+        got = step(**feeds)
+        assert next(iter(step._plans.values()))[1].numpy_steps == []
+        want = gc.compile([loss] + gc.grad(loss, [w, b]), backend="numpy", optimize=False)(**feeds)
+        for a, e in zip(got, want):
+            assert a.dtype == e.dtype
+            np.testing.assert_allclose(a, e, rtol=1e-12)
+
+
 def test_fusion_fires_on_the_mlp_training_graph():
     loss, params, grads, feeds = mlp_step()
     updates = [p - 0.1 * g for p, g in zip(params, grads)]

@@ -3,7 +3,8 @@
 Each pass takes the list of output Tensors and returns a new list; nodes are immutable, so a
 pass rebuilds only what changes. The pipeline, in order:
 
-  simplify        x*1, x+0, --x, transpose∘transpose, sum over size-1 axes, matmul(Aᵀ, B) -> trans flag
+  simplify        x*1, x+0, --x, transpose∘transpose, sum over size-1 axes, matmul(Aᵀ, B) -> trans flag,
+                  op(float32, float64) -> op(cast(float32), float64) for products and binary primitives
   fold_constants  evaluate subgraphs that depend on constants only
   cse             one node per (op, attributes, inputs), also across forward and backward
   fuse_losses     nll_loss(log_softmax(z)) -> softmax_cross_entropy(z); BCE(sigmoid(z)) -> BCE on logits
