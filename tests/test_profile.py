@@ -5,29 +5,17 @@ import pytest
 import graphc as gc
 from graphc.backends import C_AVAILABLE
 from graphc.ir.errors import GraphError
+from graphc.tools.bench.workloads import _mlp_data, graphc_mlp_step
 
 BACKENDS = ["numpy", pytest.param("c", marks=pytest.mark.skipif(not C_AVAILABLE, reason="C extension not built"))]
 
 
 def _mlp_step(backend, lr=0.1):
-    rng = np.random.default_rng(0)
+    """An SGD step of a 20-64-48-5 MLP on 256 rows (the benchmark's W-mlp recipe, smaller)."""
     sizes = (20, 64, 48, 5)
-    params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        params += [gc.parameter(rng.standard_normal((fan_in, fan_out)).astype(np.float32) * 0.3),
-                   gc.parameter(np.zeros(fan_out, np.float32))]
-    x = gc.placeholder("x", (None, sizes[0]), "float32")
-    y = gc.placeholder("y", (None,), "int64")
-    h = x
-    for i in range(0, len(params), 2):
-        h = h @ params[i] + params[i + 1]
-        if i + 2 < len(params):
-            h = gc.relu(h)
-    loss = gc.softmax_cross_entropy(h, y)
-    grads = gc.grad(loss, params)
-    f = gc.compile(loss, backend=backend, updates={p: p - lr * g for p, g in zip(params, grads)})
-    feeds = dict(x=rng.standard_normal((256, sizes[0])).astype(np.float32), y=rng.integers(0, sizes[-1], 256))
-    return f, params, feeds
+    weights, x, y = _mlp_data(256, sizes, "float32")
+    _, params, f = graphc_mlp_step(weights, sizes, "float32", lr, backend)
+    return f, params, dict(x=x, y=y)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
