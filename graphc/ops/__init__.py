@@ -38,7 +38,9 @@ class OpDef:
     """Everything graphc knows about one op. Every other layer reads its tables from here.
 
     Semantics: `infer` (shape+dtype rule), `forward` (NumPy), `vjp` (built from graphc ops, so
-    gradients are graphs), `differentiable` (False: gradients through it are zero).
+    gradients are graphs), `differentiable` (False: gradients through it are zero), `promotes`
+    (the forward is one NumPy primitive that promotes mixed float operands itself, so casting the
+    float32 ones to float64 first gives the same value: the simplify pass makes that cast explicit).
 
     Memory traits, read by the arena planner (both `Function.explain()` and the C backend):
     `inplace` (its kernels may write the output over a same-size input, index for index) and
@@ -64,6 +66,7 @@ class OpDef:
     vjp: Optional[Callable] = None  # (g, out, *inputs, **attrs) -> list[Tensor | None], one per input
     domain: Any = ()  # one Domain per input (missing entries: Domain()), or a callable(**attrs) giving them
     differentiable: bool = True
+    promotes: bool = False
     elementwise: bool = False
     arity: Optional[int] = None  # None = variadic
     # memory

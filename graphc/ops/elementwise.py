@@ -321,7 +321,7 @@ _BINARY = {
 }
 for _name, (_fwd, _vjp, _dom) in _BINARY.items():
     register(OpDef(_name, infer=_binary_infer, forward=_fwd, vjp=_vjp, domain=_dom, arity=2, elementwise=True,
-                   inplace=True, lowering="binary", fusible=_name != "pow", fuzz="binary",
+                   promotes=True, inplace=True, lowering="binary", fusible=_name != "pow", fuzz="binary",
                    fuzz_weight=2 if _name in ("add", "mul") else 1))
 
 
@@ -370,6 +370,7 @@ _COMPARE = {"less": np.less, "less_equal": np.less_equal, "greater": np.greater,
             "greater_equal": np.greater_equal, "equal": np.equal, "not_equal": np.not_equal}
 for _name, _fwd in _COMPARE.items():
     register(OpDef(_name, infer=_compare_infer, forward=_fwd, differentiable=False, arity=2, elementwise=True,
+                   promotes=True,
                    domain=(Domain(distinct=True), Domain(distinct=True)), fuzz="binary"))
 
 
@@ -410,7 +411,7 @@ def _where_vjp(g, out, c, a, b):
     return [None, unbroadcast(where(c, g, zero), a), unbroadcast(where(c, zero, g), b)]
 
 
-register(OpDef("where", infer=_where_infer, forward=np.where, vjp=_where_vjp, arity=3, elementwise=True,
+register(OpDef("where", infer=_where_infer, forward=np.where, vjp=_where_vjp, arity=3, elementwise=True, promotes=True,
                fuzz="where"))
 
 

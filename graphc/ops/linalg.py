@@ -65,7 +65,7 @@ def _matmul_vjp(g, out, a, b, trans_a=False, trans_b=False):
     return [squeeze(ga, 0) if a.ndim == 1 else ga, squeeze(gb, 1) if b.ndim == 1 else gb]
 
 
-register(OpDef("matmul", infer=_matmul_infer, forward=_matmul_forward, vjp=_matmul_vjp, arity=2,
+register(OpDef("matmul", infer=_matmul_infer, forward=_matmul_forward, vjp=_matmul_vjp, arity=2, promotes=True,
                lowering="gemm", fuzz="matmul", fuzz_weight=2))
 
 

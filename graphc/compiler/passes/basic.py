@@ -99,10 +99,9 @@ def _widened(x: Tensor, dtype, source: str) -> Tensor:
     return Tensor("cast", [x], {"dtype": np.dtype(dtype)}, x.shape, np.dtype(dtype), None, source)
 
 
-# Ops that compute one NumPy primitive of their operands, which NumPy itself promotes first (a
-# compound op such as activation_grad would round its float32 intermediates differently in float64).
-_MIXED_FLOAT_OPS = ("matmul", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "where",
-                    "equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
+# Ops whose forward is one NumPy primitive that promotes mixed operands itself (OpDef.promotes); a
+# compound op such as activation_grad would round its float32 intermediates differently in float64.
+_MIXED_FLOAT_OPS = sorted(name for name, d in REGISTRY.items() if d.promotes)
 
 
 @simplify.rule(*_MIXED_FLOAT_OPS)
