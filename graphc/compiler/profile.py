@@ -32,7 +32,7 @@ class Profile(str):
       call path (the calls alternate with the timed ones);
     - steps_seconds: the steps' total per call (mean), output copies included;
     - copy_seconds: copying outputs out of the C arena, per call (mean);
-    - repeats, backend, threads."""
+    - repeats, backend, threads (the C backend's; None on NumPy)."""
 
     def __new__(cls, text: str, **data):
         obj = super().__new__(cls, text)
@@ -75,7 +75,7 @@ def profile_function(f, args: tuple, feeds: dict, repeats: int) -> Profile:
                          note=notes.get(k, "") + (f"; its time is counted under step {counted_in[k]}"
                                                   if k in counted_in else "")))
     from .. import backends
-    threads = backends.backend_info()["threads"] if f.backend == "c" else 1
+    threads = backends.backend_info()["threads"] if f.backend == "c" else None  # NumPy's BLAS has its own
     data = dict(rows=rows, call_seconds=float(np.median(walls)), call_mean_seconds=float(np.mean(walls)),
                 steps_seconds=total,
                 copy_seconds=float(seconds[-1]), repeats=repeats, backend=f.backend, threads=threads)
@@ -91,12 +91,13 @@ def _format(d: dict) -> str:
     rest = d["call_mean_seconds"] - d["steps_seconds"]  # two means over the same alternating calls
     rest_text = (f"{t(rest)} (mean call {t(d['call_mean_seconds'])} minus the steps)" if rest > 0 else
                  f"within the noise (the mean call, {t(d['call_mean_seconds'])}, is not longer than its steps)")
-    lines = [f"Profile: {len(d['rows'])} steps, backend {d['backend']}, {d['threads']} thread(s), "
-             f"{d['repeats']} calls per measurement",
+    threads = f", {d['threads']} thread(s)" if d["threads"] else ""
+    path = ("feed checks, pointers, output buffers, Python -> C, the interpreter's loop" if d["backend"] == "c"
+            else "feed checks, the step loop in Python, output copies")
+    lines = [f"Profile: {len(d['rows'])} steps, backend {d['backend']}{threads}, {d['repeats']} calls per measurement",
              f"  one call: {t(d['call_seconds'])} (median, the usual call path); its steps "
              f"{t(d['steps_seconds'])} (mean, timed), of which output copies {t(d['copy_seconds'])};",
-             f"  besides the steps (the call path: feed checks, pointers, output buffers, Python -> C, the "
-             f"interpreter's loop): {rest_text}",
+             f"  besides the steps (the call path: {path}): {rest_text}",
              f"  {'step':>4}  {'us':>9}  {'share':>6}  op -> shape   # created at"]
     for r in d["rows"]:
         us = f"{r['seconds'] * 1e6:9.1f}" if r["seconds"] > 0 else f"{'-':>9}"
