@@ -358,7 +358,8 @@ GEMM_EX_EPILOGUE(f64, double)
 static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int64_t nargs);
 
 /* GC_OP_SIDE_BY_SIDE: thread t runs instruction t; a kernel's own parallel region nested in this
- * one runs on its thread alone. */
+ * one runs on its thread alone. With one thread set (gc_set_num_threads) the two run one after the
+ * other on the caller: the pair is lowered once per plan, the thread count is read per call. */
 typedef struct {
     exec_ctx *c;
     const int64_t *instr[2];
@@ -381,7 +382,7 @@ static int run_instr(exec_ctx *c, int64_t op, int64_t dt, const int64_t *a, int6
         const int64_t *b = a + a[1];
         if (b[1] != nargs - a[1] || a[0] == GC_OP_SIDE_BY_SIDE || b[0] == GC_OP_SIDE_BY_SIDE) return GC_E_BADCODE;
         side_by_side_ctx x = {c, {a, b}, {GC_K_OK, GC_K_OK}};
-        gc_parallel(2, side_by_side_thread, &x);
+        gc_parallel(gc_get_num_threads() > 1 ? 2 : 1, side_by_side_thread, &x);
         for (int i = 0; i < 2; i++)
             if (x.status[i] != GC_K_OK) {
                 c->failed_step = x.instr[i][2];

@@ -308,6 +308,30 @@ def test_pool_counts_the_regions_it_runs_on_more_than_one_thread():
     assert regions_of(32, 2) == 0
 
 
+def test_a_side_by_side_pair_honours_one_thread():
+    """The middle layer's backward GEMMs of an MLP step lower to one side-by-side pair (two
+    threads, one GEMM each). Set to one thread after compiling, the same plan runs the pair on the
+    caller, one GEMM after the other, with the same values: no region on two threads."""
+    from graphc.tools.bench.workloads import _mlp_data, graphc_mlp_step
+    sizes = (64, 128, 128, 10)  # 2^20 multiply-adds per middle GEMM: above SIDE_BY_SIDE_MIN_FMAS
+    lib.gc_set_num_threads(2)
+    results = {}
+    for threads in (2, 1):
+        weights, x, y = _mlp_data(64, sizes, "float32")
+        _, params, f = graphc_mlp_step(weights, sizes, "float32", 0.1, "c")
+        f(x=x, y=y)  # compiled (and the pool started) at 2 threads
+        assert next(iter(f._plans.values()))[1].lowered.side_by_side, "no pair: the test sees nothing"
+        lib.gc_set_num_threads(threads)
+        before = lib.gc_pool_regions()
+        f(x=x, y=y)
+        regions = lib.gc_pool_regions() - before
+        results[threads] = [p.value.copy() for p in params]
+        lib.gc_set_num_threads(2)
+        assert (regions == 0) == (threads == 1), (threads, regions)
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_array_equal(a, b)  # each GEMM alone on a thread: the same bits
+
+
 # -- fork, concurrency -----------------------------------------------------------------------------
 def _gemm_check(_=None):
     """A GEMM big enough for 2 threads; returns (max error, pool workers before, after)."""
