@@ -4,6 +4,10 @@ Tolerances, relative to the reference output's norm: float64 1e-12, float32 1e-5
 must sit in the same places.
 """
 import inspect
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -912,3 +916,42 @@ def test_softmax_ce_gradient_under_an_infinite_upstream_gradient_matches_numpy(d
             assert grad_c[0, 2] == -np.inf and grad_c[1, 1] == -np.inf and np.isposinf(grad_c[0, [0, 1, 3, 4]]).all()
     finally:
         lib.gc_kernels_set_simd(1)
+
+
+_SIMD_SCRIPT = """
+import json, warnings
+import numpy as np
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import graphc as gc
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((300, 200)).astype(np.float32), rng.standard_normal((200, 70)).astype(np.float32)
+x, w = gc.placeholder("x", a.shape, "float32"), gc.placeholder("w", b.shape, "float32")
+got = gc.compile(gc.relu(x @ w), backend="c")(x=a, w=b)
+want = np.maximum(a.astype(np.float64) @ b, 0)
+err = float(np.abs(got - want).max() / np.abs(want).max())
+print(json.dumps(dict(info=gc.backend_info(), err=err, warnings=[str(c.message) for c in caught])))
+"""
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "bogus"])
+def test_graphc_simd_caps_the_kernels_instruction_set(level):
+    """GRAPHC_SIMD=scalar|avx2|avx512 caps the C kernels below what the CPU has (a user can measure
+    the AVX2 path on an AVX-512 machine); the results stay right; an unknown value warns and is
+    ignored."""
+    env = dict(os.environ, GRAPHC_SIMD=level, GRAPHC_BACKEND="c")
+    best = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], env=dict(env, GRAPHC_SIMD=""), capture_output=True,
+                          text=True, check=True)
+    best = json.loads(best.stdout)["info"]
+    out = json.loads(subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out["err"] < 1e-5
+    levels = ["scalar", "avx2", "avx512"]
+    if level == "bogus":
+        assert out["info"]["gemm_simd"] == best["gemm_simd"]
+        assert any("GRAPHC_SIMD='bogus'" in m for m in out["warnings"]), out["warnings"]
+        return
+    assert not out["warnings"]
+    expect = levels[min(levels.index(level), levels.index(best["gemm_simd"]))]
+    assert out["info"]["gemm_simd"] == expect
+    assert out["info"]["avx2"] == (expect != "scalar" and best["avx2"])

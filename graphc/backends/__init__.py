@@ -31,6 +31,26 @@ C_AVAILABLE = _cgraphc is not None
 BACKENDS = ("auto", "c", "numpy")
 _warned = False
 
+# GRAPHC_SIMD caps the C kernels' instruction set below the best the CPU has, e.g. to measure on
+# an AVX-512 machine what a user with AVX2 only gets, or to rule the vector paths out of a bug.
+SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
+def _cap_simd() -> None:
+    want = os.environ.get("GRAPHC_SIMD", "").strip().lower()
+    if not want or not C_AVAILABLE:
+        return
+    if want not in SIMD_LEVELS:
+        warnings.warn(f"GRAPHC_SIMD={want!r} is not one of {SIMD_LEVELS}; ignored (the best level the CPU "
+                      "has is used)", RuntimeWarning, stacklevel=2)
+        return
+    level = SIMD_LEVELS.index(want)
+    _cgraphc.lib.gc_set_simd_max(level)  # the GEMM (and its thin kernels)
+    _cgraphc.lib.gc_kernels_set_simd(int(level >= 1))  # the vector-math and loss kernels (AVX2 at most)
+
+
+_cap_simd()
+
 
 def _warn_once() -> None:
     global _warned
@@ -76,8 +96,8 @@ def set_num_threads(n: int) -> None:
 
 def backend_info() -> dict:
     """Which backend runs by default, whether the AVX2+FMA kernels were selected, the GEMM's SIMD
-    level ("scalar", "avx2" or "avx512"), thread count, and whether large calls end NumPy's
-    spinning OpenBLAS workers first (backends/openblas.py)."""
+    level ("scalar", "avx2" or "avx512": the best the CPU has, or lower under GRAPHC_SIMD), thread
+    count, and whether large calls end NumPy's spinning OpenBLAS workers first (backends/openblas.py)."""
     from . import openblas
     info = {"backend": resolve(), "c_available": C_AVAILABLE, "avx2": False, "gemm_simd": "scalar",
             "threads": 1, "c_import_error": C_IMPORT_ERROR, "release_openblas": openblas.enabled()}

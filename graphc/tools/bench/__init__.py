@@ -58,7 +58,8 @@ def machine_info(threads=None) -> dict:
     out = {
         "cpu": cpu_model(), "isa": cpu_isa(), "logical_cpus": os.cpu_count(),
         "graphc_threads": threads or info["threads"],
-        "avx2": info["avx2"], "c_available": info["c_available"], "python": platform.python_version(),
+        "avx2": info["avx2"], "gemm_simd": info["gemm_simd"], "c_available": info["c_available"],
+        "python": platform.python_version(),
         "numpy": np.__version__, "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -197,7 +198,8 @@ def main(argv=None) -> int:
     info = machine_info(args.threads)
     if not quiet:
         print(f"machine: {info['cpu']} ({info['isa']}), {info['logical_cpus']} logical CPUs, graphc "
-              f"{info['graphc_threads']} threads, graphc AVX2 kernels {info['avx2']}")
+              f"{info['graphc_threads']} threads, graphc AVX2 kernels {info['avx2']}, GEMM {info['gemm_simd']}"
+              f"{' (GRAPHC_SIMD)' if os.environ.get('GRAPHC_SIMD') else ''}")
         print(f"numpy {info['numpy']}, BLAS: {'; '.join(info['blas'])}; torch: {info['torch']}")
         print(f"python {info['python']}, {info['platform']}, {info['date']}")
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
