@@ -251,3 +251,24 @@ def test_gemm_suite_times_each_library_in_its_own_process():
         assert r["graphc_gflops"] > 0 and r["numpy_gflops"] > 0 and r["ratio"] > 0
         assert r["max_rel_err"] < (1e-5 if r["dtype"] == "float32" else 1e-13)
     assert "48^3" in format_table(rows)
+
+
+def test_isa_cap_runs_the_bench_in_a_capped_child(tmp_path):
+    """--isa avx2 reruns the whole bench in a child process whose libraries are capped to AVX2:
+    graphc's GEMM reports the AVX2 level (on a CPU that has it) and the JSON says so."""
+    import subprocess
+    import sys
+    if not graphc.backend_info()["c_available"]:
+        pytest.skip("C extension not built")
+    out = tmp_path / "isa.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("GRAPHC_SIMD", "OPENBLAS_CORETYPE")}
+    subprocess.run([sys.executable, "-m", "graphc.tools.cli", "bench", "--suite", "lr", "--repeats", "2",
+                    "--isa", "avx2", "--json", str(out)], env=env, check=True, capture_output=True, text=True)
+    machine = json.loads(out.read_text())["machine"]
+    have = graphc.backend_info()["gemm_simd"]
+    if have not in ("avx2", "avx512"):
+        pytest.skip(f"this CPU's GEMM level is {have}: nothing to cap")
+    assert machine["gemm_simd"] == "avx2"
+    assert graphc.backend_info()["gemm_simd"] == have  # this process was left alone
+    openblas = [b for b in machine["blas"] if b.startswith("openblas")]
+    assert all("(Haswell)" in b for b in openblas), openblas  # NumPy's DYNAMIC_ARCH OpenBLAS took the cap

@@ -153,6 +153,23 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=N
     return {s: results[s] for s in suites}
 
 
+# --isa: the variables that cap each library's instruction set. OPENBLAS_CORETYPE needs a
+# DYNAMIC_ARCH OpenBLAS (NumPy's and SciPy's wheels are); each peer's header line shows what loaded.
+ISA_CAPS = {"avx2": {"GRAPHC_SIMD": "avx2", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+                     "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
+
+
+def isa_env(isa: str) -> dict:
+    """The environment of a run capped to `isa` (XLA_FLAGS keeps the flags already set)."""
+    env = dict(ISA_CAPS[isa])
+    xla = os.environ.get("XLA_FLAGS", "")
+    if env["XLA_FLAGS"] not in xla.split():
+        env["XLA_FLAGS"] = f"{xla} {env['XLA_FLAGS']}".strip()
+    else:
+        env["XLA_FLAGS"] = xla
+    return env
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="graphc bench", description=__doc__.splitlines()[0])
     p.add_argument("--suite", default=None, help=f"comma-separated subset of {','.join(SUITES)} "
@@ -175,7 +192,17 @@ def main(argv=None) -> int:
     p.add_argument("--mixed-size", type=int, default=None, help="mixed: GEMM size (default 1024)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print JSON instead of tables (or, with PATH, also write it there)")
+    p.add_argument("--isa", choices=sorted(ISA_CAPS), default=None,
+                   help="cap every library's SIMD level (graphc, OpenBLAS, PyTorch, XLA) to measure what a CPU "
+                        "without AVX-512 gets; the whole run goes to a child process with the variables set")
     args = p.parse_args(argv)
+    if args.isa and any(os.environ.get(k) != v for k, v in isa_env(args.isa).items()):
+        import subprocess  # the capped libraries read their variables when they load: a fresh process
+        rest = list(sys.argv[1:] if argv is None else argv)
+        if rest and rest[0] == "bench":
+            rest = rest[1:]
+        env = dict(os.environ, **isa_env(args.isa))
+        return subprocess.run([sys.executable, "-m", "graphc.tools.cli", "bench", *rest], env=env).returncode
     suite_arg = args.suite if args.suite is not None else ("" if args.mixed else ",".join(DEFAULT_SUITES))
     suites = [s.strip() for s in suite_arg.split(",") if s.strip()]
     if args.mixed and "mixed" not in suites:
@@ -202,6 +229,9 @@ def main(argv=None) -> int:
               f"{' (GRAPHC_SIMD)' if os.environ.get('GRAPHC_SIMD') else ''}")
         print(f"numpy {info['numpy']}, BLAS: {'; '.join(info['blas'])}; torch: {info['torch']}")
         print(f"python {info['python']}, {info['platform']}, {info['date']}")
+        capped = {k: os.environ[k] for k in ISA_CAPS["avx2"] if os.environ.get(k)}
+        if capped:
+            print("instruction sets capped: " + " ".join(f"{k}={v!r}" for k, v in capped.items()))
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
     results = run_suites(suites, sizes, args.repeats, args.threads, log, nodes, args.rss_steps,
                          split(args.peers), split(args.workloads), args.rounds, args.mixed_size,
