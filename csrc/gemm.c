@@ -383,6 +383,9 @@ GEN_SCALAR(d, double, act_f64)
 #ifdef GC_X86
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(GC_NO_ASM)
+#define GC_AVX2_ASM 1 /* the packed AVX2 k loops in inline assembly (see ASM_KLOOP4) */
+#endif
 GEN_DIRECT(s_direct_fma, s, float, AVX2, __builtin_fmaf)
 GEN_DIRECT(d_direct_fma, d, double, AVX2, __builtin_fma)
 
@@ -736,6 +739,41 @@ AVX2 static void d_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, 
     }
 }
 
+/* The k loop of the packed 6-row kernels, four k steps per iteration, in assembly. Written in C,
+ * GCC 12 spills an accumulator once per four k steps and copies others between registers (16 ymm:
+ * 12 accumulators, 2 B vectors, 1 A broadcast leave it one spare); a loop of single k steps has no
+ * spill but ~6 instructions of loop overhead per 12 FMAs. Measured on the 2-core AMD EPYC (Zen 4)
+ * VM under GRAPHC_SIMD=avx2, 2026-12-02, interleaved processes, W-mlp shapes: the single-step C
+ * loop ran 4-9 % faster than the unrolled one on one thread but 3-8 % slower on two; this loop ran
+ * 4.5-8 % faster on one thread and 6-8 % on two (float32; float64 0-5 %), and the whole W-mlp step
+ * took 0.91x the time (bench/ab_trees.py, 15 rounds). Each accumulator gets the same
+ * FMAs in the same order as the C version (kept for the strided kernels and the k tail), so the
+ * results are bitwise the same. Accumulators are register operands ("+x"); ymm12-15 hold the B
+ * vectors and alternating A broadcasts. SFX_ (defined around each use): ps / pd; BC: ss / sd; ES:
+ * element bytes; MR = 6. */
+#define ASM_ROW(BC, ES, k, i, R)                                                                   \
+    "vbroadcast" BC " (" #ES "*" #i "+6*" #ES "*" #k ")(%[a]), %%ymm" R "\n\t"                  \
+    "vfmadd231" SFX_ " %%ymm12, %%ymm" R ", %t[c" #i "0]\n\t"                                   \
+    "vfmadd231" SFX_ " %%ymm13, %%ymm" R ", %t[c" #i "1]\n\t"
+#define ASM_KSTEP(BC, ES, k)                                                                       \
+    "vmovaps (64*" #k ")(%[b]), %%ymm12\n\t"                                                     \
+    "vmovaps (64*" #k "+32)(%[b]), %%ymm13\n\t"                                                  \
+    ASM_ROW(BC, ES, k, 0, "14") ASM_ROW(BC, ES, k, 1, "15") ASM_ROW(BC, ES, k, 2, "14")            \
+    ASM_ROW(BC, ES, k, 3, "15") ASM_ROW(BC, ES, k, 4, "14") ASM_ROW(BC, ES, k, 5, "15")
+#define ASM_KLOOP4(BC, ES, n4)                                                                     \
+    __asm__("1:\n\t"                                                                               \
+            "prefetcht0 (6*" #ES "*8)(%[a])\n\t"                                                  \
+            ASM_KSTEP(BC, ES, 0) ASM_KSTEP(BC, ES, 1) ASM_KSTEP(BC, ES, 2) ASM_KSTEP(BC, ES, 3)    \
+            "add $(6*" #ES "*4), %[a]\n\t"                                                        \
+            "add $256, %[b]\n\t"                                                                   \
+            "dec %[n]\n\t"                                                                         \
+            "jnz 1b\n\t"                                                                           \
+            : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n4), [c00] "+x"(c00), [c01] "+x"(c01),            \
+              [c10] "+x"(c10), [c11] "+x"(c11), [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), \
+              [c31] "+x"(c31), [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51)  \
+            :                                                                                      \
+            : "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc")
+
 AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t csa,
                                const float *b, float *c, int64_t ldc, int64_t m, int64_t n,
                                const epi_t *e, const float *bias) {
@@ -752,6 +790,15 @@ AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t 
         }
 
     int64_t k = 0;
+#ifdef GC_AVX2_ASM
+    if (rsa == 1 && csa == S_MR && kc >= 4) { /* packed A: constants once inlined */
+        int64_t n4 = kc / 4;
+#define SFX_ "ps"
+        ASM_KLOOP4("ss", 4, n4);
+#undef SFX_
+        k = kc - kc % 4;
+    }
+#endif
     for (; k + 4 <= kc; k += 4) {
         _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
         K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
@@ -793,6 +840,15 @@ AVX2_INLINE void d_kernel_body(int64_t kc, const double *a, int64_t rsa, int64_t
         }
 
     int64_t k = 0;
+#ifdef GC_AVX2_ASM
+    if (rsa == 1 && csa == D_MR && kc >= 4) { /* packed A: constants once inlined */
+        int64_t n4 = kc / 4;
+#define SFX_ "pd"
+        ASM_KLOOP4("sd", 8, n4);
+#undef SFX_
+        k = kc - kc % 4;
+    }
+#endif
     for (; k + 4 <= kc; k += 4) {
         _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
         K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);

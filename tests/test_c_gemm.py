@@ -733,6 +733,26 @@ def test_tiny_and_blocked_products_round_alike(level, transA):
         assert values[1] == np.inf
 
 
+@pytest.mark.parametrize("level", [p for p in LEVELS if p.values[0] == AVX2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,K", [(120, 4), (80, 5), (65, 7)])
+def test_packed_kernel_sums_k_in_order_like_the_direct_path(level, dtype, N, K):
+    """The packed AVX2 kernels' k loop (inline assembly, four k steps at a time, then the C tail)
+    forms every C[i, j] as the FMA chain over k = 0, 1, ... that the direct path forms: a row
+    alone (N*K < 512 multiply-adds) takes the direct path, 64 rows the packed one (N > 64: A is
+    packed), and their bits agree on random operands, where another order would round apart."""
+    set_level(level)
+    rng = np.random.default_rng(K)
+    A = rng.standard_normal((64, K)).astype(dtype)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    blocked = np.empty((64, N), dtype)
+    gemm(A, B, blocked)
+    for i in range(64):
+        row = np.empty((1, N), dtype)
+        gemm(A[i:i + 1], B, row)
+        np.testing.assert_array_equal(blocked[i], row[0], err_msg=f"row {i}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(569, 1, 30, 0, 0), (1, 30, 569, 1, 0), (30, 1, 569, 1, 0), (1, 1, 70, 0, 0),
                                    (1, 10, 32, 0, 1), (32, 10, 32, 0, 0), (10, 33, 17, 1, 1)])
