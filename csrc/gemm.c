@@ -749,21 +749,23 @@ AVX2 static void d_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, 
  * took 0.91x the time (bench/ab_trees.py, 15 rounds). Each accumulator gets the same
  * FMAs in the same order as the C version (kept for the strided kernels and the k tail), so the
  * results are bitwise the same. Accumulators are register operands ("+x"); ymm12-15 hold the B
- * vectors and alternating A broadcasts. SFX_ (defined around each use): ps / pd; BC: ss / sd; ES:
+ * vectors and alternating A broadcasts. SFX: "ps" / "pd"; BC: "ss" / "sd"; ES:
  * element bytes; MR = 6. */
-#define ASM_ROW(BC, ES, k, i, R)                                                                   \
+#define ASM_ROW(SFX, BC, ES, k, i, R)                                                              \
     "vbroadcast" BC " (" #ES "*" #i "+6*" #ES "*" #k ")(%[a]), %%ymm" R "\n\t"                  \
-    "vfmadd231" SFX_ " %%ymm12, %%ymm" R ", %t[c" #i "0]\n\t"                                   \
-    "vfmadd231" SFX_ " %%ymm13, %%ymm" R ", %t[c" #i "1]\n\t"
-#define ASM_KSTEP(BC, ES, k)                                                                       \
+    "vfmadd231" SFX " %%ymm12, %%ymm" R ", %t[c" #i "0]\n\t"                                    \
+    "vfmadd231" SFX " %%ymm13, %%ymm" R ", %t[c" #i "1]\n\t"
+#define ASM_KSTEP(SFX, BC, ES, k)                                                                  \
     "vmovaps (64*" #k ")(%[b]), %%ymm12\n\t"                                                     \
     "vmovaps (64*" #k "+32)(%[b]), %%ymm13\n\t"                                                  \
-    ASM_ROW(BC, ES, k, 0, "14") ASM_ROW(BC, ES, k, 1, "15") ASM_ROW(BC, ES, k, 2, "14")            \
-    ASM_ROW(BC, ES, k, 3, "15") ASM_ROW(BC, ES, k, 4, "14") ASM_ROW(BC, ES, k, 5, "15")
-#define ASM_KLOOP4(BC, ES, n4)                                                                     \
+    ASM_ROW(SFX, BC, ES, k, 0, "14") ASM_ROW(SFX, BC, ES, k, 1, "15")                              \
+    ASM_ROW(SFX, BC, ES, k, 2, "14") ASM_ROW(SFX, BC, ES, k, 3, "15")                              \
+    ASM_ROW(SFX, BC, ES, k, 4, "14") ASM_ROW(SFX, BC, ES, k, 5, "15")
+#define ASM_KLOOP4(SFX, BC, ES, n4)                                                                \
     __asm__("1:\n\t"                                                                               \
             "prefetcht0 (6*" #ES "*8)(%[a])\n\t"                                                  \
-            ASM_KSTEP(BC, ES, 0) ASM_KSTEP(BC, ES, 1) ASM_KSTEP(BC, ES, 2) ASM_KSTEP(BC, ES, 3)    \
+            ASM_KSTEP(SFX, BC, ES, 0) ASM_KSTEP(SFX, BC, ES, 1) ASM_KSTEP(SFX, BC, ES, 2)          \
+            ASM_KSTEP(SFX, BC, ES, 3)                                                              \
             "add $(6*" #ES "*4), %[a]\n\t"                                                        \
             "add $256, %[b]\n\t"                                                                   \
             "dec %[n]\n\t"                                                                         \
@@ -773,6 +775,18 @@ AVX2 static void d_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, 
               [c31] "+x"(c31), [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51)  \
             :                                                                                      \
             : "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc")
+/* In a kernel body: run the k loop above when A is packed (rsa, csa are constants there once
+ * inlined), leaving k at the first step of the tail. */
+#ifdef GC_AVX2_ASM
+#define ASM_PACKED_KLOOP(MR, SFX, BC, ES)                                                          \
+    if (rsa == 1 && csa == (MR) && kc >= 4) {                                                      \
+        int64_t n4 = kc / 4;                                                                       \
+        ASM_KLOOP4(SFX, BC, ES, n4);                                                               \
+        k = kc - kc % 4;                                                                           \
+    }
+#else
+#define ASM_PACKED_KLOOP(MR, SFX, BC, ES)
+#endif
 
 AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t csa,
                                const float *b, float *c, int64_t ldc, int64_t m, int64_t n,
@@ -790,15 +804,7 @@ AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t 
         }
 
     int64_t k = 0;
-#ifdef GC_AVX2_ASM
-    if (rsa == 1 && csa == S_MR && kc >= 4) { /* packed A: constants once inlined */
-        int64_t n4 = kc / 4;
-#define SFX_ "ps"
-        ASM_KLOOP4("ss", 4, n4);
-#undef SFX_
-        k = kc - kc % 4;
-    }
-#endif
+    ASM_PACKED_KLOOP(S_MR, "ps", "ss", 4)
     for (; k + 4 <= kc; k += 4) {
         _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
         K_STEP(__m256, _mm256_load_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, S_NR, 8);
@@ -840,15 +846,7 @@ AVX2_INLINE void d_kernel_body(int64_t kc, const double *a, int64_t rsa, int64_t
         }
 
     int64_t k = 0;
-#ifdef GC_AVX2_ASM
-    if (rsa == 1 && csa == D_MR && kc >= 4) { /* packed A: constants once inlined */
-        int64_t n4 = kc / 4;
-#define SFX_ "pd"
-        ASM_KLOOP4("sd", 8, n4);
-#undef SFX_
-        k = kc - kc % 4;
-    }
-#endif
+    ASM_PACKED_KLOOP(D_MR, "pd", "sd", 8)
     for (; k + 4 <= kc; k += 4) {
         _mm_prefetch((const char *)(a + 8 * csa), _MM_HINT_T0);
         K_STEP(__m256d, _mm256_load_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, D_NR, 4);
