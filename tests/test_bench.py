@@ -272,3 +272,41 @@ def test_isa_cap_runs_the_bench_in_a_capped_child(tmp_path):
     assert graphc.backend_info()["gemm_simd"] == have  # this process was left alone
     openblas = [b for b in machine["blas"] if b.startswith("openblas")]
     assert all("(Haswell)" in b for b in openblas), openblas  # NumPy's DYNAMIC_ARCH OpenBLAS took the cap
+
+
+def test_elf_symbols_reads_the_symbol_table_like_the_dynamic_loader():
+    """ynn_cap's ELF reader: graphc's own extension, an exported function's address from the
+    symbol table plus the load address equals the address the dynamic loader gives ctypes."""
+    import ctypes
+
+    from graphc.tools.bench.ynn_cap import _loaded, elf_symbols
+    if not graphc.backend_info()["c_available"]:
+        pytest.skip("C extension not built")
+    from graphc import _cgraphc
+    lib = ctypes.CDLL(_cgraphc.__file__)
+    where = _loaded(os.path.basename(_cgraphc.__file__))
+    assert where is not None
+    syms = elf_symbols(where[0], ["gc_sgemm", "gc_dgemm", "no_such_symbol_anywhere"])
+    assert set(syms) == {"gc_sgemm", "gc_dgemm"}
+    for name, value in syms.items():
+        assert where[1] + value == ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    with pytest.raises(ValueError, match="not a 64-bit"):
+        elf_symbols(__file__, ["x"])
+
+
+def test_ynn_cap_keeps_jax_matmuls_correct():
+    """--isa avx2's JAX worker presets YNNPACK's cpuid cache; a matmul afterwards still agrees with
+    NumPy (the kernels it picks are the AVX2+FMA3 ones, shown by `perf report` in the README)."""
+    import subprocess
+    import sys
+    pytest.importorskip("jax")
+    code = ("import jax, jax.numpy as jnp, numpy as np\n"
+            "from graphc.tools.bench.ynn_cap import cap_ynn_to_avx2\n"
+            "print(cap_ynn_to_avx2())\n"
+            "a = np.random.default_rng(0).standard_normal((256, 300)).astype(np.float32)\n"
+            "b = np.random.default_rng(1).standard_normal((300, 129)).astype(np.float32)\n"
+            "c = np.asarray(jax.jit(jnp.dot)(a, b))\n"
+            "print(float(np.abs(c - a.astype(np.float64) @ b).max()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0].startswith(("avx2+fma3", "not capped")), out
+    assert float(out[1]) < 1e-3

@@ -155,8 +155,12 @@ def run_suites(suites, sizes=None, repeats=None, threads=None, log=None, nodes=N
 
 # --isa: the variables that cap each library's instruction set. OPENBLAS_CORETYPE needs a
 # DYNAMIC_ARCH OpenBLAS (NumPy's and SciPy's wheels are); each peer's header line shows what loaded.
+# XLA's flag does not reach JAX's YNNPACK matmuls: GRAPHC_BENCH_YNN_ISA has the JAX worker preset
+# YNNPACK's cpuid cache (peers.py, ynn_cap.py). PyTorch's MKL runs its AVX2 "zen" sgemm kernels on
+# AMD CPUs either way (perf report); MKL_ENABLE_INSTRUCTIONS caps it on Intel ones.
 ISA_CAPS = {"avx2": {"GRAPHC_SIMD": "avx2", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
-                     "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
+                     "MKL_ENABLE_INSTRUCTIONS": "AVX2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",
+                     "GRAPHC_BENCH_YNN_ISA": "avx2"}}
 
 
 def isa_env(isa: str) -> dict:

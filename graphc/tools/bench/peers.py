@@ -221,6 +221,9 @@ def check_one_step(peer: str, data: dict, pytensor_mode=None) -> dict:
 
 
 # -- the worker (one per peer) --------------------------------------------------------------------
+_YNN_CAP = [""]  # what --isa avx2 did to JAX's YNNPACK kernels, for the header
+
+
 def _load_peer(peer: str) -> tuple:
     """(status, version): import the peer's library, apply its thread knobs. 'missing' when not installed."""
     threads = int(os.environ.get("GRAPHC_BENCH_THREADS", "0")) or all_cpus()
@@ -235,6 +238,9 @@ def _load_peer(peer: str) -> tuple:
             import jax
             jax.config.update("jax_enable_x64", True)  # the W-lr step is float64
             version = f"jax {jax.__version__}"
+            if os.environ.get("GRAPHC_BENCH_YNN_ISA") == "avx2":  # set by --isa avx2 (see ynn_cap)
+                from .ynn_cap import cap_ynn_to_avx2
+                _YNN_CAP[0] = cap_ynn_to_avx2()
         elif peer == "pytensor":
             import pytensor
             version = f"pytensor {pytensor.__version__}"
@@ -274,6 +280,8 @@ def _thread_report(peer: str) -> str:
         parts.append(f"graphc={gc.backend_info()['threads']}")
     if peer == "jax":
         parts.append(f"affinity={all_cpus()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        if _YNN_CAP[0]:
+            parts.append(f"ynn={_YNN_CAP[0]}")
     return " ".join(parts)
 
 
