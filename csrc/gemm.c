@@ -135,6 +135,37 @@ static inline epi_t epi_at(const epi_t *e, int64_t row, int64_t col, size_t es) 
     return t;
 }
 
+/* Start fetching what a tile's write-back reads (rows of m elements of n, es bytes each): C when
+ * it is added to and, with extras, the addend and the gate of the last K block. Called before the
+ * K loop, so that the misses overlap the arithmetic: without it the write-back waits on each row
+ * in turn. The AVX2 kernels take the extras: W-mlp's weight update (784 x 512 x 256, the old
+ * weights as the addend) ran 1.10-1.20x faster on one thread; on two, and for the whole AVX2 step,
+ * the change was within the noise (0.95-1.00x the time; 2-core AMD EPYC Zen 4 VM,
+ * GRAPHC_SIMD=avx2, interleaved processes, 2026-12-03). The AVX-512
+ * kernels do not: their B micro-panel (KC x 32 floats, 33 KB) already fills Zen 4's 32 KB L1 and
+ * the step took 1.00-1.04x the time with them. */
+static inline void prefetch_epilogue(const epi_t *e, const void *c, int64_t ldc, int64_t m, int64_t n, size_t es,
+                                     int extras) {
+    const size_t last = (size_t)(n - 1) * es;
+    for (int64_t i = 0; i < m; i++) {
+        if (e->add_c) {
+            const char *r = (const char *)c + (size_t)(i * ldc) * es;
+            __builtin_prefetch(r, 0, 3);
+            __builtin_prefetch(r + last, 0, 3);
+        }
+        if (extras && e->addend) {
+            const char *r = (const char *)e->addend + (size_t)(i * e->ldx) * es;
+            __builtin_prefetch(r, 0, 3);
+            __builtin_prefetch(r + last, 0, 3);
+        }
+        if (extras && e->gate) {
+            const char *r = (const char *)e->gate + (size_t)(i * e->ldg) * es;
+            __builtin_prefetch(r, 0, 3);
+            __builtin_prefetch(r + last, 0, 3);
+        }
+    }
+}
+
 /* The epilogue of a call's K block starting at pc (kc long). */
 static inline epi_t epi_for(const gemm_args *g, int first, int last) {
     epi_t e = {!first || g->beta != 0, first ? g->beta : 1.0, last, g->act, g->act_param, g->alpha,
@@ -795,13 +826,7 @@ AVX2_INLINE void s_kernel_body(int64_t kc, const float *a, int64_t rsa, int64_t 
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const int add_c = e->add_c;
 
-    /* The C tile is needed only after the K loop; start fetching it now so that its misses
-     * (C is re-read once per K block) overlap the arithmetic. */
-    if (add_c)
-        for (int64_t i = 0; i < m; i++) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
-        }
+    prefetch_epilogue(e, c, ldc, m, n, sizeof(float), 1);
 
     int64_t k = 0;
     ASM_PACKED_KLOOP(S_MR, "ps", "ss", 4)
@@ -839,11 +864,7 @@ AVX2_INLINE void d_kernel_body(int64_t kc, const double *a, int64_t rsa, int64_t
     __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const int add_c = e->add_c;
 
-    if (add_c)
-        for (int64_t i = 0; i < m; i++) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);
-        }
+    prefetch_epilogue(e, c, ldc, m, n, sizeof(double), 1);
 
     int64_t k = 0;
     ASM_PACKED_KLOOP(D_MR, "pd", "sd", 8)
@@ -1146,12 +1167,7 @@ NO_KLOOP_ASM(s5r8, float)
 AVX512_INLINE void P##_body(int64_t kc, const T *a, int64_t rsa, int64_t csa, const T *b, T *c,     \
                             int64_t ldc, int64_t m, int64_t n, const epi_t *e, const T *bias) {    \
     const int add_c = e->add_c;                                                                    \
-    /* C is needed only after the K loop: fetch it now so its misses overlap the arithmetic. */    \
-    if (add_c)                                                                                     \
-        for (int64_t i = 0; i < m; i++) {                                                          \
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)(c + i * ldc + n - 1), _MM_HINT_T0);                        \
-        }                                                                                          \
+    prefetch_epilogue(e, c, ldc, m, n, sizeof(T), 0);                                              \
     /* Through a stack tile: one (not MR) inlined copy of the write-back and its activations. */ \
     T tile[MR * NR] __attribute__((aligned(64)));                                                  \
     if (!P##_kloop_asm(kc, a, rsa, csa, b, tile)) {                                                \
