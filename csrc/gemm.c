@@ -806,13 +806,58 @@ AVX2 static void d_pack_a_avx2(const void *vA, int64_t lda, int tA, int64_t r0, 
               [c31] "+x"(c31), [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51)  \
             :                                                                                      \
             : "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc")
+/* The same loop for A read in place (the strided kernels, rsa and csa run-time strides): rows
+ * 0-2 at a0 + {0, 1, 2} rs, rows 3-5 at r11 = a0 + 3 rs + {0, 1, 2} rs (rs, cs in bytes, in r8
+ * and r9; the k count in r10), both pointers moved by cs per k step. GCC allows 30 operands and
+ * the 12 accumulators take 24, so the strides and count come in through one pointer and live
+ * in clobbered registers. The C loop spilled 6 accumulators per four k steps; with this loop a
+ * 512 x 64 x 512 product ran 1.07x faster on one thread (2-core AMD EPYC Zen 4 VM,
+ * GRAPHC_SIMD=avx2, interleaved processes, 2026-12-03), bitwise the same. */
+#define ASM_SROW(SFX, BC, addr, i, R)                                                              \
+    "vbroadcast" BC " " addr ", %%ymm" R "\n\t"                                                   \
+    "vfmadd231" SFX " %%ymm12, %%ymm" R ", %t[c" #i "0]\n\t"                                    \
+    "vfmadd231" SFX " %%ymm13, %%ymm" R ", %t[c" #i "1]\n\t"
+#define ASM_SKSTEP(SFX, BC, k)                                                                     \
+    "vmovaps (64*" #k ")(%[b]), %%ymm12\n\t"                                                     \
+    "vmovaps (64*" #k "+32)(%[b]), %%ymm13\n\t"                                                  \
+    ASM_SROW(SFX, BC, "(%[a0])", 0, "14") ASM_SROW(SFX, BC, "(%[a0],%%r8,1)", 1, "15")             \
+    ASM_SROW(SFX, BC, "(%[a0],%%r8,2)", 2, "14") ASM_SROW(SFX, BC, "(%%r11)", 3, "15")             \
+    ASM_SROW(SFX, BC, "(%%r11,%%r8,1)", 4, "14") ASM_SROW(SFX, BC, "(%%r11,%%r8,2)", 5, "15")      \
+    "add %%r9, %[a0]\n\t"                                                                        \
+    "add %%r9, %%r11\n\t"
+#define ASM_KLOOP4_STRIDED(SFX, BC, prm)                                                           \
+    __asm__("mov (%[p]), %%r8\n\t"                                                                \
+            "mov 8(%[p]), %%r9\n\t"                                                               \
+            "mov 16(%[p]), %%r10\n\t"                                                             \
+            "lea (%[a0],%%r8,2), %%r11\n\t"                                                       \
+            "add %%r8, %%r11\n\t"                                                                 \
+            "1:\n\t"                                                                             \
+            "prefetcht0 (%[a0],%%r9,8)\n\t"                                                      \
+            ASM_SKSTEP(SFX, BC, 0) ASM_SKSTEP(SFX, BC, 1) ASM_SKSTEP(SFX, BC, 2)                   \
+            ASM_SKSTEP(SFX, BC, 3)                                                                 \
+            "add $256, %[b]\n\t"                                                                 \
+            "dec %%r10\n\t"                                                                      \
+            "jnz 1b\n\t"                                                                         \
+            : [a0] "+r"(a0), [b] "+r"(b), [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10),       \
+              [c11] "+x"(c11), [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31), \
+              [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51)                   \
+            : [p] "r"(prm), "m"(*(const int64_t(*)[3])prm)                                         \
+            : "r8", "r9", "r10", "r11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc")
 /* In a kernel body: run the k loop above when A is packed (rsa, csa are constants there once
- * inlined), leaving k at the first step of the tail. */
+ * inlined), or the strided one when A is read in place, leaving k (and a, b) at the first step
+ * of the tail. */
 #ifdef GC_AVX2_ASM
 #define ASM_PACKED_KLOOP(MR, SFX, BC, ES)                                                          \
     if (rsa == 1 && csa == (MR) && kc >= 4) {                                                      \
         int64_t n4 = kc / 4;                                                                       \
         ASM_KLOOP4(SFX, BC, ES, n4);                                                               \
+        k = kc - kc % 4;                                                                           \
+    } else if (kc >= 4) {                                                                          \
+        const int64_t n4 = kc / 4;                                                                 \
+        const int64_t prm[3] = {rsa * (ES), csa * (ES), n4};                                       \
+        const char *a0 = (const char *)a;                                                          \
+        ASM_KLOOP4_STRIDED(SFX, BC, prm);                                                          \
+        a = (const void *)a0;                                                                      \
         k = kc - kc % 4;                                                                           \
     }
 #else
@@ -2068,6 +2113,15 @@ static void driver_thread(void *ctx, int tid, int team) {
 #ifndef SERIAL_MAX_FMAS
 #define SERIAL_MAX_FMAS (1 << 20)
 #endif
+/* The same for products that read A in place (direct_a: no packing of A, a few B panels): a
+ * second thread pays from about 1 << 18 multiply-adds, as for the thin kernels. Measured
+ * (2026-12-03, 2-core AMD EPYC Zen 4 VM, 2 threads against 1, median of interleaved processes;
+ * AVX2: GRAPHC_SIMD=avx2): AVX2 64x10x256 0.90x and 96x16x128 0.88x (they stay serial),
+ * 128x10x256 1.2x, 128x32x64 1.57x, 64x64x64 1.18x, 256x10x256 (W-mlp's logits) 1.47x;
+ * AVX-512 128x32x64 1.2x, 64x64x64 1.33x, 128x64x64 1.49x. */
+#ifndef DIRECT_A_SERIAL_MAX_FMAS
+#define DIRECT_A_SERIAL_MAX_FMAS (1 << 18)
+#endif
 #ifndef KC_SLACK
 #define KC_SLACK 8 /* a K block may be KC / 8 longer than KC */
 #endif
@@ -2103,8 +2157,13 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     driver_ctx x;
     x.im = im;
     x.g = g;
+    /* Each A panel is read once per B panel: with at most DIRECT_A_MAX_PANELS of them, packing
+     * A (a full extra pass over it) costs more than the strided reads it saves. Not for A^T
+     * with long rows: there every k step of the kernel would touch another page. */
+    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS &&
+                 (!g->transA || (size_t)g->lda * im->esize <= 4096);
     int nt = gc_get_num_threads();
-    if (fmas < SERIAL_MAX_FMAS) nt = 1;
+    if (fmas < (x.direct_a ? DIRECT_A_SERIAL_MAX_FMAS : SERIAL_MAX_FMAS)) nt = 1;
     const int64_t mpanels = (g->M + im->mr - 1) / im->mr;
     const int64_t npanels = (MIN(g->N, im->nc) + im->nr - 1) / im->nr;
     /* Split rows (each thread packs its own A blocks, all share B) when every thread gets a
@@ -2127,11 +2186,6 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     if (nt < 1) nt = 1;
     x.nt = nt;
 
-    /* Each A panel is read once per B panel: with at most DIRECT_A_MAX_PANELS of them, packing
-     * A (a full extra pass over it) costs more than the strided reads it saves. Not for A^T
-     * with long rows: there every k step of the kernel would touch another page. */
-    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS &&
-                 (!g->transA || (size_t)g->lda * im->esize <= 4096);
     /* Even K blocks, each up to KC_SLACK longer than KC when that saves a block: every K block
      * is one more pass over C, so 784 runs as 3 x 264 rather than 4 x 196 (or 3 x 256 + a thin
      * 16). The W-mlp first layer (256 x 512 x 784) took 6 % less time with it (interleaved

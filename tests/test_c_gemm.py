@@ -753,6 +753,29 @@ def test_packed_kernel_sums_k_in_order_like_the_direct_path(level, dtype, N, K):
         np.testing.assert_array_equal(blocked[i], row[0], err_msg=f"row {i}")
 
 
+@pytest.mark.parametrize("level", [p for p in LEVELS if p.values[0] == AVX2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transA", [False, True])
+@pytest.mark.parametrize("N,K", [(40, 4), (10, 5), (33, 7), (40, 12), (16, 31)])
+def test_strided_kernel_sums_k_in_order_like_the_direct_path(level, dtype, transA, N, K):
+    """With few columns (N <= 64) the AVX2 kernels read A in place through its row and k strides
+    (inline assembly, four k steps at a time, then the C tail; A stored M x K or, transposed,
+    K x M): every C[i, j] is the FMA chain over k = 0, 1, ... that a row alone (the direct path,
+    N*K < 512) forms, so their bits agree on random operands, where another order would round
+    apart."""
+    set_level(level)
+    rng = np.random.default_rng(N * 100 + K)
+    A = rng.standard_normal((64, K)).astype(dtype)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    stored = np.ascontiguousarray(A.T) if transA else A
+    blocked = gemm(stored, B, np.empty((64, N), dtype), transA=transA)
+    for i in range(64):
+        row = gemm(np.ascontiguousarray(stored[:, i:i + 1]) if transA else A[i:i + 1], B,
+                   np.empty((1, N), dtype), transA=transA)
+        np.testing.assert_array_equal(blocked[i], row[0], err_msg=f"row {i}")
+    np.testing.assert_allclose(blocked, A.astype(np.float64) @ B, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(569, 1, 30, 0, 0), (1, 30, 569, 1, 0), (30, 1, 569, 1, 0), (1, 1, 70, 0, 0),
                                    (1, 10, 32, 0, 1), (32, 10, 32, 0, 0), (10, 33, 17, 1, 1)])
