@@ -62,6 +62,8 @@ def assert_same_at_all_thread_counts(results):
     (203, 157, 301, 0, 0),   # rows split over threads, 2 K blocks (barriers between them)
     (8, 700, 530, 0, 1),     # few rows: the B panels are split instead (JR mode)
     (97, 64, 1100, 1, 0),    # 5 K blocks
+    (256, 500, 1001, 0, 0),  # columns split, 4 K blocks, the last one shorter (a thread's
+    (256, 520, 1001, 1, 1),  # next panels overlap its neighbour's previous ones: barriers)
 ])
 def test_gemm_same_result_at_every_thread_count(dt, M, N, K, ta, tb):
     rng = np.random.default_rng(M + N + K)
