@@ -55,6 +55,7 @@ import importlib.util  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import graphc  # noqa: E402
@@ -102,6 +103,14 @@ def test_peers_suite_end_to_end(tmp_path, capsys):
             assert r["vs_best"] >= 1.0
         assert rows["numpy"]["vs_numpy"] == 1.0 and rows["numpy"]["update_rel_diff"] == 0.0
         assert min(r["vs_best"] for r in rows.values() if r.get("vs_best")) == 1.0
+        timed = {p: r for p, r in rows.items() if r.get("median_us")}
+        for p, r in timed.items():  # paired: round by round against the fastest other peer
+            if len(timed) < 2:
+                break
+            other = min((q for q in timed if q != p), key=lambda q: timed[q]["median_us"])
+            assert r["best_other"] == other
+            want = np.median(np.array(r["rounds_us"]) / np.array(timed[other]["rounds_us"]))
+            assert r["vs_best_other_paired"] == pytest.approx(want)
 
 
 @pytest.mark.skipif(not _installed("jax"), reason="jax not installed")
