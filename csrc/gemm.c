@@ -2118,7 +2118,9 @@ static void driver_thread(void *ctx, int tid, int team) {
  * (2026-12-03, 2-core AMD EPYC Zen 4 VM, 2 threads against 1, median of interleaved processes;
  * AVX2: GRAPHC_SIMD=avx2): AVX2 64x10x256 0.90x and 96x16x128 0.88x (they stay serial),
  * 128x10x256 1.2x, 128x32x64 1.57x, 64x64x64 1.18x, 256x10x256 (W-mlp's logits) 1.47x;
- * AVX-512 128x32x64 1.2x, 64x64x64 1.33x, 128x64x64 1.49x. */
+ * AVX-512 128x32x64 1.2x, 64x64x64 1.33x, 128x64x64 1.49x. float32 only: float64 256x10x256 was
+ * 0.9-1.3x faster with two threads back to back, but `graphc bench --suite gemm` timed it at 8.7
+ * GFLOP/s instead of 30 (a worker once asleep can take ~100 us per call to wake on this VM). */
 #ifndef DIRECT_A_SERIAL_MAX_FMAS
 #define DIRECT_A_SERIAL_MAX_FMAS (1 << 18)
 #endif
@@ -2163,7 +2165,7 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS &&
                  (!g->transA || (size_t)g->lda * im->esize <= 4096);
     int nt = gc_get_num_threads();
-    if (fmas < (x.direct_a ? DIRECT_A_SERIAL_MAX_FMAS : SERIAL_MAX_FMAS)) nt = 1;
+    if (fmas < (x.direct_a && im->esize == sizeof(float) ? DIRECT_A_SERIAL_MAX_FMAS : SERIAL_MAX_FMAS)) nt = 1;
     const int64_t mpanels = (g->M + im->mr - 1) / im->mr;
     const int64_t npanels = (MIN(g->N, im->nc) + im->nr - 1) / im->nr;
     /* Split rows (each thread packs its own A blocks, all share B) when every thread gets a
