@@ -111,6 +111,10 @@ def test_peers_suite_end_to_end(tmp_path, capsys):
             assert r["best_other"] == other
             want = np.median(np.array(r["rounds_us"]) / np.array(timed[other]["rounds_us"]))
             assert r["vs_best_other_paired"] == pytest.approx(want)
+            ratios = np.array(r["rounds_us"]) / np.array(timed[other]["rounds_us"])
+            q1, q3 = r["vs_best_other_paired_quartiles"]
+            assert q1 <= r["vs_best_other_paired"] <= q3
+            assert [q1, q3] == pytest.approx(np.percentile(ratios, [25, 75]))
 
 
 @pytest.mark.skipif(not _installed("jax"), reason="jax not installed")

@@ -512,7 +512,10 @@ def peers_suite(peers=None, workloads=None, rounds: int = ROUNDS, repeats: int =
             if others:
                 q = min(others, key=lambda o: o["median_us"])
                 r["best_other"] = q["peer"]
-                r["vs_best_other_paired"] = float(np.median(np.array(r["rounds_us"]) / np.array(q["rounds_us"])))
+                ratios = np.array(r["rounds_us"]) / np.array(q["rounds_us"])
+                r["vs_best_other_paired"] = float(np.median(ratios))
+                # how far the per-round ratios scatter: is a ratio near a target resolved?
+                r["vs_best_other_paired_quartiles"] = [float(v) for v in np.percentile(ratios, [25, 75])]
         rows += block
     return dict(threads=threads, rounds=rounds, repeats=repeats, min_batch_s=min_batch_s, peers=info, rows=rows)
 
@@ -522,8 +525,8 @@ def format_tables(res: dict) -> str:
     out = [f"peers: each in its own process, {res['threads']} threads each, median of {res['rounds']} "
            f"interleaved rounds of per-round medians ({res['repeats']} measurements per round); spread: "
            f"(max - min) / median of the round medians; x best other, paired: median over rounds of the "
-           f"ratio to the fastest other peer's time in the same round; diffs: parameters and updates after "
-           f"one step vs the NumPy step; cpu/wall: cores the peer's process kept busy"]
+           f"ratio to the fastest other peer's time in the same round (quartiles: of those ratios); diffs: "
+           f"parameters and updates after one step vs the NumPy step; cpu/wall: cores the peer's process kept busy"]
     for p in res["peers"].values():
         extra = p.get("threads") or p.get("reason") or ""
         out.append(f"  {p['name']}: {p.get('version') or p['status']}" + (f"  [{extra}]" if extra else ""))
@@ -537,11 +540,14 @@ def format_tables(res: dict) -> str:
         for r in rows:
             if r.get("median_us"):
                 r["t"] = r["median_us"] * scale
+            if r.get("vs_best_other_paired_quartiles"):
+                r["paired_iqr"] = "{:.2f}-{:.2f}".format(*r["vs_best_other_paired_quartiles"])
         out.append("")
         out.append(_table(rows, [("impl", title, "{}"), ("t", unit, "{:.1f}" if us else "{:.2f}"),
                                  ("spread_pct", "spread %", "{:.0f}"), ("vs_numpy", "x numpy", "{:.2f}"),
                                  ("vs_best", "x best", "{:.2f}"),
                                  ("vs_best_other_paired", "x best other, paired", "{:.2f}"),
+                                 ("paired_iqr", "quartiles", "{}"),
                                  ("max_rel_diff", "param diff", "{:.1e}"),
                                  ("update_rel_diff", "update diff", "{:.1e}"),
                                  ("cpu_per_wall", "cpu/wall", "{:.2f}")]))
