@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 
-CHILD = r"""
+SETUP = r"""
 import json, sys, time
 import numpy as np
 import graphc as gc
@@ -40,28 +40,29 @@ weights, x, y = _mlp_data(256, MLP_SIZES, "float32")
 step, params, f = graphc_mlp_step(weights, MLP_SIZES, "float32", 0.01, "c")
 for _ in range(3):
     step(x, y)
-times = []
-for _ in range(repeats):
-    t0 = time.perf_counter()
-    step(x, y)
-    times.append(time.perf_counter() - t0)
-times.sort()
-runner = next(iter(f._plans.values()))[1]
-print(json.dumps({"median_ms": times[len(times) // 2] * 1e3, "arena_bytes": int(runner.lowered.arena_bytes),
-                  "steps": len(runner.lowered.plan.steps), "segments": runner.segments}))
-"""
 
 
-PINGPONG_CHILD = CHILD.split("times = []")[0] + r"""
-print("ready", flush=True)
-for _ in sys.stdin:
+def median_step_s():
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step(x, y)
         times.append(time.perf_counter() - t0)
     times.sort()
-    print(times[len(times) // 2], flush=True)
+    return times[len(times) // 2]
+"""
+
+CHILD = SETUP + r"""
+median = median_step_s()
+runner = next(iter(f._plans.values()))[1]
+print(json.dumps({"median_ms": median * 1e3, "arena_bytes": int(runner.lowered.arena_bytes),
+                  "steps": len(runner.lowered.plan.steps), "segments": runner.segments}))
+"""
+
+PINGPONG_CHILD = SETUP + r"""
+print("ready", flush=True)
+for _ in sys.stdin:
+    print(median_step_s(), flush=True)
 """
 
 

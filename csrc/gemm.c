@@ -1340,31 +1340,39 @@ AVX512 static void s5_pack_a(const void *vA, int64_t lda, int tA, int64_t r0, in
     }
 }
 
+/* Untransposed B (K x N): row k of the block is read front to back and dealt out to the panels,
+ * rather than panel by panel with a stride of ldb between rows. One thread's 256 x 512 x 784 GEMM
+ * (W-mlp's first layer) took 0.96x the time, with pack_b 4.8 % of the samples instead of 7.2 %;
+ * two threads, each packing half of every row, 1.00x (ping-pong of two processes, 2-core AMD
+ * EPYC Zen 4 VM, 2026-12-03). The AVX2 packers keep the panel order: with two threads they lost
+ * 2-4 % this way on the same shapes. L: lanes per vector; an NR-wide panel row is two vectors. */
+#define GEN_PACK_B_ROWS(P, T, NR, L, LOADU, MASKZ_LOADU, STOREU, MASK)                             \
+    AVX512_INLINE void P##_pack_b_rows(const T *B, int64_t ldb, int64_t r0, int64_t c0, int64_t kc, \
+                                       int64_t cols, T *dst) {                                     \
+        const T *src = B + r0 * ldb + c0;                                                          \
+        for (int64_t k = 0; k < kc; k++, src += ldb) {                                             \
+            T *d = dst + k * NR;                                                                   \
+            int64_t j0 = 0;                                                                        \
+            for (; j0 + NR <= cols; j0 += NR, d += NR * kc) {                                      \
+                STOREU(d, LOADU(src + j0));                                                        \
+                STOREU(d + L, LOADU(src + j0 + L));                                                \
+            }                                                                                      \
+            if (j0 < cols) {                                                                       \
+                STOREU(d, MASKZ_LOADU(MASK(cols - j0), src + j0));                                 \
+                STOREU(d + L, MASKZ_LOADU(MASK(cols - j0 - L), src + j0 + L));                    \
+            }                                                                                      \
+        }                                                                                          \
+    }
+GEN_PACK_B_ROWS(s5, float, S5_NR, 16, _mm512_loadu_ps, _mm512_maskz_loadu_ps, _mm512_storeu_ps, mask16)
+GEN_PACK_B_ROWS(d5, double, D5_NR, 8, _mm512_loadu_pd, _mm512_maskz_loadu_pd, _mm512_storeu_pd, mask8)
+#undef GEN_PACK_B_ROWS
+
 AVX512 static void s5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, int64_t c0,
                              int64_t kc, int64_t cols, void *vdst) {
     const float *B = (const float *)vB;
     float *dst = (float *)vdst;
-    /* B is K x N: row k of the block is read front to back and dealt out to the panels, rather
-     * than panel by panel with a stride of ldb between rows. One thread's 256 x 512 x 784 GEMM
-     * (W-mlp's first layer) took 0.96x the time, with pack_b 4.8 % of the samples instead of 7.2 %;
-     * two threads, each packing half of every row, 1.00x (ping-pong of two processes, 2-core AMD
-     * EPYC Zen 4 VM, 2026-12-03). The AVX2 packers keep the panel order: with two threads they
-     * lost 2-4 % this way on the same shapes. */
     if (!tB) {
-        const float *src = B + r0 * ldb + c0;
-        for (int64_t k = 0; k < kc; k++, src += ldb) {
-            float *d = dst + k * S5_NR;
-            int64_t j0 = 0;
-            for (; j0 + S5_NR <= cols; j0 += S5_NR, d += S5_NR * kc) {
-                _mm512_storeu_ps(d, _mm512_loadu_ps(src + j0));
-                _mm512_storeu_ps(d + 16, _mm512_loadu_ps(src + j0 + 16));
-            }
-            if (j0 < cols) {
-                const int64_t n = cols - j0;
-                _mm512_storeu_ps(d, _mm512_maskz_loadu_ps(mask16(n), src + j0));
-                _mm512_storeu_ps(d + 16, _mm512_maskz_loadu_ps(mask16(n - 16), src + j0 + 16));
-            }
-        }
+        s5_pack_b_rows(B, ldb, r0, c0, kc, cols, dst);
         return;
     }
     for (int64_t j0 = 0; j0 < cols; j0 += S5_NR, dst += S5_NR * kc) {
@@ -1416,21 +1424,8 @@ AVX512 static void d5_pack_b(const void *vB, int64_t ldb, int tB, int64_t r0, in
                              int64_t kc, int64_t cols, void *vdst) {
     const double *B = (const double *)vB;
     double *dst = (double *)vdst;
-    if (!tB) { /* row by row, as in s5_pack_b */
-        const double *src = B + r0 * ldb + c0;
-        for (int64_t k = 0; k < kc; k++, src += ldb) {
-            double *d = dst + k * D5_NR;
-            int64_t j0 = 0;
-            for (; j0 + D5_NR <= cols; j0 += D5_NR, d += D5_NR * kc) {
-                _mm512_storeu_pd(d, _mm512_loadu_pd(src + j0));
-                _mm512_storeu_pd(d + 8, _mm512_loadu_pd(src + j0 + 8));
-            }
-            if (j0 < cols) {
-                const int64_t n = cols - j0;
-                _mm512_storeu_pd(d, _mm512_maskz_loadu_pd(mask8(n), src + j0));
-                _mm512_storeu_pd(d + 8, _mm512_maskz_loadu_pd(mask8(n - 8), src + j0 + 8));
-            }
-        }
+    if (!tB) {
+        d5_pack_b_rows(B, ldb, r0, c0, kc, cols, dst);
         return;
     }
     for (int64_t j0 = 0; j0 < cols; j0 += D5_NR, dst += D5_NR * kc) {
