@@ -2148,6 +2148,18 @@ static void driver_thread(void *ctx, int tid, int team) {
 #ifndef DIRECT_A_MAX_PANELS
 #define DIRECT_A_MAX_PANELS 4
 #endif
+#ifndef DIRECT_A_THREAD_PANELS
+#define DIRECT_A_THREAD_PANELS 8
+#endif
+
+/* Whether the kernels may read A in place. Not for A^T with long rows: there every k step of
+ * the kernel would touch another page. Not when A's rows are a multiple of 4 KB apart: then the
+ * 14 rows a kernel reads at once fall in the same L1 sets and evict each other (256 x 128 x 1024
+ * float32 took 1.64x the packed time in place, 2 threads, 2-core Zen 4 VM, 2026-12-03). */
+static int direct_a_ok(const gemm_impl *im, const gemm_args *g) {
+    const size_t row_bytes = (size_t)g->lda * im->esize;
+    return im->kernel_strided != NULL && (g->transA ? row_bytes <= 4096 : row_bytes % 4096 != 0);
+}
 
 /* gemm_args.colsum on the paths that do not pack B. */
 static void colsum_unpacked(const gemm_impl *im, const gemm_args *g) {
@@ -2178,10 +2190,9 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     x.im = im;
     x.g = g;
     /* Each A panel is read once per B panel: with at most DIRECT_A_MAX_PANELS of them, packing
-     * A (a full extra pass over it) costs more than the strided reads it saves. Not for A^T
-     * with long rows: there every k step of the kernel would touch another page. */
-    x.direct_a = im->kernel_strided != NULL && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS &&
-                 (!g->transA || (size_t)g->lda * im->esize <= 4096);
+     * A (a full extra pass over it) costs more than the strided reads it saves. */
+    const int direct_ok = direct_a_ok(im, g);
+    x.direct_a = direct_ok && (g->N + im->nr - 1) / im->nr <= DIRECT_A_MAX_PANELS;
     int nt = gc_get_num_threads();
     if (fmas < (x.direct_a && im->esize == sizeof(float) ? DIRECT_A_SERIAL_MAX_FMAS : SERIAL_MAX_FMAS)) nt = 1;
     const int64_t mpanels = (g->M + im->mr - 1) / im->mr;
@@ -2205,6 +2216,14 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     else nt = (int)MIN((int64_t)nt, npanels);
     if (nt < 1) nt = 1;
     x.nt = nt;
+    /* Once the split is known: what counts is how often each thread reads an A panel, once per
+     * B panel it computes. Up to DIRECT_A_THREAD_PANELS in place still beats packing, since
+     * in a column split every thread would pack all of A. Measured (2026-12-03, 2-core Zen 4
+     * VM, AVX-512, float32, ping-pong of interleaved processes, in place / packed): 8 panels per
+     * thread: W-mlp's 256x256x512 0.98x, 512x256x256 (A^T) 0.92x, 784x512x256 (A^T) 0.98x,
+     * 4096x256x512 0.95x, the whole W-mlp step 0.976x; 10: 640^3 0.97x; 16: 1000^3 1.01x,
+     * 1536^3 1.04x; 128: 256x4096x512 1.06x. Results are bitwise the same either way. */
+    if (direct_ok && (x.split_rows ? npanels : (npanels + nt - 1) / nt) <= DIRECT_A_THREAD_PANELS) x.direct_a = 1;
 
     /* Even K blocks, each up to KC_SLACK longer than KC when that saves a block: every K block
      * is one more pass over C, so 784 runs as 3 x 264 rather than 4 x 196 (or 3 x 256 + a thin
