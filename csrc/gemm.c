@@ -2017,6 +2017,15 @@ static void prepare_a(const driver_ctx *x, char *apack, int64_t ic, int64_t mc, 
     }
 }
 
+/* Where panels jp0.. of the current B block start. Splitting rows, all threads read every panel
+ * of one packed block: panel jp sits at jp * NR * kc. Splitting columns, each thread packs and
+ * reads only its own panels, in a region that starts at jp0 * NR * kc_max whatever kc is, so
+ * that no K block's panels overlap a neighbour's (a shorter last block would otherwise shift
+ * them) and the threads need not wait for each other between K blocks. */
+static char *bpack_of(const driver_ctx *x, int64_t jp0, int64_t kc) {
+    return x->bpack + (size_t)(jp0 * x->im->nr * (x->split_rows ? kc : x->kc_max)) * x->im->esize;
+}
+
 /* C tiles for rows [ic, ic+mc) x panels [jp0, jp1) of the current B block. */
 static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int64_t mc, int64_t jc,
                          int64_t nc, int64_t jp0, int64_t jp1, int64_t pc, int64_t kc,
@@ -2026,9 +2035,10 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
     const size_t es = im->esize;
     /* In-place A: element (i, k) at A[i*rsa + k*csa]. */
     const int64_t rsa = g->transA ? 1 : g->lda, csa = g->transA ? g->lda : 1;
+    const char *bbase = bpack_of(x, jp0, kc);
     for (int64_t jp = jp0; jp < jp1; jp++) {
         const int64_t jr = jp * im->nr, n = MIN(im->nr, nc - jr);
-        const char *bpanel = x->bpack + (size_t)(jr * kc) * es;
+        const char *bpanel = bbase + (size_t)((jp - jp0) * im->nr * kc) * es;
         const void *bias = g->bias ? AT(g->bias, jc + jr, es) : NULL;
         for (int64_t ir = 0; ir < mc; ir += im->mr) {
             const int64_t m = MIN(im->mr, mc - ir);
@@ -2080,7 +2090,7 @@ static void driver_body(const driver_ctx *x, int tid) {
             const epi_t e = epi_for(g, pc == 0, pc + kc == g->K);
             if (jp1 > jp0) {
                 const int64_t cols = MIN(nc, jp1 * im->nr) - jp0 * im->nr;
-                char *mine = x->bpack + (size_t)(jp0 * im->nr * kc) * es;
+                char *mine = bpack_of(x, jp0, kc);
                 im->pack_b(g->B, g->ldb, g->transB, pc, jc + jp0 * im->nr, kc, cols, mine);
                 /* the same columns every K block: no other thread touches these sums */
                 if (g->colsum)
@@ -2103,9 +2113,6 @@ static void driver_body(const driver_ctx *x, int tid) {
                         macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
                     }
                 }
-                /* Panels sit at jp*NR*kc for the CURRENT kc: when the last K block is shorter, a
-                 * thread's next panels overlap its neighbour's previous ones. Wait for everyone. */
-                if (nt > 1) gc_barrier();
             }
         }
     }
