@@ -1995,7 +1995,8 @@ typedef struct {
     int split_rows;     /* 1: threads own disjoint row ranges (IC loop); 0: disjoint JR ranges */
     int direct_a;       /* kernels read A in place (few columns: packing A would not pay off) */
     int64_t kc_max, mc_max; /* K and M block sizes of this call (<= KC, MC) */
-    char *bpack;        /* kc_max x round_up(nc, NR), shared */
+    char *bpack;        /* rows split: kc_max x round_up(nc, NR), shared; columns: per-thread regions */
+    int64_t nc_panels;  /* B panels in a full NC block */
     colsum_fn colsum;   /* im->colsum or the portable one */
     char *apack;        /* per thread: mc_max x kc_max */
     size_t apack_stride;
@@ -2017,17 +2018,20 @@ static void prepare_a(const driver_ctx *x, char *apack, int64_t ic, int64_t mc, 
     }
 }
 
-/* Where panels jp0.. of the current B block start. Splitting rows, all threads read every panel
- * of one packed block: panel jp sits at jp * NR * kc. Splitting columns, each thread packs and
- * reads only its own panels, in a region that starts at jp0 * NR * kc_max whatever kc is, so
- * that no K block's panels overlap a neighbour's (a shorter last block would otherwise shift
- * them) and the threads need not wait for each other between K blocks. */
-static char *bpack_of(const driver_ctx *x, int64_t jp0, int64_t kc) {
-    return x->bpack + (size_t)(jp0 * x->im->nr * (x->split_rows ? kc : x->kc_max)) * x->im->esize;
+/* Where thread tid's panels jp0.. of the current B block start. Splitting rows, all threads read
+ * every panel of one packed block: panel jp sits at jp * NR * kc. Splitting columns, each thread
+ * packs and reads only its own panels (at most ceil(nc_panels / nt) of them), in a region of its
+ * own that does not move with the K block (a shorter last one) or the NC block (a narrower last
+ * one splits its panels differently: a region placed by jp0 would overlap the one a slower
+ * neighbour still reads in the previous block). So the threads never wait for each other. */
+static char *bpack_of(const driver_ctx *x, int tid, int64_t jp0, int64_t kc) {
+    const int64_t at = x->split_rows ? jp0 * kc : tid * ((x->nc_panels + x->nt - 1) / x->nt) * x->kc_max;
+    return x->bpack + (size_t)(at * x->im->nr) * x->im->esize;
 }
 
-/* C tiles for rows [ic, ic+mc) x panels [jp0, jp1) of the current B block. */
-static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int64_t mc, int64_t jc,
+/* C tiles for rows [ic, ic+mc) x panels [jp0, jp1) of the current B block; panel jp0 is packed
+ * at bbase, the others follow it NR * kc elements apart. */
+static void macro_kernel(const driver_ctx *x, const char *apack, const char *bbase, int64_t ic, int64_t mc, int64_t jc,
                          int64_t nc, int64_t jp0, int64_t jp1, int64_t pc, int64_t kc,
                          const epi_t *e) {
     const gemm_impl *im = x->im;
@@ -2035,7 +2039,6 @@ static void macro_kernel(const driver_ctx *x, const char *apack, int64_t ic, int
     const size_t es = im->esize;
     /* In-place A: element (i, k) at A[i*rsa + k*csa]. */
     const int64_t rsa = g->transA ? 1 : g->lda, csa = g->transA ? g->lda : 1;
-    const char *bbase = bpack_of(x, jp0, kc);
     for (int64_t jp = jp0; jp < jp1; jp++) {
         const int64_t jr = jp * im->nr, n = MIN(im->nr, nc - jr);
         const char *bpanel = bbase + (size_t)((jp - jp0) * im->nr * kc) * es;
@@ -2090,7 +2093,7 @@ static void driver_body(const driver_ctx *x, int tid) {
             const epi_t e = epi_for(g, pc == 0, pc + kc == g->K);
             if (jp1 > jp0) {
                 const int64_t cols = MIN(nc, jp1 * im->nr) - jp0 * im->nr;
-                char *mine = bpack_of(x, jp0, kc);
+                char *mine = bpack_of(x, tid, jp0, kc);
                 im->pack_b(g->B, g->ldb, g->transB, pc, jc + jp0 * im->nr, kc, cols, mine);
                 /* the same columns every K block: no other thread touches these sums */
                 if (g->colsum)
@@ -2102,7 +2105,7 @@ static void driver_body(const driver_ctx *x, int tid) {
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, r1 - ic);
                     prepare_a(x, apack, ic, mc, pc, kc);
-                    macro_kernel(x, apack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
+                    macro_kernel(x, apack, x->bpack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
                 }
                 if (nt > 1) gc_barrier(); /* B is repacked by all threads next iteration */
             } else {
@@ -2110,7 +2113,7 @@ static void driver_body(const driver_ctx *x, int tid) {
                     for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
                         const int64_t mc = MIN(x->mc_max, g->M - ic);
                         prepare_a(x, apack, ic, mc, pc, kc);
-                        macro_kernel(x, apack, ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
+                        macro_kernel(x, apack, bpack_of(x, tid, jp0, kc), ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
                     }
                 }
             }
@@ -2250,7 +2253,11 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
     }
     const int64_t nc_max = round_up(MIN(im->nc, g->N), im->nr);
     const size_t es = im->esize;
-    const size_t bbytes = (size_t)(x.kc_max * nc_max) * es;
+    x.nc_panels = nc_max / im->nr;
+    /* Split columns, a team of t <= nt threads uses t regions of ceil(nc_panels / t) panels:
+     * at most nc_panels + nt - 1 of them (bpack_of). */
+    const int64_t bpanels = x.split_rows ? x.nc_panels : x.nc_panels + nt - 1;
+    const size_t bbytes = (size_t)(x.kc_max * bpanels * im->nr) * es;
     x.apack_stride = (size_t)round_up((int64_t)((size_t)(x.mc_max * x.kc_max) * es), GC_ALIGN);
     /* One allocation for all scratch: with glibc, a single block that is freed and requested
      * again at the next call is recycled from the heap, whereas two blocks of this size make

@@ -62,8 +62,8 @@ def assert_same_at_all_thread_counts(results):
     (203, 157, 301, 0, 0),   # rows split over threads, 2 K blocks (barriers between them)
     (8, 700, 530, 0, 1),     # few rows: the B panels are split instead (JR mode)
     (97, 64, 1100, 1, 0),    # 5 K blocks
-    (256, 500, 1001, 0, 0),  # columns split, 4 K blocks, the last one shorter (a thread's
-    (256, 520, 1001, 1, 1),  # next panels overlap its neighbour's previous ones: barriers)
+    (256, 500, 1001, 0, 0),  # columns split, 4 K blocks, the last one shorter (each thread
+    (256, 520, 1001, 1, 1),  # packs its panels in a region of its own: no barriers)
 ])
 def test_gemm_same_result_at_every_thread_count(dt, M, N, K, ta, tb):
     rng = np.random.default_rng(M + N + K)
@@ -83,6 +83,39 @@ def test_gemm_same_result_at_every_thread_count(dt, M, N, K, ta, tb):
     ref = np.maximum((A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64) + bias, 0)
     tol = 1e-4 if dt == np.float32 else 1e-11
     np.testing.assert_allclose(res[1], ref, rtol=tol, atol=tol * np.sqrt(K))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,K,ta", [
+    (147, 12544, 64, 1),     # ResNet-50's first convolution, input gradient: 3 full NC blocks, then 256
+    (30, 2 * 4096 + 100, 600, 0),  # columns: 2 full NC blocks and a narrow one, 3 K blocks
+])
+def test_gemm_columns_split_over_several_nc_blocks_repeatedly(dt, M, N, K, ta):
+    """Split columns, the threads run without waiting for each other, so one may start the next
+    NC block while another still computes the last. The narrow last block splits its panels
+    differently; before each thread's B region was fixed by its index, a fast thread packed
+    over panels a slow one was still reading (wrong results in 6-26 % of the calls at 2-4
+    threads, 2-core VM, 2026-12-03). Four threads on fewer cores make the threads' progress
+    uneven; every repeat must equal the one-thread result bit for bit."""
+    rng = np.random.default_rng(N + K)
+    A = rng.standard_normal((K, M) if ta else (M, K)).astype(dt)
+    B = rng.standard_normal((K, N)).astype(dt)
+    gemm = lib.gc_dgemm if dt == np.float64 else lib.gc_sgemm
+
+    def run():
+        C = np.full((M, N), np.nan, dt)
+        gemm(ta, 0, M, N, K, buf(A), A.shape[1], buf(B), N, 0.0, buf(C), N, ffi.NULL, lib.GC_ACT_IDENTITY, 0.0)
+        return C
+
+    lib.gc_set_num_threads(1)
+    one = run()
+    for nt in (2, 4):
+        lib.gc_set_num_threads(nt)
+        for repeat in range(8):
+            np.testing.assert_array_equal(run(), one, err_msg=f"{nt} threads, repeat {repeat}")
+    ref = (A.T if ta else A).astype(np.float64) @ B.astype(np.float64)
+    tol = 1e-4 if dt == np.float32 else 1e-11
+    np.testing.assert_allclose(one, ref, rtol=tol, atol=tol * np.sqrt(K))
 
 
 # -- elementwise, fused, reductions, softmax, losses ------------------------------------------------
