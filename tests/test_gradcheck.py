@@ -163,6 +163,44 @@ def test_wrong_vjps_fail_and_are_localised(buggy_ops, rng, bug, mode):
         assert report.culprit.analytic != pytest.approx(report.culprit.numeric, rel=1e-3)
 
 
+def test_fast_mode_over_its_fallback_budget_reports_the_failing_projection(buggy_ops, rng):
+    """A failing projection falls back to the full Jacobian only within fallback_seconds (a
+    ResNet-50 input would take days): past it, the report says what disagreed and, for a compiled
+    backend, that the NumPy backend's gradient disagrees too (a VJP rule, not the backend)."""
+    X = rng.normal(size=(20, 30))
+    report = gc.gradcheck(lambda x: apply("tanh_scaled", [x]).sum(), [X], mode="fast", fallback_seconds=0.0)
+    assert not report and report.status == "fail" and report.mode == "fast", report
+    assert report.checked == 1 and report.failed == 1 and report.worst is None and report.culprit is None
+    assert "1 backward and 1,200 forward passes" in report.note, report.note  # 2 per element of x
+    assert "was not computed (fallback_seconds=0)" in report.note
+    if report.backend != "numpy":
+        assert "NumPy backend's gradient" in report.note and "a VJP rule or in autodiff" in report.note
+    # within the budget, the same failure goes on to the full Jacobian and names the node
+    full = gc.gradcheck(lambda x: apply("tanh_scaled", [x]).sum(), [X], mode="fast")
+    assert full.mode == "fast, then full" and full.culprit.op == "tanh_scaled" and full.failed == X.size
+
+
+@pytest.mark.skipif(not gc.backend_info()["c_available"], reason="C extension not built")
+def test_fast_mode_tells_a_backend_fault_from_a_vjp_rule(monkeypatch, rng):
+    """The C backend's gradient made wrong on purpose (doubled): the NumPy backend's agrees with
+    finite differences, so the note puts the fault in the backend."""
+    from graphc.verify import gradcheck as gradcheck_module
+    build = gradcheck_module._Context.build_gradient
+
+    def doubled_on_c(self, backend=None):
+        build(self, backend)
+        if (backend or self.backend) == "c":
+            fn = self.fn
+            self.fn = lambda **feeds: [2 * np.asarray(g) for g in fn(**feeds)]
+            self.fn.placeholders = fn.placeholders
+
+    monkeypatch.setattr(gradcheck_module._Context, "build_gradient", doubled_on_c)
+    report = gc.gradcheck(lambda x: gc.tanh(x).sum(), [rng.normal(size=(8, 5))], mode="fast", backend="c",
+                          fallback_seconds=0.0)
+    assert not report and report.mode == "fast", report
+    assert "it agrees with finite differences, so the fault is in the c backend" in report.note, report.note
+
+
 def test_scaled_gradient_values_in_the_report(buggy_ops):
     x = gc.placeholder("x", (2,), "float64")
     X = np.array([0.3, -0.7])
