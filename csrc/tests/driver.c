@@ -248,6 +248,9 @@ static void SFX(test_gemm)(void) {
                 for (int k = 0; k < COUNT(ACTS); k++)
                     SFX(test_gemm_case)(ta, tb, sizes[s][0], sizes[s][1], sizes[s][2], ACTS[k], k % 2, k == 2);
     SFX(test_gemm_case)(0, 0, 300, 260, 300, GC_ACT_RELU, 1, 0); /* several K blocks and threads */
+    /* few rows, wider than NC (4096): the threads split the columns, and the narrow last NC block
+     * splits its panels differently from the full ones (a race here went unseen: ThreadSanitizer) */
+    SFX(test_gemm_case)(1, 0, 20, 4096 + 200, 300, GC_ACT_IDENTITY, 0, 0);
 }
 
 /* ---- vector math and unary ops ---- */
