@@ -681,6 +681,41 @@ static void SFX(test_exec)(void) {
     free(other);
     free(arena);
 }
+
+/* ---- GC_OP_SIDE_BY_SIDE: two independent GEMMs, one per thread, each large enough that its own
+ * parallel region (nested, so serial) would otherwise split it ---- */
+static void SFX(test_side_by_side)(void) {
+    const int64_t M = 70, N = 90, K = 80;
+    T *A = SFX(vec)(M * K, -1, 1), *B = SFX(vec)(K * N, -1, 1), *D = SFX(vec)(N * K, -1, 1);
+    T *Y1 = xmalloc(sizeof(T) * M * N), *Y2 = xmalloc(sizeof(T) * M * N);
+    void *ext[5] = {A, B, D, Y1, Y2};
+    const double fconst[1] = {0.0};
+    const int64_t code[] = {
+        GC_OP_SIDE_BY_SIDE, 4 + 18 + 18, 0, 0,
+        /* Y1 = A @ B */
+        GC_OP_GEMM, 18, 0, DT, 0, 0, M, N, K, K, N, N, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 1), REF(GC_REF_EXT, 3),
+        -1, GC_ACT_IDENTITY, 0,
+        /* Y2 = relu(A @ D^T), D stored (N, K) */
+        GC_OP_GEMM, 18, 1, DT, 0, 1, M, N, K, K, K, N, REF(GC_REF_EXT, 0), REF(GC_REF_EXT, 2), REF(GC_REF_EXT, 4),
+        -1, GC_ACT_RELU, 0,
+    };
+    check_int("side by side status", gc_exec(code, sizeof code / sizeof code[0], fconst, 1, NULL, ext, NULL), 0);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s1 = 0, s2 = 0;
+            for (int64_t k = 0; k < K; k++) {
+                s1 += (double)A[i * K + k] * B[k * N + j];
+                s2 += (double)A[i * K + k] * D[j * K + k];
+            }
+            check_close("side by side first", (long)(i * N + j), Y1[i * N + j], s1, TOL * 5);
+            check_close("side by side second", (long)(i * N + j), Y2[i * N + j], s2 > 0 ? s2 : 0, TOL * 5);
+        }
+    free(A);
+    free(B);
+    free(D);
+    free(Y1);
+    free(Y2);
+}
 #undef REF
 
 static void SFX(run_all)(void) {
@@ -696,6 +731,7 @@ static void SFX(run_all)(void) {
     SFX(test_pool)();
     SFX(test_fused)();
     SFX(test_exec)();
+    SFX(test_side_by_side)();
 }
 
 #endif /* DRIVER_TYPED */
