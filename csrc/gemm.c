@@ -2029,11 +2029,69 @@ static char *bpack_of(const driver_ctx *x, int tid, int64_t jp0, int64_t kc) {
     return x->bpack + (size_t)(at * x->im->nr) * x->im->esize;
 }
 
+/* The part of B that this thread packs next (its panels of the next K or NC block), fetched into
+ * L2 a slice per C tile while it computes with the current block, so that the next pack reads from
+ * L2. In the W-mlp step the weights come from L3 or memory: the step streams several MB through
+ * each core's 1 MB L2 between two uses of a weight matrix, and pack_b spent 25-35 us per call of
+ * the middle layer's 256 x 256 x 512 product packing half of W2 (0.25 MB) where the same call
+ * alone, with W2 in L2, spent 7-10 us (per-thread timers, 2-core Zen 4 VM, 2026-12-03). The part
+ * is `strips` runs of `bytes` bytes, `stride` bytes apart: rows of B, or its columns when B is
+ * transposed. */
+typedef struct {
+    const char *base;
+    int64_t strips, bytes, stride;
+    int64_t strip, off; /* the next line to fetch */
+    int64_t per_tile;   /* lines per C tile */
+} next_b;
+
+static void next_b_plan(next_b *f, const driver_ctx *x, int tid, int64_t jc, int64_t pc, int64_t kc,
+                        int64_t tiles) {
+    const gemm_impl *im = x->im;
+    const gemm_args *g = x->g;
+    const size_t es = im->esize;
+    *f = (next_b){NULL, 0, 0, 0, 0, 0, 0}; /* nothing to fetch, unless set below */
+    int64_t pn = pc + kc, jn = jc; /* the next block: the next K block, else the next NC block */
+    if (pn >= g->K) {
+        pn = 0;
+        jn = jc + im->nc;
+    }
+    if (jn >= g->N || tiles <= 0) return;
+    const int64_t nc = MIN(im->nc, g->N - jn), npanels = (nc + im->nr - 1) / im->nr;
+    const int64_t jp0 = npanels * tid / x->nt, jp1 = npanels * (tid + 1) / x->nt;
+    const int64_t kn = MIN(x->kc_max, g->K - pn), c0 = jn + jp0 * im->nr, cols = MIN(nc, jp1 * im->nr) - jp0 * im->nr;
+    if (cols <= 0) return;
+    f->stride = g->ldb * (int64_t)es;
+    if (g->transB) { /* N x K: each column of op(B) is a run of kn elements */
+        f->base = AT(g->B, c0 * g->ldb + pn, es);
+        f->strips = cols;
+        f->bytes = kn * (int64_t)es;
+    } else {
+        f->base = AT(g->B, pn * g->ldb + c0, es);
+        f->strips = kn;
+        f->bytes = cols * (int64_t)es;
+    }
+    const int64_t lines = f->strips * ((f->bytes + 63) / 64 + 1);
+    f->per_tile = (lines + tiles - 1) / tiles;
+}
+
+static inline void next_b_fetch(next_b *f) {
+    for (int64_t i = 0; i < f->per_tile && f->strip < f->strips; i++) {
+        const char *run = f->base + f->strip * f->stride;
+        const char *line = (const char *)((uintptr_t)run & ~(uintptr_t)63) + f->off;
+        __builtin_prefetch(line, 0, 2); /* prefetcht1: into L2, not L1, which the kernel is using */
+        f->off += 64;
+        if (line + 64 >= run + f->bytes) {
+            f->off = 0;
+            f->strip++;
+        }
+    }
+}
+
 /* C tiles for rows [ic, ic+mc) x panels [jp0, jp1) of the current B block; panel jp0 is packed
  * at bbase, the others follow it NR * kc elements apart. */
 static void macro_kernel(const driver_ctx *x, const char *apack, const char *bbase, int64_t ic, int64_t mc, int64_t jc,
                          int64_t nc, int64_t jp0, int64_t jp1, int64_t pc, int64_t kc,
-                         const epi_t *e) {
+                         const epi_t *e, next_b *next) {
     const gemm_impl *im = x->im;
     const gemm_args *g = x->g;
     const size_t es = im->esize;
@@ -2060,6 +2118,7 @@ static void macro_kernel(const driver_ctx *x, const char *apack, const char *bba
                 (m <= im->mr_short ? im->kernel_short : im->kernel)(
                     kc, x->direct_a ? apack : apack + (size_t)(ir * kc) * es, 0, 0, bpanel, c, g->ldc, m, n, te,
                     bias);
+            next_b_fetch(next);
         }
     }
 }
@@ -2100,20 +2159,24 @@ static void driver_body(const driver_ctx *x, int tid) {
                     x->colsum(mine, kc, im->nr, cols, (char *)g->colsum + (size_t)(jc + jp0 * im->nr) * es,
                               pc == 0);
             }
+            next_b next;
             if (x->split_rows) {
+                next_b_plan(&next, x, tid, jc, pc, kc, (r1 - r0 + im->mr - 1) / im->mr * npanels);
                 if (nt > 1) gc_barrier(); /* B block packed by everyone */
                 for (int64_t ic = r0; ic < r1; ic += x->mc_max) {
                     const int64_t mc = MIN(x->mc_max, r1 - ic);
                     prepare_a(x, apack, ic, mc, pc, kc);
-                    macro_kernel(x, apack, x->bpack, ic, mc, jc, nc, 0, npanels, pc, kc, &e);
+                    macro_kernel(x, apack, x->bpack, ic, mc, jc, nc, 0, npanels, pc, kc, &e, &next);
                 }
                 if (nt > 1) gc_barrier(); /* B is repacked by all threads next iteration */
             } else {
                 if (jp1 > jp0) {
+                    next_b_plan(&next, x, tid, jc, pc, kc, (g->M + im->mr - 1) / im->mr * (jp1 - jp0));
                     for (int64_t ic = 0; ic < g->M; ic += x->mc_max) {
                         const int64_t mc = MIN(x->mc_max, g->M - ic);
                         prepare_a(x, apack, ic, mc, pc, kc);
-                        macro_kernel(x, apack, bpack_of(x, tid, jp0, kc), ic, mc, jc, nc, jp0, jp1, pc, kc, &e);
+                        macro_kernel(x, apack, bpack_of(x, tid, jp0, kc), ic, mc, jc, nc, jp0, jp1, pc, kc, &e,
+                                     &next);
                     }
                 }
             }
