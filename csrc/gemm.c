@@ -2043,6 +2043,11 @@ typedef struct {
     int64_t strip, off; /* the next line to fetch */
     int64_t per_tile;   /* lines per C tile */
 } next_b;
+/* At most a quarter of a 1 MB L2 (Zen 4) is fetched ahead, the first part the pack reads: a whole
+ * wide block (256 x 4096 x 1024: 2 MB per thread) would evict the block being computed with. */
+#ifndef NEXT_B_MAX_BYTES
+#define NEXT_B_MAX_BYTES (256 << 10)
+#endif
 
 static void next_b_plan(next_b *f, const driver_ctx *x, int tid, int64_t jc, int64_t pc, int64_t kc,
                         int64_t tiles) {
@@ -2070,6 +2075,8 @@ static void next_b_plan(next_b *f, const driver_ctx *x, int tid, int64_t jc, int
         f->strips = kn;
         f->bytes = cols * (int64_t)es;
     }
+    /* Only the first NEXT_B_MAX_BYTES (in pack order): a larger block would evict the current one */
+    f->strips = MIN(f->strips, MAX(1, NEXT_B_MAX_BYTES / (f->bytes + 64)));
     const int64_t lines = f->strips * ((f->bytes + 63) / 64 + 1);
     f->per_tile = (lines + tiles - 1) / tiles;
 }
