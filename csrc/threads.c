@@ -92,6 +92,8 @@ static void sleep_reset(void) {
 #endif
 
 static _Atomic int g_hold = 0; /* plans running now (gc_pool_hold) */
+static void keep_off_owner_cpu(void);
+static void restore_affinity(void);
 
 /* Returns once *w != old: spins for up to `budget` ns (with pause, and sched_yield now and then
  * so a spinning thread gives way to other runnable threads on its core), then sleeps. *sleepers
@@ -111,12 +113,14 @@ static void await_change(_Atomic uint32_t *w, uint32_t old, _Atomic int *sleeper
             if (i % 1024 == 0) sched_yield();
         }
     }
+    if (idle) keep_off_owner_cpu();
     for (;;) {
         atomic_fetch_add(sleepers, 1);
         sleep_while_eq(w, old); /* returns at once if *w != old already */
         atomic_fetch_sub(sleepers, 1);
-        if (atomic_load_explicit(w, memory_order_acquire) != old) return;
+        if (atomic_load_explicit(w, memory_order_acquire) != old) break;
     }
+    if (idle) restore_affinity();
 }
 
 /* ---- pool state ---- */
@@ -137,10 +141,10 @@ static struct {
     int team;
     _Atomic uint32_t left; /* workers still running it */
     _Atomic int owner_sleeping;
-    int owner_cpu; /* the CPU the owner started the region on, or -1 */
+    _Atomic int owner_cpu; /* the CPU the last owner started its region on, or -1; idle workers read it */
     _Atomic uint32_t bar_gen;
     _Atomic int bar_count, bar_sleeping;
-} g_job;
+} g_job = {.owner_cpu = -1};
 
 /* Team size of the region this thread is running: 0 outside any, 1 in a serial run. */
 static _Thread_local int t_team = 0;
@@ -148,26 +152,49 @@ static _Thread_local int t_team = 0;
 #ifdef __linux__
 static int current_cpu(void) { return sched_getcpu(); }
 
+/* This thread's affinity without `cpu`, into *saved the one it had; 0 where that would leave
+ * fewer CPUs than the team needs (4 threads on 2 CPUs must share) or nothing to change. */
+static int avoid_cpu(int cpu, int team, cpu_set_t *saved) {
+    if (cpu < 0 || pthread_getaffinity_np(pthread_self(), sizeof *saved, saved) != 0) return 0;
+    if (!CPU_ISSET(cpu, saved) || CPU_COUNT(saved) < team) return 0;
+    cpu_set_t others = *saved;
+    CPU_CLR(cpu, &others);
+    return pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0;
+}
+
 /* A worker woken from its futex is often placed on the CPU of the thread that woke it (the
- * scheduler's wake-affine heuristic), here the owner, who is busy with its own share of the
- * region: the two then share one core until the load balancer moves one of them, which took whole
- * batches of calls. 2-core Zen 4 VM, 2026-12-03, 32 back-to-back 256^3 float64 GEMMs after each
- * 0.25 s pause: 5 of 8 batches ran at 42-61 GFLOP/s instead of 78-98, both threads on one CPU in
- * 114 of 256 regions. A worker that finds itself on the owner's CPU steps off it: its affinity
- * without that CPU (the kernel migrates it at once), then its affinity as it was. Only when the
- * team fits the CPUs the worker may use (4 threads on 2 CPUs must share). */
+ * scheduler's wake-affine heuristic), here the owner, busy with its own share of the region.
+ * Two measures keep it off that CPU:
+ *  - before it sleeps, an idle worker takes the last owner's CPU out of its affinity (and puts it
+ *    back once awake), so that the wake-up itself places it on another CPU. Measured (2-core
+ *    Xeon VM, 2026-12-03, csrc/tests/pool_bench.c's paused regions, 2 ms pauses, a busy loop of
+ *    56 or 223 us per thread): with only the second measure every region woke the worker on the
+ *    owner's CPU, where it ran only once the owner had finished its own share (regions of 189 and
+ *    529 us, serial); with the first, 108 and 273 us (the rest is waking the other, halted vCPU).
+ *  - a worker that still finds itself on the owner's CPU (the owner moved while it slept) steps
+ *    off: its affinity without that CPU (the kernel migrates it at once), then as it was. 2-core
+ *    Zen 4 VM, 2026-12-03, 32 back-to-back 256^3 float64 GEMMs after each 0.25 s pause: both
+ *    threads on one CPU in 114 of 256 regions before, none after. */
+static _Thread_local cpu_set_t t_affinity; /* the worker's own, while keep_off_owner_cpu holds */
+static _Thread_local int t_keeping_off;
+
+static void keep_off_owner_cpu(void) {
+    t_keeping_off = avoid_cpu(atomic_load_explicit(&g_job.owner_cpu, memory_order_relaxed),
+                              atomic_load(&g_nworkers) + 1, &t_affinity);
+}
+static void restore_affinity(void) {
+    if (t_keeping_off) pthread_setaffinity_np(pthread_self(), sizeof t_affinity, &t_affinity);
+    t_keeping_off = 0;
+}
 static void step_off_cpu(int owner_cpu, int team) {
-    if (owner_cpu < 0 || current_cpu() != owner_cpu) return;
-    cpu_set_t allowed;
-    if (pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed) != 0) return;
-    if (!CPU_ISSET(owner_cpu, &allowed) || CPU_COUNT(&allowed) < team) return;
-    cpu_set_t others = allowed;
-    CPU_CLR(owner_cpu, &others);
-    if (pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0)
-        pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+    cpu_set_t saved;
+    if (current_cpu() == owner_cpu && avoid_cpu(owner_cpu, team, &saved))
+        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
 }
 #else
 static int current_cpu(void) { return -1; }
+static void keep_off_owner_cpu(void) {}
+static void restore_affinity(void) {}
 static void step_off_cpu(int owner_cpu, int team) { (void)owner_cpu, (void)team; }
 #endif
 
@@ -179,7 +206,7 @@ static void *worker_main(void *arg) {
         await_change(&s->seq, seen, &s->sleeping, 1);
         /* The owner bumps seq again only after this worker has finished: seq is stable. */
         seen = atomic_load_explicit(&s->seq, memory_order_acquire);
-        step_off_cpu(g_job.owner_cpu, g_job.team);
+        step_off_cpu(atomic_load_explicit(&g_job.owner_cpu, memory_order_relaxed), g_job.team);
         t_team = g_job.team;
         g_job.fn(g_job.ctx, tid, g_job.team);
         t_team = 0;
@@ -201,6 +228,7 @@ static void after_fork_child(void) {
     }
     atomic_store(&g_job.left, 0);
     atomic_store(&g_job.owner_sleeping, 0);
+    atomic_store(&g_job.owner_cpu, -1);
     atomic_store(&g_job.bar_gen, 0);
     atomic_store(&g_job.bar_count, 0);
     atomic_store(&g_job.bar_sleeping, 0);
@@ -261,7 +289,7 @@ int gc_parallel(int nt, void (*fn)(void *ctx, int tid, int team), void *ctx) {
     g_job.fn = fn;
     g_job.ctx = ctx;
     g_job.team = team;
-    g_job.owner_cpu = current_cpu();
+    atomic_store_explicit(&g_job.owner_cpu, current_cpu(), memory_order_relaxed);
     atomic_store(&g_job.left, (uint32_t)workers);
     for (int i = 0; i < workers; i++) {
         atomic_fetch_add(&g_slots[i].seq, 1); /* releases g_job to worker i */
