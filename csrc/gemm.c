@@ -47,6 +47,7 @@
  * other threads may run GEMMs, hence atomic (a plain load on x86). */
 static _Atomic int g_simd_max = GC_SIMD_AVX512;
 static int g_cpu_level = GC_SIMD_SCALAR; /* set once at load time, read-only afterwards */
+static int g_cpu_intel = 0;               /* likewise; tuning that differs between vendors */
 
 #ifdef GC_X86
 /* __builtin_cpu_supports reports a feature only when the OS also saves its register state
@@ -54,6 +55,7 @@ static int g_cpu_level = GC_SIMD_SCALAR; /* set once at load time, read-only aft
  * kernel that disabled AVX-512 state gets the AVX2 path. */
 __attribute__((constructor)) static void gemm_detect_cpu(void) {
     __builtin_cpu_init();
+    g_cpu_intel = __builtin_cpu_is("intel");
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         g_cpu_level = GC_SIMD_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -2229,7 +2231,7 @@ static void driver_thread(void *ctx, int tid, int team) {
 #define DIRECT_A_MAX_PANELS 4
 #endif
 #ifndef DIRECT_A_THREAD_PANELS
-#define DIRECT_A_THREAD_PANELS 8
+#define DIRECT_A_THREAD_PANELS (g_cpu_intel ? 0 : 8)
 #endif
 
 /* Whether the kernels may read A in place. Not for A^T with long rows: there every k step of
@@ -2302,7 +2304,12 @@ static void gemm_run(const gemm_impl *im, const gemm_args *g, void (*no_k)(const
      * VM, AVX-512, float32, ping-pong of interleaved processes, in place / packed): 8 panels per
      * thread: W-mlp's 256x256x512 0.98x, 512x256x256 (A^T) 0.92x, 784x512x256 (A^T) 0.98x,
      * 4096x256x512 0.95x, the whole W-mlp step 0.976x; 10: 640^3 0.97x; 16: 1000^3 1.01x,
-     * 1536^3 1.04x; 128: 256x4096x512 1.06x. Results are bitwise the same either way. */
+     * 1536^3 1.04x; 128: 256x4096x512 1.06x. On the 2-core Xeon VM (Sapphire Rapids class, 48 KB
+     * L1d, 2 MB L2; 2026-12-03, both orders of the ping-pong, their geometric mean, which cancels
+     * the position bias of up to 7 %) it is the other way round: in place / packed 256x256x512
+     * 1.00x, 512x256x256 (A^T) 0.96x, 784x512x256 (A^T) 1.05x, 4096x256x512 1.04x, the whole W-mlp
+     * step 1.04x (limit 4: 1.01x that of limit 0), so there only DIRECT_A_MAX_PANELS applies.
+     * Results are bitwise the same either way. */
     if (direct_ok && (x.split_rows ? npanels : (npanels + nt - 1) / nt) <= DIRECT_A_THREAD_PANELS) x.direct_a = 1;
 
     /* Even K blocks, each up to KC_SLACK longer than KC when that saves a block: every K block
