@@ -176,15 +176,21 @@ static int avoid_cpu(int cpu, int team, cpu_set_t *saved) {
  *    Zen 4 VM, 2026-12-03, 32 back-to-back 256^3 float64 GEMMs after each 0.25 s pause: both
  *    threads on one CPU in 114 of 256 regions before, none after. */
 static _Thread_local cpu_set_t t_affinity; /* the worker's own, while keep_off_owner_cpu holds */
-static _Thread_local int t_keeping_off;
+static _Thread_local int t_kept_off = -1;    /* the CPU it took out, or -1 */
 
 static void keep_off_owner_cpu(void) {
-    t_keeping_off = avoid_cpu(atomic_load_explicit(&g_job.owner_cpu, memory_order_relaxed),
-                              atomic_load(&g_nworkers) + 1, &t_affinity);
+    const int cpu = atomic_load_explicit(&g_job.owner_cpu, memory_order_relaxed);
+    t_kept_off = avoid_cpu(cpu, atomic_load(&g_nworkers) + 1, &t_affinity) ? cpu : -1;
 }
+/* Puts the worker's own affinity back, unless someone else changed it while the worker slept
+ * (taskset -a, a cpuset): theirs then stands. */
 static void restore_affinity(void) {
-    if (t_keeping_off) pthread_setaffinity_np(pthread_self(), sizeof t_affinity, &t_affinity);
-    t_keeping_off = 0;
+    if (t_kept_off < 0) return;
+    cpu_set_t now, ours = t_affinity;
+    CPU_CLR(t_kept_off, &ours);
+    t_kept_off = -1;
+    if (pthread_getaffinity_np(pthread_self(), sizeof now, &now) == 0 && CPU_EQUAL(&now, &ours))
+        pthread_setaffinity_np(pthread_self(), sizeof t_affinity, &t_affinity);
 }
 static void step_off_cpu(int owner_cpu, int team) {
     cpu_set_t saved;
@@ -202,6 +208,9 @@ static void *worker_main(void *arg) {
     const int tid = (int)(intptr_t)arg;
     slot_t *s = &g_slots[tid - 1];
     uint32_t seen = 0;
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "graphc-worker"); /* in top -H, ps -L and /proc/.../comm */
+#endif
     for (;;) {
         await_change(&s->seq, seen, &s->sleeping, 1);
         /* The owner bumps seq again only after this worker has finished: seq is stable. */

@@ -380,6 +380,56 @@ def _gemm_check(_=None):
     return err, before, lib.gc_pool_workers()
 
 
+_AFFINITY_SCRIPT = r"""
+import os, sys, time
+import numpy as np
+import graphc as gc
+from graphc._cgraphc import lib
+lib.gc_set_num_threads(2)
+a = gc.placeholder("a", (256, 512), "float32")
+b = gc.placeholder("b", (512, 256), "float32")
+f = gc.compile([a @ b], backend="c")
+A, B = np.ones((256, 512), np.float32), np.ones((512, 256), np.float32)
+
+def call_then_pause():
+    assert f(a=A, b=B)[0][0, 0] == 512
+    time.sleep(0.02)  # far past the idle spin: the worker sleeps
+
+def worker_tids():
+    return [t for t in os.listdir("/proc/self/task")
+            if open(f"/proc/self/task/{t}/comm").read().strip() == "graphc-worker"]
+
+for _ in range(5):
+    call_then_pause()
+workers = worker_tids()
+assert len(workers) == 1, workers
+tid = int(workers[0])
+allowed = os.sched_getaffinity(0)
+# 1. asleep, the worker keeps off the CPU its last owner ran on; awake, it has its whole affinity
+#    back: a worker called on keeps working on every CPU the process may use.
+assert os.sched_getaffinity(tid) < allowed, (os.sched_getaffinity(tid), allowed)
+# 2. someone else (taskset -a, a cpuset) changes the sleeping worker's affinity: theirs stands
+mine = {min(allowed)}
+os.sched_setaffinity(tid, mine)
+for _ in range(3):
+    call_then_pause()
+assert os.sched_getaffinity(tid) == mine, os.sched_getaffinity(tid)
+os.sched_setaffinity(tid, allowed)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="the worker's CPU placement is Linux-only and needs two CPUs")
+def test_sleeping_worker_keeps_off_the_owner_cpu_and_respects_an_outside_affinity():
+    """csrc/threads.c: an idle worker takes its last owner's CPU out of its affinity before it
+    sleeps (so the wake-up places it on another CPU) and puts it back once awake, unless its
+    affinity was changed from outside meanwhile. In a subprocess: it changes a pool thread's
+    affinity."""
+    out = subprocess.run([sys.executable, "-c", _AFFINITY_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_forked_child_runs_parallel_gemm():
     lib.gc_set_num_threads(2)
